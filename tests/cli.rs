@@ -1,1 +1,276 @@
-//! End-to-end tests of the real `cargo xtask` binary.
+//! End-to-end tests of the real `cargo xtask` binary: exit codes, one-line errors, JSON output,
+//! and the secret and dependency scans against real git, trivy and cargo-deny.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("GITHUB_ACTIONS")
+        .output()
+        .expect("xtask binary runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A tool the test cannot do without: missing means a loud failure that says how to install it.
+fn require_tool(name: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(
+        found,
+        "{name} is not on PATH; install the pinned tools with `cargo xtask setup`"
+    );
+}
+
+#[test]
+fn ci_dry_run_json_lists_every_step_and_runs_nothing() {
+    let out = xtask(&["ci", "--dry-run", "--format", "json"]);
+    assert!(out.status.success(), "stderr: {}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is only JSON");
+    assert_eq!(plan["command"], "ci");
+    let names: Vec<&str> = plan["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    for stage in ["secrets", "fmt", "lint", "test", "deny", "build"] {
+        assert!(names.contains(&stage), "ci plan lacks {stage}: {names:?}");
+    }
+    let lint = plan["steps"]
+        .as_array()
+        .expect("steps")
+        .iter()
+        .find(|s| s["name"] == "lint")
+        .expect("lint step");
+    assert_eq!(lint["action"]["kind"], "exec");
+    assert!(
+        lint["action"]["args"]
+            .as_array()
+            .expect("args")
+            .iter()
+            .any(|a| a == "warnings")
+    );
+    assert!(lint["action"]["cwd"].as_str().is_some());
+}
+
+#[test]
+fn a_bad_flag_exits_2_with_one_line() {
+    let out = xtask(&["ci", "--dry-rn"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line, got: {err}");
+    assert!(
+        err.contains("--dry-rn") && err.contains("--dry-run"),
+        "names the flag and the fix: {err}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+#[test]
+fn an_unknown_service_exits_2_with_one_line() {
+    let out = xtask(&["test", "--service", "no-such-service", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line, got: {err}");
+    assert!(err.contains("unknown service 'no-such-service'"), "{err}");
+}
+
+#[test]
+fn an_unknown_ci_stage_exits_2() {
+    let out = xtask(&["ci", "--skip", "lnt", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("no such stage"));
+}
+
+/// A throwaway git repository with one tracked file holding a planted AWS key.
+struct PlantedRepo {
+    dir: tempfile::TempDir,
+    key: String,
+}
+
+fn planted_repo() -> PlantedRepo {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Assembled at run time so this file never contains a key any scanner would flag.
+    let key = ["AKIA", "Z7QH2KXW4RMB5TNP"].concat();
+    let git = |args: &[&str]| {
+        let ok = Command::new("git")
+            .args(args)
+            .current_dir(dir.path())
+            .status()
+            .expect("git runs")
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&["init", "--quiet"]);
+    std::fs::create_dir(dir.path().join("config")).expect("mkdir");
+    std::fs::write(
+        dir.path().join("config/prod.env"),
+        format!("REGION=eu-west-1\nAWS_ACCESS_KEY_ID={key}\n"),
+    )
+    .expect("write");
+    std::fs::write(dir.path().join("README.md"), "nothing to see\n").expect("write");
+    git(&["add", "--all"]);
+    // Untracked files are not the scan's business: they cannot be pushed.
+    std::fs::write(
+        dir.path().join("local.env"),
+        format!("AWS_ACCESS_KEY_ID={key}\n"),
+    )
+    .expect("write");
+    PlantedRepo { dir, key }
+}
+
+#[test]
+fn secrets_fails_on_a_planted_key_and_never_prints_it() {
+    let repo = planted_repo();
+    let path = repo.dir.path().to_str().expect("utf-8 path");
+    let out = xtask(&["secrets", "--repo", path, "--no-trivy"]);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "stdout: {stdout}\nstderr: {}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("config/prod.env:2:19"), "{stdout}");
+    assert!(
+        stdout.contains("aws-access-key-id") && stdout.contains("AKIA********"),
+        "{stdout}"
+    );
+    assert!(
+        !stdout.contains("local.env"),
+        "untracked files are not scanned: {stdout}"
+    );
+    let all = stdout + &text(&out.stderr);
+    assert!(
+        !all.contains(&repo.key),
+        "the key itself must never be printed"
+    );
+}
+
+#[test]
+fn secrets_merges_trivy_findings_with_its_own() {
+    require_tool("trivy");
+    let repo = planted_repo();
+    let out = xtask(&[
+        "secrets",
+        "--repo",
+        repo.dir.path().to_str().expect("utf-8"),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(report["trivy"], true);
+    let findings = report["findings"].as_array().expect("findings");
+    assert_eq!(findings.len(), 1, "one key, reported once: {findings:?}");
+    assert_eq!(
+        findings[0]["found_by"],
+        serde_json::json!(["xtask", "trivy"])
+    );
+    assert!(!text(&out.stdout).contains(&repo.key));
+}
+
+#[test]
+fn secrets_accepts_a_finding_only_with_a_reason() {
+    let repo = planted_repo();
+    let path = repo.dir.path().to_str().expect("utf-8");
+    let ignore = repo.dir.path().join(".secrets-ignore.toml");
+
+    std::fs::write(&ignore, "[[allow]]\npath = \"config/*.env\"\n").expect("write");
+    let out = xtask(&["secrets", "--repo", path, "--no-trivy"]);
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "an entry without a reason is a config error"
+    );
+    assert!(text(&out.stderr).contains("no `reason`"));
+
+    std::fs::write(
+        &ignore,
+        "[[allow]]\npath = \"config/*.env\"\nreason = \"test fixture, never a live key\"\n",
+    )
+    .expect("write");
+    let out = xtask(&["secrets", "--repo", path, "--no-trivy"]);
+    assert_eq!(out.status.code(), Some(0), "stdout: {}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("1 ignored"));
+}
+
+#[test]
+fn deny_offline_runs_against_the_shared_advisory_db() {
+    require_tool("cargo-deny");
+    let db = root().join("../shared/advisory-db");
+    assert!(
+        db.join("crates").is_dir(),
+        "expected the advisory-db snapshot at {}",
+        db.display()
+    );
+    let out = xtask(&[
+        "deny",
+        "--offline",
+        "--advisory-db",
+        db.to_str().expect("utf-8"),
+    ]);
+    let all = text(&out.stdout) + &text(&out.stderr);
+    assert!(out.status.success(), "{all}");
+    let snapshot = std::fs::read_to_string(db.join("SNAPSHOT")).expect("SNAPSHOT file");
+    let date = snapshot
+        .rsplit_once('(')
+        .and_then(|(_, d)| d.split(')').next())
+        .expect("dated snapshot");
+    assert!(
+        all.contains(&format!("dated {date} is")) && all.contains("days old"),
+        "the database's real age is reported: {all}"
+    );
+    assert!(all.contains("advisories ok"), "{all}");
+}
+
+#[test]
+fn doctor_json_describes_every_tool() {
+    let out = xtask(&["doctor", "--format", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let tools = report["tools"].as_array().expect("tools");
+    for name in [
+        "cargo",
+        "cargo-nextest",
+        "cargo-deny",
+        "docker",
+        "docker-compose",
+        "kubectl",
+        "trivy",
+    ] {
+        let tool = tools
+            .iter()
+            .find(|t| t["name"] == name)
+            .unwrap_or_else(|| panic!("doctor omits {name}"));
+        assert!(
+            tool["needed_by"].as_array().is_some_and(|n| !n.is_empty()),
+            "{name} says who needs it"
+        );
+        assert!(tool["install_hint"].as_str().is_some_and(|h| !h.is_empty()));
+    }
+    assert_eq!(
+        out.status.success(),
+        report["ok"] == true,
+        "exit code agrees with the report"
+    );
+}
+
+#[test]
+fn the_checked_in_workflow_is_current() {
+    let out = xtask(&["workflows", "--check"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+}

@@ -138,3 +138,100 @@ pub fn compute(ws: &Workspace, changed: &[String]) -> Affected {
     }
     affected
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// util <- kit <- {api, worker}; testkit <- api (dev); gateway alone. See the fixture's Cargo.toml.
+    fn fixture() -> Workspace {
+        crate::fixture_workspace()
+    }
+
+    fn picked(changed: &[&str]) -> Affected {
+        let changed: Vec<String> = changed.iter().map(|s| s.to_string()).collect();
+        compute(&fixture(), &changed)
+    }
+
+    #[test]
+    fn a_leaf_change_affects_only_that_leaf() {
+        let a = picked(&["services/gateway/src/main.rs"]);
+        assert_eq!(a.names(), ["gateway"]);
+        assert_eq!(
+            a.packages["gateway"],
+            Why::Changed {
+                files: vec!["services/gateway/src/main.rs".into()]
+            }
+        );
+        assert!(a.everything_because.is_none());
+    }
+
+    #[test]
+    fn a_shared_library_change_reaches_every_dependent_transitively() {
+        let a = picked(&["crates/util/src/lib.rs"]);
+        assert_eq!(a.names(), ["api", "kit", "util", "worker"]);
+        assert_eq!(
+            a.packages["api"],
+            Why::DependsOn {
+                package: "util".into()
+            }
+        );
+        assert!(!a.packages.contains_key("gateway"));
+    }
+
+    #[test]
+    fn dev_dependencies_count_because_tests_use_them() {
+        assert_eq!(
+            picked(&["crates/testkit/src/lib.rs"]).names(),
+            ["api", "testkit"]
+        );
+    }
+
+    #[test]
+    fn a_root_file_change_means_everything() {
+        for root_file in [
+            "Cargo.lock",
+            ".cargo/config.toml",
+            "rust-toolchain.toml",
+            "xtask/src/main.rs",
+        ] {
+            let a = picked(&["services/gateway/src/main.rs", root_file]);
+            assert_eq!(a.everything_because.as_deref(), Some(root_file));
+            assert_eq!(
+                a.names().len(),
+                6,
+                "{root_file} should select all six members"
+            );
+        }
+    }
+
+    #[test]
+    fn files_outside_packages_are_reported_not_silently_dropped() {
+        let a = picked(&["README.md", "infra/k8s/base/api.yaml"]);
+        assert!(a.packages.is_empty());
+        assert_eq!(a.unowned, ["README.md", "infra/k8s/base/api.yaml"]);
+        let text = a.explain().join("\n");
+        assert!(
+            text.contains("no package is affected") && text.contains("README.md"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_explanation_names_each_package_and_its_reason() {
+        let text = picked(&["crates/kit/src/lib.rs"]).explain().join("\n");
+        assert!(
+            text.contains("kit: changed (crates/kit/src/lib.rs)"),
+            "{text}"
+        );
+        assert!(text.contains("api: depends on kit"), "{text}");
+    }
+
+    #[test]
+    fn the_fixture_services_are_discovered_from_metadata() {
+        let ws = fixture();
+        let services: Vec<_> = ws.services().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(services, ["api", "gateway", "worker"]);
+        assert!(ws.require_services(&["nope".into()]).is_err());
+    }
+}

@@ -10,6 +10,8 @@ mod plan;
 mod runner;
 mod secrets;
 mod summary;
+#[cfg(test)]
+mod tidy;
 mod tools;
 mod workspace;
 
@@ -122,6 +124,14 @@ pub fn project_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Where cargo puts build output: `$CARGO_TARGET_DIR` (CI keeps it outside the clone) or `<root>/target`.
+pub fn target_dir(root: &Path) -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
 /// The cargo that started us (`$CARGO`), so children use the same toolchain.
 pub fn cargo_program() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
@@ -178,6 +188,30 @@ fn main() -> ExitCode {
             ExitCode::from(if usage { EXIT_USAGE } else { EXIT_FAILED })
         }
     }
+}
+
+/// A dry-run context on the real workspace, for plan-building tests.
+#[cfg(test)]
+pub fn test_ctx() -> Ctx {
+    Ctx {
+        root: project_root(),
+        ui: Ui {
+            format: Format::Human,
+            color: false,
+            tty: false,
+            verbose: false,
+            github: false,
+        },
+        dry_run: true,
+        keep_going: false,
+    }
+}
+
+/// The affected-packages fixture workspace (xtask/tests/fixtures/affected).
+#[cfg(test)]
+pub fn fixture_workspace() -> workspace::Workspace {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/affected");
+    workspace::Workspace::load(&root).expect("fixture workspace loads")
 }
 
 #[cfg(test)]

@@ -532,8 +532,7 @@ mod tests {
         let root = std::env::temp_dir();
         let mut plan = Plan::new("demo");
         plan.push(
-            Step::exec("bg", "sleeps", "sh", ["-c", "sleep 0.2; echo side"], &root)
-                .in_background(),
+            Step::exec("bg", "sleeps", "sh", ["-c", "sleep 0.2; echo side"], &root).in_background(),
         );
         plan.push(Step::exec("fg", "quick", "true", NO_ARGS, &root));
         let report = run(&plan, &ui(), &Options { keep_going: false });

@@ -21,7 +21,7 @@ const ADVISORY_DB_URL: &str = "https://github.com/rustsec/advisory-db";
 const CHECKS: [&str; 4] = ["advisories", "bans", "licenses", "sources"];
 
 /// Check dependencies against RustSec advisories and the licence, ban and source policy in deny.toml.
-#[derive(clap::Args, Debug, Clone, Default)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Do not touch the network: use a local advisory-db snapshot (see --advisory-db).
     #[arg(long)]
@@ -33,8 +33,22 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["offline", "advisory_db"])]
     pub online: bool,
     /// Oldest snapshot accepted offline, in days. The age is always printed.
-    #[arg(long, value_name = "DAYS", default_value_t = 365)]
+    #[arg(long, value_name = "DAYS", default_value_t = DEFAULT_MAX_DB_AGE_DAYS)]
     pub max_db_age: u32,
+}
+
+/// A snapshot older than a year is more likely forgotten than deliberately pinned.
+const DEFAULT_MAX_DB_AGE_DAYS: u32 = 365;
+
+impl Default for Args {
+    fn default() -> Args {
+        Args {
+            offline: false,
+            advisory_db: None,
+            online: false,
+            max_db_age: DEFAULT_MAX_DB_AGE_DAYS,
+        }
+    }
 }
 
 /// Where a team's shared snapshot sits when the checkout is laid out as our CI machines lay it
@@ -53,7 +67,13 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     }
     let offline = args.offline || advisory_db.is_some();
     if !offline {
-        let mut cargo_args = vec!["deny", "--workspace", "--all-features", "check"];
+        let mut cargo_args = vec![
+            "deny",
+            "--workspace",
+            "--all-features",
+            "check",
+            "--show-stats",
+        ];
         cargo_args.extend(CHECKS);
         plan.push(
             Step::cargo(
@@ -80,7 +100,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         .into());
     }
     let source = source.canonicalize()?;
-    let work = ctx.root.join("target/xtask/deny");
+    let work = crate::target_dir(&ctx.root).join("xtask/deny");
     let checkout = work.join("advisory-dbs").join(format!(
         "advisory-db-{:016x}",
         xxh64(ADVISORY_DB_URL.as_bytes(), 0xca80de71)
@@ -121,6 +141,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         "--config",
         &config,
         "check",
+        "--show-stats",
     ];
     cargo_args.extend(CHECKS);
     plan.push(
@@ -455,5 +476,25 @@ mod tests {
         assert_eq!(days_from_civil(2000, 3, 1), 11_017);
         assert!(parse_snapshot("no date here").is_none());
         assert!(parse_snapshot("x @ abc (2026-13-01)").is_none());
+    }
+}
+
+#[cfg(test)]
+mod default_tests {
+    use clap::Parser;
+
+    /// `ci` builds deny's arguments with `Default`; they must match what the CLI gives.
+    #[test]
+    fn programmatic_defaults_match_the_command_line() {
+        let cli = crate::Cli::try_parse_from(["xtask", "deny"]).expect("parses");
+        let crate::Command::Deny(parsed) = cli.command else {
+            panic!("deny")
+        };
+        let default = super::Args::default();
+        assert_eq!(parsed.max_db_age, default.max_db_age);
+        assert_eq!(
+            (parsed.offline, parsed.online),
+            (default.offline, default.online)
+        );
     }
 }

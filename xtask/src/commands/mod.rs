@@ -78,3 +78,288 @@ pub fn package_args(packages: &[String]) -> Vec<String> {
         .flat_map(|p| ["-p".to_string(), p.clone()])
         .collect()
 }
+
+#[cfg(test)]
+mod plan_tests {
+    //! Plan building for each subcommand: what `--dry-run` would print, checked as data.
+
+    use super::*;
+    use crate::plan::{Action, Lane, Plan};
+
+    fn argv(plan: &Plan, step: &str) -> Vec<String> {
+        let step = plan
+            .steps
+            .iter()
+            .find(|s| s.name == step)
+            .unwrap_or_else(|| panic!("no step {step} in {plan:?}"));
+        match &step.action {
+            Action::Exec { args, .. } => args.clone(),
+            Action::Internal(task) => vec![task.summary()],
+        }
+    }
+
+    fn names(plan: &Plan) -> Vec<&str> {
+        plan.steps.iter().map(|s| s.name.as_str()).collect()
+    }
+
+    fn usage_error(result: Result<Plan>) -> String {
+        let err = result.expect_err("should be rejected");
+        assert!(
+            err.downcast_ref::<UsageError>().is_some(),
+            "{err:#} should be a usage error (exit 2)"
+        );
+        format!("{err:#}")
+    }
+
+    #[test]
+    fn fmt_checks_or_rewrites() {
+        let ctx = crate::test_ctx();
+        let check = fmt::plan(&ctx, &fmt::Args { check: true });
+        assert_eq!(argv(&check, "fmt"), ["fmt", "--all", "--", "--check"]);
+        assert_eq!(check.steps[0].reproduce, "cargo fmt --all -- --check");
+        assert_eq!(
+            check.steps[0]
+                .requires
+                .iter()
+                .map(|t| t.name)
+                .collect::<Vec<_>>(),
+            ["cargo", "rustfmt"]
+        );
+        assert_eq!(
+            argv(&fmt::plan(&ctx, &fmt::Args { check: false }), "fmt"),
+            ["fmt", "--all"]
+        );
+    }
+
+    #[test]
+    fn lint_denies_warnings_on_all_targets_of_the_selection() {
+        let ctx = crate::test_ctx();
+        let all = lint::plan(&ctx, &[]);
+        assert_eq!(
+            argv(&all, "lint"),
+            [
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--locked",
+                "--",
+                "-D",
+                "warnings"
+            ]
+        );
+        let some = lint::plan(&ctx, &["api".into(), "kit".into()]);
+        assert_eq!(
+            argv(&some, "lint")[..5],
+            ["clippy", "-p", "api", "-p", "kit"]
+        );
+    }
+
+    #[test]
+    fn test_uses_nextest_plus_doctests_or_falls_back_to_cargo_test() {
+        let ctx = crate::test_ctx();
+        let ws = crate::fixture_workspace();
+        let nextest = test::plan_for(&ctx, &ws, &[], None, true).expect("plan");
+        assert_eq!(names(&nextest), ["test", "test:doc"]);
+        assert_eq!(
+            argv(&nextest, "test")[..3],
+            ["nextest", "run", "--workspace"]
+        );
+        assert_eq!(
+            argv(&nextest, "test:doc"),
+            [
+                "test", "--doc", "--locked", "-p", "kit", "-p", "testkit", "-p", "util"
+            ]
+        );
+
+        let fallback = test::plan_for(&ctx, &ws, &["api".into()], None, false).expect("plan");
+        assert_eq!(names(&fallback), ["test"]);
+        assert_eq!(argv(&fallback, "test"), ["test", "-p", "api", "--locked"]);
+        assert!(
+            fallback.notes[0].contains("cargo-nextest not found"),
+            "the fallback is announced"
+        );
+    }
+
+    #[test]
+    fn test_partitions_shard_nextest_and_run_doctests_once() {
+        let ctx = crate::test_ctx();
+        let ws = crate::fixture_workspace();
+        let first = test::plan_for(&ctx, &ws, &[], Some("hash:1/2"), true).expect("plan");
+        assert!(argv(&first, "test").ends_with(&["--partition".into(), "hash:1/2".into()]));
+        assert_eq!(names(&first), ["test", "test:doc"]);
+        let second = test::plan_for(&ctx, &ws, &[], Some("hash:2/2"), true).expect("plan");
+        assert_eq!(names(&second), ["test"]);
+        let msg = usage_error(test::plan_for(&ctx, &ws, &[], Some("hash:1/2"), false));
+        assert!(msg.contains("needs cargo-nextest"), "{msg}");
+        usage_error(test::plan_for(&ctx, &ws, &[], Some("3/2"), true));
+    }
+
+    #[test]
+    fn build_release_is_locked() {
+        let ctx = crate::test_ctx();
+        let ws = crate::fixture_workspace();
+        let plan = build::plan(
+            &ctx,
+            &ws,
+            &build::Args {
+                release: true,
+                ..Default::default()
+            },
+        )
+        .expect("plan");
+        assert_eq!(
+            argv(&plan, "build"),
+            ["build", "--workspace", "--locked", "--release"]
+        );
+    }
+
+    #[test]
+    fn selections_are_validated_against_the_workspace() {
+        let ws = crate::fixture_workspace();
+        let sel = Selection {
+            packages: vec!["util".into()],
+            services: vec!["api".into()],
+        };
+        assert_eq!(sel.resolve(&ws).expect("valid"), ["api", "util"]);
+        let bad_service = Selection {
+            services: vec!["kit".into()],
+            ..Default::default()
+        };
+        let msg = format!(
+            "{:#}",
+            bad_service.resolve(&ws).expect_err("kit is a library")
+        );
+        assert!(
+            msg.contains("unknown service 'kit'") && msg.contains("api, gateway, worker"),
+            "{msg}"
+        );
+        let bad_package = Selection {
+            packages: vec!["nope".into()],
+            ..Default::default()
+        };
+        assert!(
+            format!("{:#}", bad_package.resolve(&ws).expect_err("unknown"))
+                .contains("unknown package 'nope'")
+        );
+    }
+
+    #[test]
+    fn deny_online_is_one_cargo_deny_step() {
+        let ctx = crate::test_ctx();
+        let plan = deny::plan(
+            &ctx,
+            &deny::Args {
+                online: true,
+                ..Default::default()
+            },
+        )
+        .expect("plan");
+        assert_eq!(names(&plan), ["deny"]);
+        assert_eq!(
+            argv(&plan, "deny"),
+            [
+                "deny",
+                "--workspace",
+                "--all-features",
+                "check",
+                "--show-stats",
+                "advisories",
+                "bans",
+                "licenses",
+                "sources"
+            ]
+        );
+    }
+
+    #[test]
+    fn deny_offline_prepares_a_dated_checkout_then_runs_offline() {
+        let ctx = crate::test_ctx();
+        let db = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir(db.path().join("crates")).expect("mkdir");
+        let args = deny::Args {
+            advisory_db: Some(db.path().to_path_buf()),
+            ..Default::default()
+        };
+        let plan = deny::plan(&ctx, &args).expect("plan");
+        assert_eq!(names(&plan), ["deny:advisory-db", "deny:fetch", "deny"]);
+        let deny_args = argv(&plan, "deny");
+        assert_eq!(deny_args[..2], ["deny", "--offline"]);
+        assert!(deny_args.iter().any(|a| a.ends_with("deny-offline.toml")));
+        assert!(
+            argv(&plan, "deny:advisory-db")[0].contains("advisory-db-3157b0e258782691"),
+            "cargo-deny's directory name for the default URL"
+        );
+
+        let msg = usage_error(deny::plan(
+            &ctx,
+            &deny::Args {
+                advisory_db: Some(db.path().join("nope")),
+                ..Default::default()
+            },
+        ));
+        assert!(msg.contains("not an advisory-db copy"), "{msg}");
+    }
+
+    #[test]
+    fn ci_runs_every_stage_with_the_secret_scan_in_the_background() {
+        let ctx = crate::test_ctx();
+        let plan = ci::plan(&ctx, &ci::Args::default()).expect("plan");
+        let stages: Vec<&str> = plan
+            .steps
+            .iter()
+            .map(|s| s.name.split(':').next().unwrap_or_default())
+            .collect();
+        for stage in ci::STAGES {
+            assert!(
+                stages.contains(&stage.name),
+                "ci is missing stage {}",
+                stage.name
+            );
+        }
+        let secrets = plan
+            .steps
+            .iter()
+            .find(|s| s.name == "secrets")
+            .expect("secrets step");
+        assert_eq!(secrets.lane, Lane::Background);
+        assert_eq!(secrets.reproduce, "cargo xtask secrets");
+        assert!(
+            plan.steps
+                .iter()
+                .filter(|s| s.name != "secrets")
+                .all(|s| s.lane == Lane::Serial),
+            "cargo steps never overlap"
+        );
+        let text = plan.render_human();
+        assert!(
+            text.contains("$ cargo clippy --workspace --all-targets --locked -- -D warnings"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn ci_skip_leaves_out_a_stage_and_rejects_unknown_ones() {
+        let ctx = crate::test_ctx();
+        let plan = ci::plan(
+            &ctx,
+            &ci::Args {
+                skip: vec!["test".into()],
+                ..Default::default()
+            },
+        )
+        .expect("plan");
+        assert!(!plan.steps.iter().any(|s| s.name.starts_with("test")));
+        assert!(plan.notes.iter().any(|n| n.contains("stage test skipped")));
+        let msg = usage_error(ci::plan(
+            &ctx,
+            &ci::Args {
+                skip: vec!["tests".into()],
+                ..Default::default()
+            },
+        ));
+        assert!(
+            msg.contains("no such stage") && msg.contains("test"),
+            "{msg}"
+        );
+    }
+}

@@ -1,0 +1,31 @@
+# Muscle memory only: every target is exactly one `cargo xtask` command, so `make X` and
+# `cargo xtask X` never differ. `make help` lists what xtask can do.
+.PHONY: help ci test lint fmt fmt-check build release deny secrets doctor setup workflows
+.DEFAULT_GOAL := help
+
+help:
+	@cargo xtask --help
+ci:
+	cargo xtask ci
+test:
+	cargo xtask test
+lint:
+	cargo xtask lint
+fmt:
+	cargo xtask fmt
+fmt-check:
+	cargo xtask fmt --check
+build:
+	cargo xtask build
+release:
+	cargo xtask build --release
+deny:
+	cargo xtask deny
+secrets:
+	cargo xtask secrets
+doctor:
+	cargo xtask doctor
+setup:
+	cargo xtask setup
+workflows:
+	cargo xtask workflows

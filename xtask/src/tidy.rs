@@ -1,0 +1,230 @@
+//! Repository rules, checked by `cargo test` (and so by `cargo xtask test` and CI).
+//!
+//! Each test names the rule it enforces and, on failure, what to run or change.
+
+use std::path::{Path, PathBuf};
+
+use crate::commands::ci::STAGES;
+use crate::commands::workflows::{CI_WORKFLOW, render_ci_workflow};
+use crate::project_root;
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(project_root().join(rel))
+        .unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+}
+
+fn files_under(dir: &Path, ext: &str) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
+        .flatten()
+    {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(files_under(&path, ext));
+        } else if path.extension().is_some_and(|e| e == ext) {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// `run:` commands of a workflow file (single-line form; block scalars are rejected).
+fn run_lines(yaml: &str) -> Vec<String> {
+    yaml.lines()
+        .filter_map(|l| l.trim_start().trim_start_matches("- ").strip_prefix("run:"))
+        .map(|r| r.trim().to_string())
+        .collect()
+}
+
+#[test]
+fn the_top_level_layout_is_complete() {
+    let root = project_root();
+    for path in [
+        "Cargo.toml",
+        "Cargo.lock",
+        "xtask",
+        "services",
+        "crates",
+        "infra",
+        ".github/workflows",
+        ".cargo/config.toml",
+        "rust-toolchain.toml",
+        "Makefile",
+        "deny.toml",
+        "tests",
+        "README.md",
+        "ARCHITECTURE.md",
+        "BENCHMARKS.md",
+        ".ci/run",
+    ] {
+        assert!(
+            root.join(path).exists(),
+            "{path} is missing from the repository root"
+        );
+    }
+    assert!(
+        read(".cargo/config.toml").contains(r#"xtask = "run --package xtask --""#),
+        "the cargo xtask alias is gone"
+    );
+}
+
+#[test]
+fn the_ci_workflow_is_generated_from_the_ci_stages() {
+    assert!(
+        read(CI_WORKFLOW) == render_ci_workflow(),
+        "{CI_WORKFLOW} is out of date: run `cargo xtask workflows` and commit it"
+    );
+}
+
+#[test]
+fn workflows_run_only_cargo_xtask_commands() {
+    for file in files_under(&project_root().join(".github/workflows"), "yml") {
+        let yaml = std::fs::read_to_string(&file).expect("readable workflow");
+        for run in run_lines(&yaml) {
+            assert!(
+                run.starts_with("cargo xtask ")
+                    && !run.contains("&&")
+                    && !run.contains(';')
+                    && !run.starts_with("cargo xtask |"),
+                "{}: `run: {run}` is not a single `cargo xtask` command; put the logic in xtask so it runs locally too",
+                file.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn every_ci_stage_has_a_workflow_job_and_every_step_belongs_to_a_stage() {
+    let runs = run_lines(&read(CI_WORKFLOW));
+    for stage in STAGES {
+        let wanted = format!("cargo xtask {}", stage.command);
+        assert!(
+            runs.contains(&wanted),
+            "ci stage `{}` has no workflow step `run: {wanted}`",
+            stage.name
+        );
+    }
+    let plan = crate::commands::ci::plan(&crate::test_ctx(), &Default::default()).expect("ci plan");
+    for step in &plan.steps {
+        let stage = step.name.split(':').next().unwrap_or_default();
+        assert!(
+            STAGES.iter().any(|s| s.name == stage),
+            "ci step {} belongs to no stage (so has no CI job)",
+            step.name
+        );
+    }
+}
+
+#[test]
+fn every_xtask_source_file_says_what_it_is_for() {
+    for file in files_under(&project_root().join("xtask/src"), "rs") {
+        let text = std::fs::read_to_string(&file).expect("readable source");
+        assert!(
+            text.starts_with("//!"),
+            "{} must open with a `//!` comment saying what it does",
+            file.display()
+        );
+    }
+}
+
+#[test]
+fn every_member_uses_the_workspace_lints() {
+    let ws = crate::workspace::Workspace::load(&project_root()).expect("workspace");
+    for m in ws.members.values() {
+        let manifest = std::fs::read_to_string(project_root().join(&m.dir).join("Cargo.toml"))
+            .expect("manifest");
+        let parsed: toml::Table = toml::from_str(&manifest).expect("valid manifest");
+        let inherits = parsed
+            .get("lints")
+            .and_then(|l| l.get("workspace"))
+            .and_then(|w| w.as_bool())
+            == Some(true);
+        assert!(
+            inherits,
+            "{}: add `[lints] workspace = true`",
+            m.dir.display()
+        );
+    }
+}
+
+#[test]
+fn xtask_never_depends_on_service_crates() {
+    let ws = crate::workspace::Workspace::load(&project_root()).expect("workspace");
+    let xtask = &ws.members["xtask"];
+    assert!(
+        xtask.deps.is_empty(),
+        "xtask depends on workspace crates {:?}: keep it thin, hand off instead",
+        xtask.deps
+    );
+}
+
+#[test]
+fn the_makefile_is_a_thin_shim() {
+    let makefile = read("Makefile");
+    let mut targets = Vec::new();
+    let mut current: Option<String> = None;
+    for line in makefile.lines() {
+        if let Some(recipe) = line.strip_prefix('\t') {
+            let target = current
+                .clone()
+                .unwrap_or_else(|| panic!("Makefile: recipe line outside a target: {line}"));
+            let cmd = recipe.trim_start_matches('@');
+            assert!(
+                cmd.starts_with("cargo xtask"),
+                "Makefile target {target}: `{recipe}` is not a `cargo xtask` command"
+            );
+        } else if let Some((name, _)) = line.split_once(':')
+            && !line.starts_with('#')
+            && !line.starts_with('.')
+            && !name.contains(' ')
+            && !name.is_empty()
+        {
+            current = Some(name.to_string());
+            targets.push(name.to_string());
+        }
+    }
+    for wanted in ["help", "ci", "test", "lint", "fmt"] {
+        assert!(
+            targets.iter().any(|t| t == wanted),
+            "Makefile lacks a `{wanted}` target"
+        );
+    }
+    for target in &targets {
+        let recipes = makefile
+            .split(&format!("\n{target}:"))
+            .nth(1)
+            .unwrap_or_default();
+        let count = recipes
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with('\t'))
+            .count();
+        assert_eq!(
+            count, 1,
+            "Makefile target {target} must be exactly one `cargo xtask` line"
+        );
+    }
+}
+
+#[test]
+fn the_readme_leads_with_the_two_commands_that_matter() {
+    let readme = read("README.md");
+    let first_commands: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.trim_start().starts_with("cargo xtask"))
+        .take(2)
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        first_commands,
+        ["cargo xtask ci", "cargo xtask test"],
+        "README must open with `cargo xtask ci` then the test command"
+    );
+    let ci_run = read(".ci/run");
+    assert!(
+        ci_run.contains("cargo xtask test"),
+        ".ci/run must run the README's test command"
+    );
+}
