@@ -16,6 +16,9 @@ fn xtask(args: &[&str]) -> Output {
         .args(args)
         .current_dir(root())
         .env_remove("GITHUB_ACTIONS")
+        // Assertions read plain text, even when the test run itself was asked for colour.
+        .env("CARGO_TERM_COLOR", "never")
+        .env("NO_COLOR", "1")
         .output()
         .expect("xtask binary runs")
 }
@@ -273,4 +276,56 @@ fn doctor_json_describes_every_tool() {
 fn the_checked_in_workflow_is_current() {
     let out = xtask(&["workflows", "--check"]);
     assert!(out.status.success(), "{}", text(&out.stderr));
+}
+
+#[test]
+fn run_results_are_json_on_stdout_with_format_json() {
+    let out = xtask(&["fmt", "--check", "--format", "json"]);
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is only JSON");
+    assert_eq!(report["command"], "fmt --check");
+    assert_eq!(report["steps"][0]["name"], "fmt");
+    assert_eq!(
+        report["steps"][0]["reproduce"],
+        "cargo fmt --all -- --check"
+    );
+    assert_eq!(out.status.success(), report["ok"] == true);
+}
+
+#[test]
+fn under_github_actions_steps_are_grouped_and_summarised() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let summary = dir.path().join("summary.md");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["fmt", "--check"])
+        .current_dir(root())
+        .env("GITHUB_ACTIONS", "true")
+        .env("GITHUB_STEP_SUMMARY", &summary)
+        .output()
+        .expect("runs");
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("::group::[1/1] fmt") && stderr.contains("::endgroup::"),
+        "{stderr}"
+    );
+    let md = std::fs::read_to_string(&summary).expect("summary written");
+    assert!(
+        md.contains("`cargo xtask fmt --check`") && md.contains("| fmt |"),
+        "{md}"
+    );
+}
+
+#[test]
+fn ci_changed_with_an_unknown_base_exits_2() {
+    let out = xtask(&[
+        "ci",
+        "--changed",
+        "--base",
+        "no-such-ref-anywhere",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--base no-such-ref-anywhere"), "{err}");
 }

@@ -100,6 +100,14 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         .into());
     }
     let source = source.canonicalize()?;
+    let snap = snapshot_of(&source)?;
+    plan.notes.push(format!(
+        "deny: advisory-db snapshot {} dated {} is {} days old (offline limit: {} days)",
+        &snap.commit[..snap.commit.len().min(12)],
+        snap.date,
+        today() - snap.day,
+        args.max_db_age
+    ));
     let work = crate::target_dir(&ctx.root).join("xtask/deny");
     let checkout = work.join("advisory-dbs").join(format!(
         "advisory-db-{:016x}",
@@ -222,10 +230,20 @@ fn snapshot_of(source: &Path) -> Result<Snapshot> {
                 .context("reading the checkout's commit date");
         }
     }
-    bail!(
-        "cannot tell how old the advisory DB at {} is: it has neither a SNAPSHOT file nor git history",
+    Err(UsageError(format!(
+        "cannot tell how old the advisory DB at {} is: add a SNAPSHOT file (`... @ <commit> (YYYY-MM-DD)`) or use a git checkout",
         source.display()
-    )
+    ))
+    .into())
+}
+
+/// Days since the Unix epoch, now.
+fn today() -> i64 {
+    let secs = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    (secs / 86_400) as i64
 }
 
 /// The internal step behind `deny --offline`: make the checkout and the derived config.
@@ -244,8 +262,7 @@ pub fn prepare_advisory_db(task: &Internal, log: &mut dyn Write) -> Result<()> {
         );
     };
     let snap = snapshot_of(source)?;
-    let today = (SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() / 86_400) as i64;
-    let age = today - snap.day;
+    let age = today() - snap.day;
     writeln!(
         log,
         "advisory-db snapshot {} dated {} is {age} days old (offline limit: {max_age_days} days)",

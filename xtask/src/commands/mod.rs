@@ -276,12 +276,29 @@ mod plan_tests {
         let ctx = crate::test_ctx();
         let db = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(db.path().join("crates")).expect("mkdir");
+        let undated = deny::Args {
+            advisory_db: Some(db.path().to_path_buf()),
+            ..Default::default()
+        };
+        assert!(usage_error(deny::plan(&ctx, &undated)).contains("cannot tell how old"));
+        std::fs::write(
+            db.path().join("SNAPSHOT"),
+            "source: github rustsec/advisory-db @ 0123456789ab (2026-01-02)\n",
+        )
+        .expect("write");
         let args = deny::Args {
             advisory_db: Some(db.path().to_path_buf()),
             ..Default::default()
         };
         let plan = deny::plan(&ctx, &args).expect("plan");
         assert_eq!(names(&plan), ["deny:advisory-db", "deny:fetch", "deny"]);
+        assert!(
+            plan.notes
+                .iter()
+                .any(|n| n.contains("0123456789ab dated 2026-01-02 is")),
+            "{:?}",
+            plan.notes
+        );
         let deny_args = argv(&plan, "deny");
         assert_eq!(deny_args[..2], ["deny", "--offline"]);
         assert!(deny_args.iter().any(|a| a.ends_with("deny-offline.toml")));
