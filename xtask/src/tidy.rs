@@ -228,3 +228,29 @@ fn the_readme_leads_with_the_two_commands_that_matter() {
         ".ci/run must run the README's test command"
     );
 }
+
+#[test]
+fn the_by_hand_benchmark_baseline_runs_what_ci_runs() {
+    let script = read("xtask/bench/ci-by-hand.sh");
+    let plan = crate::commands::ci::plan(&crate::test_ctx(), &Default::default()).expect("ci plan");
+    for step in &plan.steps {
+        let crate::plan::Action::Exec { program, .. } = &step.action else {
+            continue;
+        };
+        if program != &crate::cargo_program() {
+            continue;
+        }
+        // The script names the target dir through a variable; compare the rest of the line.
+        let line = step.command_line();
+        let line = line
+            .split("/target/")
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>();
+        let wanted = line.last().expect("non-empty");
+        assert!(
+            script.lines().any(|l| l.ends_with(wanted.as_str())),
+            "xtask/bench/ci-by-hand.sh lacks `{}` from the ci plan",
+            step.command_line()
+        );
+    }
+}

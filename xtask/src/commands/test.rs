@@ -53,9 +53,6 @@ pub fn plan_for(
         args = vec!["nextest".into(), "run".into()];
         args.extend(package_args(packages));
         args.extend(["--locked", "--no-tests", "fail"].map(String::from));
-        if std::env::var_os("CI").is_some() {
-            args.extend(["--profile", "ci"].map(String::from));
-        }
         if let Some(p) = partition {
             args.extend(["--partition".to_string(), p.to_string()]);
         }

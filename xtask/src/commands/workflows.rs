@@ -30,7 +30,7 @@ pub fn render_ci_workflow() -> String {
          on:\n  push:\n    branches: [main]\n  pull_request:\n\
          permissions:\n  contents: read\n\
          concurrency:\n  group: ci-${{ github.ref }}\n  cancel-in-progress: true\n\
-         env:\n  CARGO_TERM_COLOR: always\n  CARGO_INCREMENTAL: \"0\"\n\
+         env:\n  CARGO_TERM_COLOR: always\n  CARGO_INCREMENTAL: \"0\"\n  NEXTEST_PROFILE: ci\n\
          jobs:\n",
     );
     for stage in STAGES {
