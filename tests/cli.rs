@@ -5,10 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
 }
 
 fn xtask(args: &[&str]) -> Output {
@@ -32,10 +29,7 @@ fn require_tool(name: &str) {
     let found = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|dir| dir.join(name).is_file()))
         .unwrap_or(false);
-    assert!(
-        found,
-        "{name} is not on PATH; install the pinned tools with `cargo xtask setup`"
-    );
+    assert!(found, "{name} is not on PATH; install the pinned tools with `cargo xtask setup`");
 }
 
 #[test]
@@ -44,29 +38,13 @@ fn ci_dry_run_json_lists_every_step_and_runs_nothing() {
     assert!(out.status.success(), "stderr: {}", text(&out.stderr));
     let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is only JSON");
     assert_eq!(plan["command"], "ci");
-    let names: Vec<&str> = plan["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .filter_map(|s| s["name"].as_str())
-        .collect();
+    let names: Vec<&str> = plan["steps"].as_array().expect("steps").iter().filter_map(|s| s["name"].as_str()).collect();
     for stage in ["secrets", "fmt", "lint", "test", "deny", "build"] {
         assert!(names.contains(&stage), "ci plan lacks {stage}: {names:?}");
     }
-    let lint = plan["steps"]
-        .as_array()
-        .expect("steps")
-        .iter()
-        .find(|s| s["name"] == "lint")
-        .expect("lint step");
+    let lint = plan["steps"].as_array().expect("steps").iter().find(|s| s["name"] == "lint").expect("lint step");
     assert_eq!(lint["action"]["kind"], "exec");
-    assert!(
-        lint["action"]["args"]
-            .as_array()
-            .expect("args")
-            .iter()
-            .any(|a| a == "warnings")
-    );
+    assert!(lint["action"]["args"].as_array().expect("args").iter().any(|a| a == "warnings"));
     assert!(lint["action"]["cwd"].as_str().is_some());
 }
 
@@ -76,10 +54,7 @@ fn a_bad_flag_exits_2_with_one_line() {
     assert_eq!(out.status.code(), Some(2));
     let err = text(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "one line, got: {err}");
-    assert!(
-        err.contains("--dry-rn") && err.contains("--dry-run"),
-        "names the flag and the fix: {err}"
-    );
+    assert!(err.contains("--dry-rn") && err.contains("--dry-run"), "names the flag and the fix: {err}");
     assert!(out.stdout.is_empty());
 }
 
@@ -110,29 +85,17 @@ fn planted_repo() -> PlantedRepo {
     // Assembled at run time so this file never contains a key any scanner would flag.
     let key = ["AKIA", "Z7QH2KXW4RMB5TNP"].concat();
     let git = |args: &[&str]| {
-        let ok = Command::new("git")
-            .args(args)
-            .current_dir(dir.path())
-            .status()
-            .expect("git runs")
-            .success();
+        let ok = Command::new("git").args(args).current_dir(dir.path()).status().expect("git runs").success();
         assert!(ok, "git {args:?}");
     };
     git(&["init", "--quiet"]);
     std::fs::create_dir(dir.path().join("config")).expect("mkdir");
-    std::fs::write(
-        dir.path().join("config/prod.env"),
-        format!("REGION=eu-west-1\nAWS_ACCESS_KEY_ID={key}\n"),
-    )
-    .expect("write");
+    std::fs::write(dir.path().join("config/prod.env"), format!("REGION=eu-west-1\nAWS_ACCESS_KEY_ID={key}\n"))
+        .expect("write");
     std::fs::write(dir.path().join("README.md"), "nothing to see\n").expect("write");
     git(&["add", "--all"]);
     // Untracked files are not the scan's business: they cannot be pushed.
-    std::fs::write(
-        dir.path().join("local.env"),
-        format!("AWS_ACCESS_KEY_ID={key}\n"),
-    )
-    .expect("write");
+    std::fs::write(dir.path().join("local.env"), format!("AWS_ACCESS_KEY_ID={key}\n")).expect("write");
     PlantedRepo { dir, key }
 }
 
@@ -142,48 +105,25 @@ fn secrets_fails_on_a_planted_key_and_never_prints_it() {
     let path = repo.dir.path().to_str().expect("utf-8 path");
     let out = xtask(&["secrets", "--repo", path, "--no-trivy"]);
     let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "stdout: {stdout}\nstderr: {}",
-        text(&out.stderr)
-    );
+    assert_eq!(out.status.code(), Some(1), "stdout: {stdout}\nstderr: {}", text(&out.stderr));
     assert!(stdout.contains("config/prod.env:2:19"), "{stdout}");
-    assert!(
-        stdout.contains("aws-access-key-id") && stdout.contains("AKIA********"),
-        "{stdout}"
-    );
-    assert!(
-        !stdout.contains("local.env"),
-        "untracked files are not scanned: {stdout}"
-    );
+    assert!(stdout.contains("aws-access-key-id") && stdout.contains("AKIA********"), "{stdout}");
+    assert!(!stdout.contains("local.env"), "untracked files are not scanned: {stdout}");
     let all = stdout + &text(&out.stderr);
-    assert!(
-        !all.contains(&repo.key),
-        "the key itself must never be printed"
-    );
+    assert!(!all.contains(&repo.key), "the key itself must never be printed");
 }
 
 #[test]
 fn secrets_merges_trivy_findings_with_its_own() {
     require_tool("trivy");
     let repo = planted_repo();
-    let out = xtask(&[
-        "secrets",
-        "--repo",
-        repo.dir.path().to_str().expect("utf-8"),
-        "--format",
-        "json",
-    ]);
+    let out = xtask(&["secrets", "--repo", repo.dir.path().to_str().expect("utf-8"), "--format", "json"]);
     assert_eq!(out.status.code(), Some(1), "stderr: {}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(report["trivy"], true);
     let findings = report["findings"].as_array().expect("findings");
     assert_eq!(findings.len(), 1, "one key, reported once: {findings:?}");
-    assert_eq!(
-        findings[0]["found_by"],
-        serde_json::json!(["xtask", "trivy"])
-    );
+    assert_eq!(findings[0]["found_by"], serde_json::json!(["xtask", "trivy"]));
     assert!(!text(&out.stdout).contains(&repo.key));
 }
 
@@ -195,18 +135,11 @@ fn secrets_accepts_a_finding_only_with_a_reason() {
 
     std::fs::write(&ignore, "[[allow]]\npath = \"config/*.env\"\n").expect("write");
     let out = xtask(&["secrets", "--repo", path, "--no-trivy"]);
-    assert_eq!(
-        out.status.code(),
-        Some(2),
-        "an entry without a reason is a config error"
-    );
+    assert_eq!(out.status.code(), Some(2), "an entry without a reason is a config error");
     assert!(text(&out.stderr).contains("no `reason`"));
 
-    std::fs::write(
-        &ignore,
-        "[[allow]]\npath = \"config/*.env\"\nreason = \"test fixture, never a live key\"\n",
-    )
-    .expect("write");
+    std::fs::write(&ignore, "[[allow]]\npath = \"config/*.env\"\nreason = \"test fixture, never a live key\"\n")
+        .expect("write");
     let out = xtask(&["secrets", "--repo", path, "--no-trivy"]);
     assert_eq!(out.status.code(), Some(0), "stdout: {}", text(&out.stdout));
     assert!(text(&out.stdout).contains("1 ignored"));
@@ -216,24 +149,12 @@ fn secrets_accepts_a_finding_only_with_a_reason() {
 fn deny_offline_runs_against_the_shared_advisory_db() {
     require_tool("cargo-deny");
     let db = root().join("../shared/advisory-db");
-    assert!(
-        db.join("crates").is_dir(),
-        "expected the advisory-db snapshot at {}",
-        db.display()
-    );
-    let out = xtask(&[
-        "deny",
-        "--offline",
-        "--advisory-db",
-        db.to_str().expect("utf-8"),
-    ]);
+    assert!(db.join("crates").is_dir(), "expected the advisory-db snapshot at {}", db.display());
+    let out = xtask(&["deny", "--offline", "--advisory-db", db.to_str().expect("utf-8")]);
     let all = text(&out.stdout) + &text(&out.stderr);
     assert!(out.status.success(), "{all}");
     let snapshot = std::fs::read_to_string(db.join("SNAPSHOT")).expect("SNAPSHOT file");
-    let date = snapshot
-        .rsplit_once('(')
-        .and_then(|(_, d)| d.split(')').next())
-        .expect("dated snapshot");
+    let date = snapshot.rsplit_once('(').and_then(|(_, d)| d.split(')').next()).expect("dated snapshot");
     assert!(
         all.contains(&format!("dated {date} is")) && all.contains("days old"),
         "the database's real age is reported: {all}"
@@ -246,30 +167,12 @@ fn doctor_json_describes_every_tool() {
     let out = xtask(&["doctor", "--format", "json"]);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     let tools = report["tools"].as_array().expect("tools");
-    for name in [
-        "cargo",
-        "cargo-nextest",
-        "cargo-deny",
-        "docker",
-        "docker-compose",
-        "kubectl",
-        "trivy",
-    ] {
-        let tool = tools
-            .iter()
-            .find(|t| t["name"] == name)
-            .unwrap_or_else(|| panic!("doctor omits {name}"));
-        assert!(
-            tool["needed_by"].as_array().is_some_and(|n| !n.is_empty()),
-            "{name} says who needs it"
-        );
+    for name in ["cargo", "cargo-nextest", "cargo-deny", "docker", "docker-compose", "kubectl", "trivy"] {
+        let tool = tools.iter().find(|t| t["name"] == name).unwrap_or_else(|| panic!("doctor omits {name}"));
+        assert!(tool["needed_by"].as_array().is_some_and(|n| !n.is_empty()), "{name} says who needs it");
         assert!(tool["install_hint"].as_str().is_some_and(|h| !h.is_empty()));
     }
-    assert_eq!(
-        out.status.success(),
-        report["ok"] == true,
-        "exit code agrees with the report"
-    );
+    assert_eq!(out.status.success(), report["ok"] == true, "exit code agrees with the report");
 }
 
 #[test]
@@ -281,14 +184,10 @@ fn the_checked_in_workflow_is_current() {
 #[test]
 fn run_results_are_json_on_stdout_with_format_json() {
     let out = xtask(&["fmt", "--check", "--format", "json"]);
-    let report: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("stdout is only JSON");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is only JSON");
     assert_eq!(report["command"], "fmt --check");
     assert_eq!(report["steps"][0]["name"], "fmt");
-    assert_eq!(
-        report["steps"][0]["reproduce"],
-        "cargo fmt --all -- --check"
-    );
+    assert_eq!(report["steps"][0]["reproduce"], "cargo fmt --all -- --check");
     assert_eq!(out.status.success(), report["ok"] == true);
 }
 
@@ -304,26 +203,14 @@ fn under_github_actions_steps_are_grouped_and_summarised() {
         .output()
         .expect("runs");
     let stderr = text(&out.stderr);
-    assert!(
-        stderr.contains("::group::[1/1] fmt") && stderr.contains("::endgroup::"),
-        "{stderr}"
-    );
+    assert!(stderr.contains("::group::[1/1] fmt") && stderr.contains("::endgroup::"), "{stderr}");
     let md = std::fs::read_to_string(&summary).expect("summary written");
-    assert!(
-        md.contains("`cargo xtask fmt --check`") && md.contains("| fmt |"),
-        "{md}"
-    );
+    assert!(md.contains("`cargo xtask fmt --check`") && md.contains("| fmt |"), "{md}");
 }
 
 #[test]
 fn ci_changed_with_an_unknown_base_exits_2() {
-    let out = xtask(&[
-        "ci",
-        "--changed",
-        "--base",
-        "no-such-ref-anywhere",
-        "--dry-run",
-    ]);
+    let out = xtask(&["ci", "--changed", "--base", "no-such-ref-anywhere", "--dry-run"]);
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
     let err = text(&out.stderr);
     assert_eq!(err.trim().lines().count(), 1, "{err}");

@@ -5,10 +5,26 @@
 set -e
 cd "$(dirname "$0")/../.."
 target="${CARGO_TARGET_DIR:-target}"
+pg_bin=$(dirname "$(command -v pg_ctl || ls -d /usr/lib/postgresql/*/bin/pg_ctl | tail -n 1)")
+
 "$target"/debug/xtask secrets
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+
+# Real Postgres and Redis for the integration tests, as a person would start them.
+deps=$(mktemp -d /tmp/by-hand-deps.XXXXXX)
+chown postgres: "$deps"
+runuser -u postgres -- "$pg_bin"/initdb -D "$deps"/pg -U postgres --auth=trust -E UTF8 --no-sync >/dev/null
+runuser -u postgres -- "$pg_bin"/pg_ctl -D "$deps"/pg -l "$deps"/pg.log -w \
+  -o "-p 55432 -c listen_addresses=127.0.0.1 -c unix_socket_directories=$deps -c fsync=off -c max_connections=300" start >/dev/null
+redis-server --port 56379 --bind 127.0.0.1 --save '' --daemonize yes --pidfile "$deps"/redis.pid --dir "$deps"
+export TEST_DATABASE_URL=postgres://postgres@127.0.0.1:55432/postgres TEST_REDIS_URL=redis://127.0.0.1:56379
 cargo nextest run --workspace --locked --no-tests fail
+cargo test --doc --locked -p job-queue -p service-runtime -p test-support
+runuser -u postgres -- "$pg_bin"/pg_ctl -D "$deps"/pg -m immediate -w stop >/dev/null
+kill "$(cat "$deps"/redis.pid)"
+rm -rf "$deps"
+
 cargo fetch --locked
 cargo deny --offline --workspace --all-features --config "$target"/xtask/deny/deny-offline.toml check --show-stats advisories bans licenses sources
 cargo build --workspace --locked --release

@@ -53,15 +53,11 @@ impl Affected {
     pub fn explain(&self) -> Vec<String> {
         let mut lines = Vec::new();
         if let Some(file) = &self.everything_because {
-            lines.push(format!(
-                "--changed: {file} changed, which every package depends on: checking all packages"
-            ));
+            lines.push(format!("--changed: {file} changed, which every package depends on: checking all packages"));
             return lines;
         }
         if self.packages.is_empty() {
-            lines.push(
-                "--changed: no package is affected; lint and test have nothing to do".to_string(),
-            );
+            lines.push("--changed: no package is affected; lint and test have nothing to do".to_string());
         }
         for (name, why) in &self.packages {
             let reason = match why {
@@ -72,23 +68,14 @@ impl Affected {
             lines.push(format!("--changed: {name}: {reason}"));
         }
         if !self.unowned.is_empty() {
-            lines.push(format!(
-                "--changed: outside any package, ignored for lint/test: {}",
-                self.unowned.join(", ")
-            ));
+            lines.push(format!("--changed: outside any package, ignored for lint/test: {}", self.unowned.join(", ")));
         }
         lines
     }
 }
 
 fn is_root_trigger(file: &str) -> bool {
-    ROOT_TRIGGERS.iter().any(|t| {
-        if t.ends_with('/') {
-            file.starts_with(t)
-        } else {
-            file == *t
-        }
-    })
+    ROOT_TRIGGERS.iter().any(|t| if t.ends_with('/') { file.starts_with(t) } else { file == *t })
 }
 
 /// The member that owns a file: the one whose directory is the longest prefix of its path.
@@ -106,19 +93,14 @@ pub fn compute(ws: &Workspace, changed: &[String]) -> Affected {
     if let Some(file) = changed.iter().find(|f| is_root_trigger(f)) {
         affected.everything_because = Some(file.clone());
         for name in ws.members.keys() {
-            affected
-                .packages
-                .insert(name.clone(), Why::Everything { file: file.clone() });
+            affected.packages.insert(name.clone(), Why::Everything { file: file.clone() });
         }
         return affected;
     }
     let mut direct: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for file in changed {
         match owner(ws, file) {
-            Some(name) => direct
-                .entry(name.to_string())
-                .or_default()
-                .push(file.clone()),
+            Some(name) => direct.entry(name.to_string()).or_default().push(file.clone()),
             None => affected.unowned.push(file.clone()),
         }
     }
@@ -128,12 +110,7 @@ pub fn compute(ws: &Workspace, changed: &[String]) -> Affected {
     }
     for name in direct.keys() {
         for dependent in ws.reverse_deps(name) {
-            affected
-                .packages
-                .entry(dependent)
-                .or_insert_with(|| Why::DependsOn {
-                    package: name.clone(),
-                });
+            affected.packages.entry(dependent).or_insert_with(|| Why::DependsOn { package: name.clone() });
         }
     }
     affected
@@ -157,12 +134,7 @@ mod tests {
     fn a_leaf_change_affects_only_that_leaf() {
         let a = picked(&["services/gateway/src/main.rs"]);
         assert_eq!(a.names(), ["gateway"]);
-        assert_eq!(
-            a.packages["gateway"],
-            Why::Changed {
-                files: vec!["services/gateway/src/main.rs".into()]
-            }
-        );
+        assert_eq!(a.packages["gateway"], Why::Changed { files: vec!["services/gateway/src/main.rs".into()] });
         assert!(a.everything_because.is_none());
     }
 
@@ -170,38 +142,21 @@ mod tests {
     fn a_shared_library_change_reaches_every_dependent_transitively() {
         let a = picked(&["crates/util/src/lib.rs"]);
         assert_eq!(a.names(), ["api", "kit", "util", "worker"]);
-        assert_eq!(
-            a.packages["api"],
-            Why::DependsOn {
-                package: "util".into()
-            }
-        );
+        assert_eq!(a.packages["api"], Why::DependsOn { package: "util".into() });
         assert!(!a.packages.contains_key("gateway"));
     }
 
     #[test]
     fn dev_dependencies_count_because_tests_use_them() {
-        assert_eq!(
-            picked(&["crates/testkit/src/lib.rs"]).names(),
-            ["api", "testkit"]
-        );
+        assert_eq!(picked(&["crates/testkit/src/lib.rs"]).names(), ["api", "testkit"]);
     }
 
     #[test]
     fn a_root_file_change_means_everything() {
-        for root_file in [
-            "Cargo.lock",
-            ".cargo/config.toml",
-            "rust-toolchain.toml",
-            "xtask/src/main.rs",
-        ] {
+        for root_file in ["Cargo.lock", ".cargo/config.toml", "rust-toolchain.toml", "xtask/src/main.rs"] {
             let a = picked(&["services/gateway/src/main.rs", root_file]);
             assert_eq!(a.everything_because.as_deref(), Some(root_file));
-            assert_eq!(
-                a.names().len(),
-                6,
-                "{root_file} should select all six members"
-            );
+            assert_eq!(a.names().len(), 6, "{root_file} should select all six members");
         }
     }
 
@@ -211,19 +166,13 @@ mod tests {
         assert!(a.packages.is_empty());
         assert_eq!(a.unowned, ["README.md", "infra/k8s/base/api.yaml"]);
         let text = a.explain().join("\n");
-        assert!(
-            text.contains("no package is affected") && text.contains("README.md"),
-            "{text}"
-        );
+        assert!(text.contains("no package is affected") && text.contains("README.md"), "{text}");
     }
 
     #[test]
     fn the_explanation_names_each_package_and_its_reason() {
         let text = picked(&["crates/kit/src/lib.rs"]).explain().join("\n");
-        assert!(
-            text.contains("kit: changed (crates/kit/src/lib.rs)"),
-            "{text}"
-        );
+        assert!(text.contains("kit: changed (crates/kit/src/lib.rs)"), "{text}");
         assert!(text.contains("api: depends on kit"), "{text}");
     }
 

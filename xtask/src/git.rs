@@ -15,20 +15,13 @@ pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
         .output()
         .with_context(|| format!("running git {}", args.join(" ")))?;
     if !out.status.success() {
-        bail!(
-            "git {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("git {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 fn nul_separated(text: &str) -> Vec<String> {
-    text.split('\0')
-        .filter(|s| !s.is_empty())
-        .map(str::to_string)
-        .collect()
+    text.split('\0').filter(|s| !s.is_empty()).map(str::to_string).collect()
 }
 
 /// Files git tracks (plus files added to the index), relative to the repository root.
@@ -38,37 +31,15 @@ pub fn tracked_files(repo: &Path) -> Result<Vec<String>> {
 
 /// Files changed between the merge-base with `base` and the working tree, untracked ones included.
 pub fn changed_files(repo: &Path, base: &str) -> Result<Vec<String>> {
-    if git(
-        repo,
-        &[
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            &format!("{base}^{{commit}}"),
-        ],
-    )
-    .is_err()
-    {
+    if git(repo, &["rev-parse", "--verify", "--quiet", &format!("{base}^{{commit}}")]).is_err() {
         return Err(crate::UsageError(format!(
             "--base {base}: no such commit or branch here; fetch it or pass another ref (e.g. --base origin/main)"
         ))
         .into());
     }
     let merge_base = git(repo, &["merge-base", "HEAD", base])?;
-    let mut files = nul_separated(&git(
-        repo,
-        &[
-            "diff",
-            "--name-only",
-            "--no-renames",
-            "-z",
-            merge_base.trim(),
-        ],
-    )?);
-    files.extend(nul_separated(&git(
-        repo,
-        &["ls-files", "-z", "--others", "--exclude-standard"],
-    )?));
+    let mut files = nul_separated(&git(repo, &["diff", "--name-only", "--no-renames", "-z", merge_base.trim()])?);
+    files.extend(nul_separated(&git(repo, &["ls-files", "-z", "--others", "--exclude-standard"])?));
     files.sort();
     files.dedup();
     Ok(files)

@@ -100,28 +100,15 @@ impl Ctx {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        let report = runner::run(
-            plan,
-            &self.ui,
-            &runner::Options {
-                keep_going: self.keep_going,
-            },
-        );
+        let report = runner::run(plan, &self.ui, &runner::Options { keep_going: self.keep_going });
         runner::print_report(&self.ui, &report);
-        Ok(if report.ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::from(EXIT_FAILED)
-        })
+        Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
     }
 }
 
 /// The workspace root: xtask always lives in `<root>/xtask`.
 pub fn project_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("xtask sits inside the workspace")
-        .to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits inside the workspace").to_path_buf()
 }
 
 /// Where cargo puts build output: `$CARGO_TARGET_DIR` (CI keeps it outside the clone) or `<root>/target`.
@@ -195,13 +182,7 @@ fn main() -> ExitCode {
 pub fn test_ctx() -> Ctx {
     Ctx {
         root: project_root(),
-        ui: Ui {
-            format: Format::Human,
-            color: false,
-            tty: false,
-            verbose: false,
-            github: false,
-        },
+        ui: Ui { format: Format::Human, color: false, tty: false, verbose: false, github: false },
         dry_run: true,
         keep_going: false,
     }
@@ -228,11 +209,7 @@ mod tests {
     fn every_subcommand_explains_itself() {
         for sub in Cli::command().get_subcommands() {
             let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
-            assert!(
-                about.len() > 20,
-                "`cargo xtask {}` needs a real --help description",
-                sub.get_name()
-            );
+            assert!(about.len() > 20, "`cargo xtask {}` needs a real --help description", sub.get_name());
         }
     }
 
@@ -241,9 +218,6 @@ mod tests {
         let err = Cli::try_parse_from(["xtask", "ci", "--dry-rn"]).expect_err("bad flag");
         let line = usage_line(&err);
         assert!(!line.contains('\n'), "{line}");
-        assert!(
-            line.contains("--dry-rn") && line.contains("--dry-run"),
-            "{line}"
-        );
+        assert!(line.contains("--dry-rn") && line.contains("--dry-run"), "{line}");
     }
 }

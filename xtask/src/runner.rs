@@ -49,11 +49,7 @@ impl Ui {
     }
 
     pub fn paint(&self, ansi: &str, text: &str) -> String {
-        if self.color {
-            format!("\x1b[{ansi}m{text}\x1b[0m")
-        } else {
-            text.to_string()
-        }
+        if self.color { format!("\x1b[{ansi}m{text}\x1b[0m") } else { text.to_string() }
     }
 
     fn paint_status(&self, status: &Status, text: &str) -> String {
@@ -77,12 +73,7 @@ pub struct Options {
 /// Variables cargo sets for the crate it runs (xtask). Passed on, they make child cargo
 /// invocations see a changed environment and rebuild crates whose build scripts watch them.
 pub fn is_cargo_injected(key: &str) -> bool {
-    const PREFIXES: &[&str] = &[
-        "CARGO_PKG_",
-        "CARGO_MANIFEST_",
-        "CARGO_CFG_",
-        "CARGO_BIN_EXE_",
-    ];
+    const PREFIXES: &[&str] = &["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CFG_", "CARGO_BIN_EXE_"];
     const EXACT: &[&str] = &[
         "CARGO_CRATE_NAME",
         "CARGO_BIN_NAME",
@@ -121,26 +112,22 @@ pub fn run(plan: &Plan, ui: &Ui, opts: &Options) -> RunReport {
         ui.info(&format!("{} {note}", ui.paint("2", "note:")));
     }
     for (i, step) in plan.steps.iter().enumerate() {
-        if let Some(failed) = &stopped_by {
-            results[i] = Some(not_run(
-                step,
-                &format!("not run: {failed} failed (use --keep-going to run every step)"),
-            ));
+        if let Some(failed) = &stopped_by
+            && !step.always
+        {
+            results[i] = Some(not_run(step, &format!("not run: {failed} failed (use --keep-going to run every step)")));
             continue;
         }
         let header = format!("[{}/{}] {}: {}", i + 1, total, step.name, step.description);
         if step.lane == Lane::Background {
-            ui.info(&format!(
-                "{} {header} (in background)",
-                ui.paint("1;36", "▶")
-            ));
+            ui.info(&format!("{} {header} (in background)", ui.paint("1;36", "▶")));
             ui.info(&format!("  $ {}", step.command_line()));
             let step = step.clone();
             background.push((i, thread::spawn(move || run_captured(&step, None))));
             continue;
         }
         let result = run_serial(step, ui, &header);
-        if matches!(result.status, Status::Failed { .. }) && !opts.keep_going {
+        if matches!(result.status, Status::Failed { .. }) && !opts.keep_going && stopped_by.is_none() {
             stopped_by = Some(step.name.clone());
         }
         results[i] = Some(result);
@@ -148,17 +135,9 @@ pub fn run(plan: &Plan, ui: &Ui, opts: &Options) -> RunReport {
 
     for (i, handle) in background {
         let step = &plan.steps[i];
-        let (result, output) = handle.join().unwrap_or_else(|_| {
-            (
-                failed(
-                    step,
-                    None,
-                    "the step's thread panicked".into(),
-                    Duration::ZERO,
-                ),
-                Vec::new(),
-            )
-        });
+        let (result, output) = handle
+            .join()
+            .unwrap_or_else(|_| (failed(step, None, "the step's thread panicked".into(), Duration::ZERO), Vec::new()));
         group_start(ui, &format!("{} (background)", step.name));
         let _ = std::io::stderr().write_all(&output);
         group_end(ui);
@@ -175,16 +154,10 @@ pub fn run(plan: &Plan, ui: &Ui, opts: &Options) -> RunReport {
 /// Print the report the way the user asked for it.
 pub fn print_report(ui: &Ui, report: &RunReport) {
     match ui.format {
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(report).unwrap_or_default()
-        ),
+        Format::Json => println!("{}", serde_json::to_string_pretty(report).unwrap_or_default()),
         Format::Human => {
             ui.info("");
-            print!(
-                "{}",
-                crate::summary::render_table(report, &|s, t| ui.paint_status(s, t))
-            );
+            print!("{}", crate::summary::render_table(report, &|s, t| ui.paint_status(s, t)));
         }
     }
 }
@@ -221,18 +194,11 @@ fn report_outcome(ui: &Ui, result: &StepResult) {
     match &result.status {
         Status::Passed => ui.info(&format!("{} {} ({took})", ui.paint("32", "✓"), result.name)),
         Status::Failed { reason, .. } => {
-            ui.info(&format!(
-                "{} {} failed: {reason} ({took})",
-                ui.paint("1;31", "✗"),
-                result.name
-            ));
+            ui.info(&format!("{} {} failed: {reason} ({took})", ui.paint("1;31", "✗"), result.name));
             ui.info(&format!("  command: {}", result.command));
             ui.info(&format!("  rerun:   {}", result.reproduce));
             if ui.github {
-                ui.info(&format!(
-                    "::error title={} failed::{reason}; rerun: {}",
-                    result.name, result.reproduce
-                ));
+                ui.info(&format!("::error title={} failed::{reason}; rerun: {}", result.name, result.reproduce));
             }
         }
         Status::NotRun { .. } => {}
@@ -264,18 +230,14 @@ fn write_github_summary(ui: &Ui, report: &RunReport) {
         .open(&path)
         .and_then(|mut f| f.write_all(crate::summary::render_markdown(report).as_bytes()));
     if let Err(e) = appended {
-        ui.info(&format!(
-            "warning: could not append to $GITHUB_STEP_SUMMARY: {e}"
-        ));
+        ui.info(&format!("warning: could not append to $GITHUB_STEP_SUMMARY: {e}"));
     }
 }
 
 fn not_run(step: &Step, because: &str) -> StepResult {
     StepResult {
         name: step.name.clone(),
-        status: Status::NotRun {
-            because: because.to_string(),
-        },
+        status: Status::NotRun { because: because.to_string() },
         duration: Duration::ZERO,
         command: step.command_line(),
         reproduce: step.reproduce.clone(),
@@ -285,10 +247,7 @@ fn not_run(step: &Step, because: &str) -> StepResult {
 fn failed(step: &Step, code: Option<i32>, reason: String, took: Duration) -> StepResult {
     StepResult {
         name: step.name.clone(),
-        status: Status::Failed {
-            exit_code: code,
-            reason,
-        },
+        status: Status::Failed { exit_code: code, reason },
         duration: took,
         command: step.command_line(),
         reproduce: step.reproduce.clone(),
@@ -313,20 +272,11 @@ fn check_tools(step: &Step) -> Result<()> {
 }
 
 fn build_command(step: &Step) -> Option<Command> {
-    let Action::Exec {
-        program,
-        args,
-        env,
-        cwd,
-    } = &step.action
-    else {
+    let Action::Exec { program, args, env, cwd } = &step.action else {
         return None;
     };
     let mut cmd = clean_command(program);
-    cmd.args(args)
-        .envs(env)
-        .current_dir(cwd)
-        .stdin(Stdio::null());
+    cmd.args(args).envs(env).current_dir(cwd).stdin(Stdio::null());
     Some(cmd)
 }
 
@@ -349,9 +299,11 @@ fn run_internal(step: &Step, task: &Internal, log: &mut dyn Write) -> StepResult
     let started = Instant::now();
     let outcome = match task {
         Internal::PrepareAdvisoryDb { .. } => crate::commands::deny::prepare_advisory_db(task, log),
-        Internal::LinkPypiBinary { binary, link } => {
-            crate::commands::setup::link_pypi_binary(binary, link, log)
+        Internal::LinkPypiBinary { binary, link } => crate::commands::setup::link_pypi_binary(binary, link, log),
+        Internal::StartTestDeps { dir, pg_port, redis_port } => {
+            crate::commands::test_deps::start(dir, *pg_port, *redis_port, log)
         }
+        Internal::StopTestDeps { dir } => crate::commands::test_deps::stop(dir, log),
     };
     match outcome {
         Ok(()) => passed(step, started.elapsed()),
@@ -365,35 +317,23 @@ fn run_streaming(step: &Step, stdout_to_stderr: bool) -> StepResult {
         return failed(step, None, format!("{e:#}"), started.elapsed());
     }
     let Some(mut cmd) = build_command(step) else {
-        let Action::Internal(task) = &step.action else {
-            unreachable!("exec steps build a command")
-        };
+        let Action::Internal(task) = &step.action else { unreachable!("exec steps build a command") };
         return run_internal(step, task, &mut std::io::stderr());
     };
     if stdout_to_stderr {
         cmd.stdout(Stdio::from(std::io::stderr().lock().as_fd_owned()));
     }
-    finish(
-        step,
-        started,
-        cmd.status()
-            .with_context(|| format!("could not start {}", step.command_line())),
-    )
+    finish(step, started, cmd.status().with_context(|| format!("could not start {}", step.command_line())))
 }
 
 /// Run with stdout and stderr merged into one buffer; with a spinner, show the latest line.
 fn run_captured(step: &Step, bar: Option<&indicatif::ProgressBar>) -> Captured {
     let started = Instant::now();
     if let Err(e) = check_tools(step) {
-        return (
-            failed(step, None, format!("{e:#}"), started.elapsed()),
-            Vec::new(),
-        );
+        return (failed(step, None, format!("{e:#}"), started.elapsed()), Vec::new());
     }
     let Some(mut cmd) = build_command(step) else {
-        let Action::Internal(task) = &step.action else {
-            unreachable!("exec steps build a command")
-        };
+        let Action::Internal(task) = &step.action else { unreachable!("exec steps build a command") };
         let mut log = Vec::new();
         let result = run_internal(step, task, &mut log);
         return (result, log);
@@ -411,14 +351,8 @@ fn run_captured(step: &Step, bar: Option<&indicatif::ProgressBar>) -> Captured {
     };
     let log = Arc::new(Mutex::new(Vec::<u8>::new()));
     let readers: Vec<_> = [
-        child
-            .stdout
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
-        child
-            .stderr
-            .take()
-            .map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stdout.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
+        child.stderr.take().map(|s| Box::new(s) as Box<dyn Read + Send>),
     ]
     .into_iter()
     .flatten()
@@ -473,9 +407,7 @@ trait AsFdOwned {
 impl AsFdOwned for std::io::StderrLock<'_> {
     fn as_fd_owned(&self) -> std::os::fd::OwnedFd {
         use std::os::fd::AsFd;
-        self.as_fd()
-            .try_clone_to_owned()
-            .expect("stderr can be duplicated")
+        self.as_fd().try_clone_to_owned().expect("stderr can be duplicated")
     }
 }
 
@@ -487,13 +419,7 @@ mod tests {
     const NO_ARGS: [&str; 0] = [];
 
     fn ui() -> Ui {
-        Ui {
-            format: Format::Human,
-            color: false,
-            tty: false,
-            verbose: false,
-            github: false,
-        }
+        Ui { format: Format::Human, color: false, tty: false, verbose: false, github: false }
     }
 
     #[test]
@@ -513,13 +439,7 @@ mod tests {
         plan.push(Step::exec("second", "passes", "true", NO_ARGS, &root));
 
         let report = run(&plan, &ui(), &Options { keep_going: false });
-        assert!(matches!(
-            report.steps[0].status,
-            Status::Failed {
-                exit_code: Some(1),
-                ..
-            }
-        ));
+        assert!(matches!(report.steps[0].status, Status::Failed { exit_code: Some(1), .. }));
         assert!(matches!(report.steps[1].status, Status::NotRun { .. }));
 
         let report = run(&plan, &ui(), &Options { keep_going: true });
@@ -531,9 +451,7 @@ mod tests {
     fn background_steps_report_in_plan_order() {
         let root = std::env::temp_dir();
         let mut plan = Plan::new("demo");
-        plan.push(
-            Step::exec("bg", "sleeps", "sh", ["-c", "sleep 0.2; echo side"], &root).in_background(),
-        );
+        plan.push(Step::exec("bg", "sleeps", "sh", ["-c", "sleep 0.2; echo side"], &root).in_background());
         plan.push(Step::exec("fg", "quick", "true", NO_ARGS, &root));
         let report = run(&plan, &ui(), &Options { keep_going: false });
         let names: Vec<_> = report.steps.iter().map(|s| s.name.as_str()).collect();
@@ -544,17 +462,9 @@ mod tests {
     #[test]
     fn a_missing_program_is_a_failed_step_not_a_crash() {
         let mut plan = Plan::new("demo");
-        plan.push(Step::exec(
-            "ghost",
-            "nope",
-            "definitely-not-a-program-xyz",
-            NO_ARGS,
-            &std::env::temp_dir(),
-        ));
+        plan.push(Step::exec("ghost", "nope", "definitely-not-a-program-xyz", NO_ARGS, &std::env::temp_dir()));
         let report = run(&plan, &ui(), &Options { keep_going: false });
-        let Status::Failed { reason, .. } = &report.steps[0].status else {
-            panic!("should fail")
-        };
+        let Status::Failed { reason, .. } = &report.steps[0].status else { panic!("should fail") };
         assert!(reason.contains("could not start"), "{reason}");
     }
 }

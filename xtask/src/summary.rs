@@ -49,28 +49,17 @@ pub struct RunReport {
 impl RunReport {
     pub fn new(command: &str, steps: Vec<StepResult>, duration: Duration) -> RunReport {
         let ok = steps.iter().all(|s| s.status == Status::Passed);
-        RunReport {
-            command: command.to_string(),
-            ok,
-            duration,
-            steps,
-        }
+        RunReport { command: command.to_string(), ok, duration, steps }
     }
 
     pub fn failed(&self) -> impl Iterator<Item = &StepResult> {
-        self.steps
-            .iter()
-            .filter(|s| matches!(s.status, Status::Failed { .. }))
+        self.steps.iter().filter(|s| matches!(s.status, Status::Failed { .. }))
     }
 }
 
 pub fn format_duration(d: Duration) -> String {
     let secs = d.as_secs_f64();
-    if secs < 60.0 {
-        format!("{secs:.1}s")
-    } else {
-        format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60)
-    }
+    if secs < 60.0 { format!("{secs:.1}s") } else { format!("{}m{:02}s", d.as_secs() / 60, d.as_secs() % 60) }
 }
 
 fn status_word(status: &Status) -> &'static str {
@@ -91,19 +80,9 @@ fn detail(step: &StepResult) -> String {
 
 /// The terminal table. `paint` colours a status word (identity when colour is off).
 pub fn render_table(report: &RunReport, paint: &dyn Fn(&Status, &str) -> String) -> String {
-    let name_w = report
-        .steps
-        .iter()
-        .map(|s| s.name.len())
-        .max()
-        .unwrap_or(4)
-        .max(4);
+    let name_w = report.steps.iter().map(|s| s.name.len()).max().unwrap_or(4).max(4);
     let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{:<name_w$}  {:<7}  {:>7}  details",
-        "step", "status", "time"
-    );
+    let _ = writeln!(out, "{:<name_w$}  {:<7}  {:>7}  details", "step", "status", "time");
     for step in &report.steps {
         let word = status_word(&step.status);
         let time = match step.status {
@@ -111,15 +90,9 @@ pub fn render_table(report: &RunReport, paint: &dyn Fn(&Status, &str) -> String)
             _ => format_duration(step.duration),
         };
         let padded = format!("{word:<7}");
-        let _ = writeln!(
-            out,
-            "{:<name_w$}  {}  {:>7}  {}",
-            step.name,
-            paint(&step.status, &padded),
-            time,
-            detail(step)
-        )
-        .map(|_| ());
+        let _ =
+            writeln!(out, "{:<name_w$}  {}  {:>7}  {}", step.name, paint(&step.status, &padded), time, detail(step))
+                .map(|_| ());
     }
     let verdict = if report.ok { "passed" } else { "FAILED" };
     let _ = write!(
@@ -127,33 +100,18 @@ pub fn render_table(report: &RunReport, paint: &dyn Fn(&Status, &str) -> String)
         "cargo xtask {}: {verdict} in {} ({} passed, {} failed, {} not run)",
         report.command,
         format_duration(report.duration),
-        report
-            .steps
-            .iter()
-            .filter(|s| s.status == Status::Passed)
-            .count(),
+        report.steps.iter().filter(|s| s.status == Status::Passed).count(),
         report.failed().count(),
-        report
-            .steps
-            .iter()
-            .filter(|s| matches!(s.status, Status::NotRun { .. }))
-            .count(),
+        report.steps.iter().filter(|s| matches!(s.status, Status::NotRun { .. })).count(),
     );
-    out.lines()
-        .map(|l| l.trim_end().to_string() + "\n")
-        .collect()
+    out.lines().map(|l| l.trim_end().to_string() + "\n").collect()
 }
 
 /// A Markdown table for GitHub's job summary page.
 pub fn render_markdown(report: &RunReport) -> String {
     let mut out = String::new();
     let icon = if report.ok { "✅" } else { "❌" };
-    let _ = writeln!(
-        out,
-        "### {icon} `cargo xtask {}` ({})\n",
-        report.command,
-        format_duration(report.duration)
-    );
+    let _ = writeln!(out, "### {icon} `cargo xtask {}` ({})\n", report.command, format_duration(report.duration));
     let _ = writeln!(out, "| step | status | time | reproduce |");
     let _ = writeln!(out, "| --- | --- | ---: | --- |");
     for step in &report.steps {
@@ -165,12 +123,7 @@ pub fn render_markdown(report: &RunReport) -> String {
             Status::NotRun { .. } => "-".to_string(),
             _ => format_duration(step.duration),
         };
-        let _ = writeln!(
-            out,
-            "| {} | {} | {time} | {repro} |",
-            step.name,
-            status_word(&step.status)
-        );
+        let _ = writeln!(out, "| {} | {} | {time} | {repro} |", step.name, status_word(&step.status));
     }
     out
 }
@@ -191,21 +144,8 @@ mod tests {
             "ci",
             vec![
                 step("fmt", Status::Passed, 420),
-                step(
-                    "lint",
-                    Status::Failed {
-                        exit_code: Some(101),
-                        reason: "exit code 101".into(),
-                    },
-                    61_500,
-                ),
-                step(
-                    "test",
-                    Status::NotRun {
-                        because: "lint failed (use --keep-going)".into(),
-                    },
-                    0,
-                ),
+                step("lint", Status::Failed { exit_code: Some(101), reason: "exit code 101".into() }, 61_500),
+                step("test", Status::NotRun { because: "lint failed (use --keep-going)".into() }, 0),
             ],
             Duration::from_millis(61_920),
         )

@@ -9,16 +9,12 @@ use crate::commands::workflows::{CI_WORKFLOW, render_ci_workflow};
 use crate::project_root;
 
 fn read(rel: &str) -> String {
-    std::fs::read_to_string(project_root().join(rel))
-        .unwrap_or_else(|e| panic!("reading {rel}: {e}"))
+    std::fs::read_to_string(project_root().join(rel)).unwrap_or_else(|e| panic!("reading {rel}: {e}"))
 }
 
 fn files_under(dir: &Path, ext: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", dir.display()))
-        .flatten()
-    {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("reading {}: {e}", dir.display())).flatten() {
         let path = entry.path();
         if path.is_dir() {
             out.extend(files_under(&path, ext));
@@ -59,10 +55,7 @@ fn the_top_level_layout_is_complete() {
         "BENCHMARKS.md",
         ".ci/run",
     ] {
-        assert!(
-            root.join(path).exists(),
-            "{path} is missing from the repository root"
-        );
+        assert!(root.join(path).exists(), "{path} is missing from the repository root");
     }
     assert!(
         read(".cargo/config.toml").contains(r#"xtask = "run --package xtask --""#),
@@ -100,20 +93,12 @@ fn every_ci_stage_has_a_workflow_job_and_every_step_belongs_to_a_stage() {
     let runs = run_lines(&read(CI_WORKFLOW));
     for stage in STAGES {
         let wanted = format!("cargo xtask {}", stage.command);
-        assert!(
-            runs.contains(&wanted),
-            "ci stage `{}` has no workflow step `run: {wanted}`",
-            stage.name
-        );
+        assert!(runs.contains(&wanted), "ci stage `{}` has no workflow step `run: {wanted}`", stage.name);
     }
     let plan = crate::commands::ci::plan(&crate::test_ctx(), &Default::default()).expect("ci plan");
     for step in &plan.steps {
         let stage = step.name.split(':').next().unwrap_or_default();
-        assert!(
-            STAGES.iter().any(|s| s.name == stage),
-            "ci step {} belongs to no stage (so has no CI job)",
-            step.name
-        );
+        assert!(STAGES.iter().any(|s| s.name == stage), "ci step {} belongs to no stage (so has no CI job)", step.name);
     }
 }
 
@@ -121,11 +106,7 @@ fn every_ci_stage_has_a_workflow_job_and_every_step_belongs_to_a_stage() {
 fn every_xtask_source_file_says_what_it_is_for() {
     for file in files_under(&project_root().join("xtask/src"), "rs") {
         let text = std::fs::read_to_string(&file).expect("readable source");
-        assert!(
-            text.starts_with("//!"),
-            "{} must open with a `//!` comment saying what it does",
-            file.display()
-        );
+        assert!(text.starts_with("//!"), "{} must open with a `//!` comment saying what it does", file.display());
     }
 }
 
@@ -133,19 +114,10 @@ fn every_xtask_source_file_says_what_it_is_for() {
 fn every_member_uses_the_workspace_lints() {
     let ws = crate::workspace::Workspace::load(&project_root()).expect("workspace");
     for m in ws.members.values() {
-        let manifest = std::fs::read_to_string(project_root().join(&m.dir).join("Cargo.toml"))
-            .expect("manifest");
+        let manifest = std::fs::read_to_string(project_root().join(&m.dir).join("Cargo.toml")).expect("manifest");
         let parsed: toml::Table = toml::from_str(&manifest).expect("valid manifest");
-        let inherits = parsed
-            .get("lints")
-            .and_then(|l| l.get("workspace"))
-            .and_then(|w| w.as_bool())
-            == Some(true);
-        assert!(
-            inherits,
-            "{}: add `[lints] workspace = true`",
-            m.dir.display()
-        );
+        let inherits = parsed.get("lints").and_then(|l| l.get("workspace")).and_then(|w| w.as_bool()) == Some(true);
+        assert!(inherits, "{}: add `[lints] workspace = true`", m.dir.display());
     }
 }
 
@@ -167,9 +139,7 @@ fn the_makefile_is_a_thin_shim() {
     let mut current: Option<String> = None;
     for line in makefile.lines() {
         if let Some(recipe) = line.strip_prefix('\t') {
-            let target = current
-                .clone()
-                .unwrap_or_else(|| panic!("Makefile: recipe line outside a target: {line}"));
+            let target = current.clone().unwrap_or_else(|| panic!("Makefile: recipe line outside a target: {line}"));
             let cmd = recipe.trim_start_matches('@');
             assert!(
                 cmd.starts_with("cargo xtask"),
@@ -186,47 +156,27 @@ fn the_makefile_is_a_thin_shim() {
         }
     }
     for wanted in ["help", "ci", "test", "lint", "fmt"] {
-        assert!(
-            targets.iter().any(|t| t == wanted),
-            "Makefile lacks a `{wanted}` target"
-        );
+        assert!(targets.iter().any(|t| t == wanted), "Makefile lacks a `{wanted}` target");
     }
     for target in &targets {
-        let recipes = makefile
-            .split(&format!("\n{target}:"))
-            .nth(1)
-            .unwrap_or_default();
-        let count = recipes
-            .lines()
-            .skip(1)
-            .take_while(|l| l.starts_with('\t'))
-            .count();
-        assert_eq!(
-            count, 1,
-            "Makefile target {target} must be exactly one `cargo xtask` line"
-        );
+        let recipes = makefile.split(&format!("\n{target}:")).nth(1).unwrap_or_default();
+        let count = recipes.lines().skip(1).take_while(|l| l.starts_with('\t')).count();
+        assert_eq!(count, 1, "Makefile target {target} must be exactly one `cargo xtask` line");
     }
 }
 
 #[test]
 fn the_readme_leads_with_the_two_commands_that_matter() {
     let readme = read("README.md");
-    let first_commands: Vec<&str> = readme
-        .lines()
-        .filter(|l| l.trim_start().starts_with("cargo xtask"))
-        .take(2)
-        .map(str::trim)
-        .collect();
+    let first_commands: Vec<&str> =
+        readme.lines().filter(|l| l.trim_start().starts_with("cargo xtask")).take(2).map(str::trim).collect();
     assert_eq!(
         first_commands,
         ["cargo xtask ci", "cargo xtask test"],
         "README must open with `cargo xtask ci` then the test command"
     );
     let ci_run = read(".ci/run");
-    assert!(
-        ci_run.contains("cargo xtask test"),
-        ".ci/run must run the README's test command"
-    );
+    assert!(ci_run.contains("cargo xtask test"), ".ci/run must run the README's test command");
 }
 
 #[test]
@@ -240,12 +190,10 @@ fn the_by_hand_benchmark_baseline_runs_what_ci_runs() {
         if program != &crate::cargo_program() {
             continue;
         }
-        // The script names the target dir through a variable; compare the rest of the line.
-        let line = step.command_line();
-        let line = line
-            .split("/target/")
-            .map(|s| s.to_string())
-            .collect::<Vec<_>>();
+        // The script sets its own ports and names the target dir through a variable: compare
+        // the command without its environment prefix, from the target dir on.
+        let line: String = step.command_line().split(' ').skip_while(|w| w.contains('=')).collect::<Vec<_>>().join(" ");
+        let line = line.split("/target/").map(|s| s.to_string()).collect::<Vec<_>>();
         let wanted = line.last().expect("non-empty");
         assert!(
             script.lines().any(|l| l.ends_with(wanted.as_str())),

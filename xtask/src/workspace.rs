@@ -52,31 +52,20 @@ impl Workspace {
             .manifest_path(root.join("Cargo.toml"))
             .no_deps()
             .exec()
-            .map_err(|e| {
-                UsageError(format!(
-                    "cannot read the workspace at {}: {e}",
-                    root.display()
-                ))
-            })?;
+            .map_err(|e| UsageError(format!("cannot read the workspace at {}: {e}", root.display())))?;
         Workspace::from_metadata(&metadata)
     }
 
     pub fn from_metadata(metadata: &cargo_metadata::Metadata) -> Result<Workspace> {
         let root = metadata.workspace_root.clone().into_std_path_buf();
         let member_ids: BTreeSet<_> = metadata.workspace_members.iter().collect();
-        let packages: Vec<_> = metadata
-            .packages
-            .iter()
-            .filter(|p| member_ids.contains(&p.id))
-            .collect();
+        let packages: Vec<_> = metadata.packages.iter().filter(|p| member_ids.contains(&p.id)).collect();
         let names: BTreeSet<String> = packages.iter().map(|p| p.name.to_string()).collect();
 
         let mut members = BTreeMap::new();
         for pkg in &packages {
             let manifest = pkg.manifest_path.clone().into_std_path_buf();
-            let dir = manifest
-                .parent()
-                .context("manifest has a parent directory")?;
+            let dir = manifest.parent().context("manifest has a parent directory")?;
             let dir = dir.strip_prefix(&root).unwrap_or(dir).to_path_buf();
             let deps = pkg
                 .dependencies
@@ -89,10 +78,7 @@ impl Workspace {
             let rel_manifest = dir.join("Cargo.toml");
             let service = match pkg.metadata.get("service") {
                 None => None,
-                Some(table) => Some(
-                    parse_service_meta(table, &rel_manifest, has_binary, &names)
-                        .map_err(UsageError)?,
-                ),
+                Some(table) => Some(parse_service_meta(table, &rel_manifest, has_binary, &names).map_err(UsageError)?),
             };
             members.insert(
                 pkg.name.to_string(),
@@ -107,17 +93,11 @@ impl Workspace {
                 },
             );
         }
-        Ok(Workspace {
-            root,
-            target_dir: metadata.target_directory.clone().into_std_path_buf(),
-            members,
-        })
+        Ok(Workspace { root, target_dir: metadata.target_directory.clone().into_std_path_buf(), members })
     }
 
     pub fn services(&self) -> impl Iterator<Item = (&String, &ServiceMeta)> {
-        self.members
-            .iter()
-            .filter_map(|(n, m)| m.service.as_ref().map(|s| (n, s)))
+        self.members.iter().filter_map(|(n, m)| m.service.as_ref().map(|s| (n, s)))
     }
 
     /// Resolve `--service NAME` values, or say which services exist.
@@ -125,11 +105,7 @@ impl Workspace {
         for name in names {
             if self.members.get(name).is_none_or(|m| m.service.is_none()) {
                 let known: Vec<_> = self.services().map(|(n, _)| n.as_str()).collect();
-                let known = if known.is_empty() {
-                    "none yet".to_string()
-                } else {
-                    known.join(", ")
-                };
+                let known = if known.is_empty() { "none yet".to_string() } else { known.join(", ") };
                 return Err(UsageError(format!(
                     "unknown service '{name}' (services in this workspace: {known}); check the name or add [package.metadata.service] to its Cargo.toml"
                 ))
@@ -163,56 +139,36 @@ pub fn parse_service_meta(
 ) -> Result<ServiceMeta, String> {
     let at = format!("[package.metadata.service] in {}", manifest.display());
     let Value::Object(map) = table else {
-        return Err(format!(
-            "{at} must be a table like `port = 8080`, found {}",
-            kind(table)
-        ));
+        return Err(format!("{at} must be a table like `port = 8080`, found {}", kind(table)));
     };
     if let Some(unknown) = map.keys().find(|k| !SERVICE_KEYS.contains(&k.as_str())) {
-        return Err(format!(
-            "{at}: unknown key `{unknown}` (known keys: {})",
-            SERVICE_KEYS.join(", ")
-        ));
+        return Err(format!("{at}: unknown key `{unknown}` (known keys: {})", SERVICE_KEYS.join(", ")));
     }
     if !has_binary {
-        return Err(format!(
-            "{at}: a service must have a binary target (src/main.rs)"
-        ));
+        return Err(format!("{at}: a service must have a binary target (src/main.rs)"));
     }
     let port = match map.get("port") {
         None => {
-            return Err(format!(
-                "{at}: missing `port` (the HTTP port inside the container, e.g. `port = 8080`)"
-            ));
+            return Err(format!("{at}: missing `port` (the HTTP port inside the container, e.g. `port = 8080`)"));
         }
         Some(Value::Number(n)) => match n.as_u64() {
             Some(p @ 1..=65535) => p as u16,
             _ => {
-                return Err(format!(
-                    "{at}: `port` must be between 1 and 65535, found {n}"
-                ));
+                return Err(format!("{at}: `port` must be between 1 and 65535, found {n}"));
             }
         },
         Some(other) => {
-            return Err(format!(
-                "{at}: `port` must be an integer, found {}",
-                kind(other)
-            ));
+            return Err(format!("{at}: `port` must be an integer, found {}", kind(other)));
         }
     };
     let path = |key: &str, default: &str| -> Result<String, String> {
         match map.get(key) {
             None => Ok(default.to_string()),
-            Some(Value::String(s)) if s.starts_with('/') && !s.contains(char::is_whitespace) => {
-                Ok(s.clone())
+            Some(Value::String(s)) if s.starts_with('/') && !s.contains(char::is_whitespace) => Ok(s.clone()),
+            Some(Value::String(s)) => {
+                Err(format!("{at}: `{key}` must be an absolute URL path like \"{default}\", found \"{s}\""))
             }
-            Some(Value::String(s)) => Err(format!(
-                "{at}: `{key}` must be an absolute URL path like \"{default}\", found \"{s}\""
-            )),
-            Some(other) => Err(format!(
-                "{at}: `{key}` must be a string like \"{default}\", found {}",
-                kind(other)
-            )),
+            Some(other) => Err(format!("{at}: `{key}` must be a string like \"{default}\", found {}", kind(other))),
         }
     };
     let health = path("health", "/healthz")?;
@@ -223,10 +179,7 @@ pub fn parse_service_meta(
             let mut needs = Vec::new();
             for item in items {
                 let Value::String(name) = item else {
-                    return Err(format!(
-                        "{at}: `needs` must list names as strings, found {}",
-                        kind(item)
-                    ));
+                    return Err(format!("{at}: `needs` must list names as strings, found {}", kind(item)));
                 };
                 if !KNOWN_DEPENDENCIES.contains(&name.as_str()) && !members.contains(name) {
                     return Err(format!(
@@ -242,18 +195,10 @@ pub fn parse_service_meta(
             needs
         }
         Some(other) => {
-            return Err(format!(
-                "{at}: `needs` must be an array like [\"postgres\"], found {}",
-                kind(other)
-            ));
+            return Err(format!("{at}: `needs` must be an array like [\"postgres\"], found {}", kind(other)));
         }
     };
-    Ok(ServiceMeta {
-        port,
-        health,
-        ready,
-        needs,
-    })
+    Ok(ServiceMeta { port, health, ready, needs })
 }
 
 fn kind(v: &Value) -> &'static str {
@@ -296,10 +241,7 @@ mod tests {
     #[test]
     fn health_and_ready_default_to_conventional_paths() {
         let meta = parse(json!({"port": 80})).expect("valid");
-        assert_eq!(
-            (meta.health.as_str(), meta.ready.as_str()),
-            ("/healthz", "/readyz")
-        );
+        assert_eq!((meta.health.as_str(), meta.ready.as_str()), ("/healthz", "/readyz"));
         assert!(meta.needs.is_empty());
     }
 
@@ -308,61 +250,29 @@ mod tests {
         let cases = [
             (json!("8080"), "must be a table"),
             (json!({"health": "/h"}), "missing `port`"),
-            (
-                json!({"port": "8080"}),
-                "`port` must be an integer, found a string",
-            ),
+            (json!({"port": "8080"}), "`port` must be an integer, found a string"),
             (json!({"port": 0}), "between 1 and 65535, found 0"),
             (json!({"port": 70000}), "between 1 and 65535, found 70000"),
             (json!({"port": -1}), "between 1 and 65535"),
             (json!({"port": 80, "prot": 1}), "unknown key `prot`"),
-            (
-                json!({"port": 80, "health": "healthz"}),
-                "`health` must be an absolute URL path",
-            ),
+            (json!({"port": 80, "health": "healthz"}), "`health` must be an absolute URL path"),
             (json!({"port": 80, "ready": 5}), "`ready` must be a string"),
-            (
-                json!({"port": 80, "needs": "postgres"}),
-                "`needs` must be an array",
-            ),
-            (
-                json!({"port": 80, "needs": [1]}),
-                "must list names as strings",
-            ),
-            (
-                json!({"port": 80, "needs": ["mysql"]}),
-                "unknown dependency \"mysql\"",
-            ),
-            (
-                json!({"port": 80, "needs": ["redis", "redis"]}),
-                "lists \"redis\" twice",
-            ),
+            (json!({"port": 80, "needs": "postgres"}), "`needs` must be an array"),
+            (json!({"port": 80, "needs": [1]}), "must list names as strings"),
+            (json!({"port": 80, "needs": ["mysql"]}), "unknown dependency \"mysql\""),
+            (json!({"port": 80, "needs": ["redis", "redis"]}), "lists \"redis\" twice"),
         ];
         for (input, expected) in cases {
             let err = parse(input.clone()).expect_err(&format!("{input} should be rejected"));
-            assert!(
-                err.contains(expected),
-                "{input}: got {err:?}, wanted it to mention {expected:?}"
-            );
-            assert!(
-                err.contains("services/api/Cargo.toml"),
-                "{err} should name the file"
-            );
+            assert!(err.contains(expected), "{input}: got {err:?}, wanted it to mention {expected:?}");
+            assert!(err.contains("services/api/Cargo.toml"), "{err} should name the file");
             assert!(!err.contains('\n'), "{err} should be one line");
         }
     }
 
     #[test]
     fn a_library_cannot_be_a_service() {
-        let err = parse_service_meta(
-            &json!({"port": 80}),
-            Path::new("crates/kit/Cargo.toml"),
-            false,
-            &BTreeSet::new(),
-        );
-        assert!(
-            err.expect_err("libraries are rejected")
-                .contains("binary target")
-        );
+        let err = parse_service_meta(&json!({"port": 80}), Path::new("crates/kit/Cargo.toml"), false, &BTreeSet::new());
+        assert!(err.expect_err("libraries are rejected").contains("binary target"));
     }
 }

@@ -19,22 +19,14 @@ pub struct Args {
 
 pub fn plan(ctx: &Ctx, ws: &Workspace, args: &Args) -> Result<Plan> {
     let packages = args.selection.resolve(ws)?;
-    let mut plan = Plan::new(if args.release {
-        "build --release"
-    } else {
-        "build"
-    });
+    let mut plan = Plan::new(if args.release { "build --release" } else { "build" });
     let mut cargo_args = vec!["build".to_string()];
     cargo_args.extend(package_args(&packages));
     cargo_args.push("--locked".into());
     if args.release {
         cargo_args.push("--release".into());
     }
-    let what = if args.release {
-        "release build"
-    } else {
-        "debug build"
-    };
+    let what = if args.release { "release build" } else { "debug build" };
     plan.push(Step::cargo("build", what, cargo_args, &ctx.root));
     Ok(plan)
 }

@@ -24,42 +24,12 @@ pub struct Stage {
 }
 
 pub const STAGES: &[Stage] = &[
-    Stage {
-        name: "secrets",
-        command: "secrets",
-        about: "Secret scan",
-        needs_setup: true,
-    },
-    Stage {
-        name: "fmt",
-        command: "fmt --check",
-        about: "Formatting",
-        needs_setup: false,
-    },
-    Stage {
-        name: "lint",
-        command: "lint",
-        about: "Clippy",
-        needs_setup: false,
-    },
-    Stage {
-        name: "test",
-        command: "test",
-        about: "Tests",
-        needs_setup: true,
-    },
-    Stage {
-        name: "deny",
-        command: "deny",
-        about: "Dependency policy (cargo-deny)",
-        needs_setup: true,
-    },
-    Stage {
-        name: "build",
-        command: "build --release",
-        about: "Release build",
-        needs_setup: false,
-    },
+    Stage { name: "secrets", command: "secrets", about: "Secret scan", needs_setup: true },
+    Stage { name: "fmt", command: "fmt --check", about: "Formatting", needs_setup: false },
+    Stage { name: "lint", command: "lint", about: "Clippy", needs_setup: false },
+    Stage { name: "test", command: "test", about: "Tests", needs_setup: true },
+    Stage { name: "deny", command: "deny", about: "Dependency policy (cargo-deny)", needs_setup: true },
+    Stage { name: "build", command: "build --release", about: "Release build", needs_setup: false },
 ];
 
 /// Run what CI runs: secrets, fmt --check, lint, test, deny and a release build.
@@ -85,24 +55,15 @@ fn default_base(ctx: &Ctx) -> String {
     {
         return format!("origin/{base}");
     }
-    let exists =
-        |r: &str| crate::git::git(&ctx.root, &["rev-parse", "--verify", "--quiet", r]).is_ok();
-    if exists("origin/main") {
-        "origin/main".into()
-    } else {
-        "main".into()
-    }
+    let exists = |r: &str| crate::git::git(&ctx.root, &["rev-parse", "--verify", "--quiet", r]).is_ok();
+    if exists("origin/main") { "origin/main".into() } else { "main".into() }
 }
 
 pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     for skip in &args.skip {
         if !STAGES.iter().any(|s| s.name == skip) {
             let names: Vec<_> = STAGES.iter().map(|s| s.name).collect();
-            return Err(UsageError(format!(
-                "--skip {skip}: no such stage (stages: {})",
-                names.join(", ")
-            ))
-            .into());
+            return Err(UsageError(format!("--skip {skip}: no such stage (stages: {})", names.join(", "))).into());
         }
     }
     let ws = ctx.workspace()?;
@@ -113,10 +74,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         let base = args.base.clone().unwrap_or_else(|| default_base(ctx));
         let files = crate::git::changed_files(&ctx.root, &base)?;
         let affected = affected::compute(&ws, &files);
-        plan.notes.push(format!(
-            "--changed: {} file(s) changed since merge-base with {base}",
-            files.len()
-        ));
+        plan.notes.push(format!("--changed: {} file(s) changed since merge-base with {base}", files.len()));
         plan.notes.extend(affected.explain());
         if affected.everything_because.is_none() {
             packages = affected.names();
@@ -127,8 +85,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
 
     for stage in STAGES {
         if skipped(stage.name) {
-            plan.notes
-                .push(format!("stage {} skipped (--skip)", stage.name));
+            plan.notes.push(format!("stage {} skipped (--skip)", stage.name));
             continue;
         }
         let part = match stage.name {
@@ -142,21 +99,8 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             "lint" => lint::plan(ctx, &packages),
             "test" if nothing_affected => continue,
             "test" => test::plan_for(ctx, &ws, &packages, None, NEXTEST.locate().is_some())?,
-            "deny" => deny::plan(
-                ctx,
-                &deny::Args {
-                    advisory_db: args.advisory_db.clone(),
-                    ..deny::Args::default()
-                },
-            )?,
-            "build" => build::plan(
-                ctx,
-                &ws,
-                &build::Args {
-                    release: true,
-                    ..build::Args::default()
-                },
-            )?,
+            "deny" => deny::plan(ctx, &deny::Args { advisory_db: args.advisory_db.clone(), ..deny::Args::default() })?,
+            "build" => build::plan(ctx, &ws, &build::Args { release: true, ..build::Args::default() })?,
             other => unreachable!("stage {other} has no plan"),
         };
         plan.extend(part);

@@ -42,12 +42,7 @@ const DEFAULT_MAX_DB_AGE_DAYS: u32 = 365;
 
 impl Default for Args {
     fn default() -> Args {
-        Args {
-            offline: false,
-            advisory_db: None,
-            online: false,
-            max_db_age: DEFAULT_MAX_DB_AGE_DAYS,
-        }
+        Args { offline: false, advisory_db: None, online: false, max_db_age: DEFAULT_MAX_DB_AGE_DAYS }
     }
 }
 
@@ -67,22 +62,11 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     }
     let offline = args.offline || advisory_db.is_some();
     if !offline {
-        let mut cargo_args = vec![
-            "deny",
-            "--workspace",
-            "--all-features",
-            "check",
-            "--show-stats",
-        ];
+        let mut cargo_args = vec!["deny", "--workspace", "--all-features", "check", "--show-stats"];
         cargo_args.extend(CHECKS);
         plan.push(
-            Step::cargo(
-                "deny",
-                "cargo-deny: advisories, bans, licenses, sources",
-                cargo_args,
-                &ctx.root,
-            )
-            .requiring(&CARGO_DENY),
+            Step::cargo("deny", "cargo-deny: advisories, bans, licenses, sources", cargo_args, &ctx.root)
+                .requiring(&CARGO_DENY),
         );
         return Ok(plan);
     }
@@ -109,10 +93,8 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         args.max_db_age
     ));
     let work = crate::target_dir(&ctx.root).join("xtask/deny");
-    let checkout = work.join("advisory-dbs").join(format!(
-        "advisory-db-{:016x}",
-        xxh64(ADVISORY_DB_URL.as_bytes(), 0xca80de71)
-    ));
+    let checkout =
+        work.join("advisory-dbs").join(format!("advisory-db-{:016x}", xxh64(ADVISORY_DB_URL.as_bytes(), 0xca80de71)));
     let config_out = work.join("deny-offline.toml");
     plan.push(
         Step::internal(
@@ -125,10 +107,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
                 config_out: config_out.clone(),
                 max_age_days: args.max_db_age,
             },
-            &format!(
-                "cargo xtask deny --offline --advisory-db {}",
-                source.display()
-            ),
+            &format!("cargo xtask deny --offline --advisory-db {}", source.display()),
         )
         .requiring(&GIT),
     );
@@ -141,29 +120,13 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         &ctx.root,
     ));
     let config = config_out.display().to_string();
-    let mut cargo_args = vec![
-        "deny",
-        "--offline",
-        "--workspace",
-        "--all-features",
-        "--config",
-        &config,
-        "check",
-        "--show-stats",
-    ];
+    let mut cargo_args =
+        vec!["deny", "--offline", "--workspace", "--all-features", "--config", &config, "check", "--show-stats"];
     cargo_args.extend(CHECKS);
     plan.push(
-        Step::cargo(
-            "deny",
-            "cargo-deny against the local advisory-db snapshot",
-            cargo_args,
-            &ctx.root,
-        )
-        .requiring(&CARGO_DENY)
-        .reproduced_by(&format!(
-            "cargo xtask deny --offline --advisory-db {}",
-            source.display()
-        )),
+        Step::cargo("deny", "cargo-deny against the local advisory-db snapshot", cargo_args, &ctx.root)
+            .requiring(&CARGO_DENY)
+            .reproduced_by(&format!("cargo xtask deny --offline --advisory-db {}", source.display())),
     );
     Ok(plan)
 }
@@ -179,29 +142,14 @@ pub struct Snapshot {
 
 /// Read `SNAPSHOT` (`source: github rustsec/advisory-db @ <sha> (YYYY-MM-DD)`).
 pub fn parse_snapshot(text: &str) -> Option<Snapshot> {
-    let commit = text
-        .split('@')
-        .nth(1)?
-        .split_whitespace()
-        .next()?
-        .to_string();
-    let date = text
-        .rsplit_once('(')?
-        .1
-        .split(')')
-        .next()?
-        .trim()
-        .to_string();
+    let commit = text.split('@').nth(1)?.split_whitespace().next()?.to_string();
+    let date = text.rsplit_once('(')?.1.split(')').next()?.trim().to_string();
     let mut parts = date.split('-').map(|p| p.parse::<i64>().ok());
     let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
     if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
         return None;
     }
-    Some(Snapshot {
-        commit,
-        day: days_from_civil(y, m, d),
-        date,
-    })
+    Some(Snapshot { commit, day: days_from_civil(y, m, d), date })
 }
 
 /// Days since the Unix epoch for a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -216,18 +164,13 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
 
 fn snapshot_of(source: &Path) -> Result<Snapshot> {
     if let Ok(text) = std::fs::read_to_string(source.join("SNAPSHOT")) {
-        return parse_snapshot(&text).with_context(|| {
-            format!(
-                "{}/SNAPSHOT: expected `... @ <commit> (YYYY-MM-DD)`",
-                source.display()
-            )
-        });
+        return parse_snapshot(&text)
+            .with_context(|| format!("{}/SNAPSHOT: expected `... @ <commit> (YYYY-MM-DD)`", source.display()));
     }
     if source.join(".git").exists() {
         let out = crate::git::git(source, &["log", "-1", "--format=%H %cs"])?;
         if let Some((commit, date)) = out.trim().split_once(' ') {
-            return parse_snapshot(&format!("@ {commit} ({date})"))
-                .context("reading the checkout's commit date");
+            return parse_snapshot(&format!("@ {commit} ({date})")).context("reading the checkout's commit date");
         }
     }
     Err(UsageError(format!(
@@ -239,27 +182,14 @@ fn snapshot_of(source: &Path) -> Result<Snapshot> {
 
 /// Days since the Unix epoch, now.
 fn today() -> i64 {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     (secs / 86_400) as i64
 }
 
 /// The internal step behind `deny --offline`: make the checkout and the derived config.
 pub fn prepare_advisory_db(task: &Internal, log: &mut dyn Write) -> Result<()> {
-    let Internal::PrepareAdvisoryDb {
-        source,
-        checkout,
-        config_in,
-        config_out,
-        max_age_days,
-    } = task
-    else {
-        bail!(
-            "prepare_advisory_db called with another task: {}",
-            task.summary()
-        );
+    let Internal::PrepareAdvisoryDb { source, checkout, config_in, config_out, max_age_days } = task else {
+        bail!("prepare_advisory_db called with another task: {}", task.summary());
     };
     let snap = snapshot_of(source)?;
     let age = today() - snap.day;
@@ -277,12 +207,10 @@ pub fn prepare_advisory_db(task: &Internal, log: &mut dyn Write) -> Result<()> {
 
     let marker = checkout.with_extension("snapshot");
     let stamp = format!("{} {}", snap.commit, snap.date);
-    let fresh = std::fs::read_to_string(&marker).is_ok_and(|m| m == stamp)
-        && checkout.join(".git").is_dir();
+    let fresh = std::fs::read_to_string(&marker).is_ok_and(|m| m == stamp) && checkout.join(".git").is_dir();
     if !fresh {
         if checkout.exists() {
-            std::fs::remove_dir_all(checkout)
-                .with_context(|| format!("removing {}", checkout.display()))?;
+            std::fs::remove_dir_all(checkout).with_context(|| format!("removing {}", checkout.display()))?;
         }
         copy_tree(source, checkout)?;
         let git = GIT.require()?;
@@ -304,16 +232,10 @@ pub fn prepare_advisory_db(task: &Internal, log: &mut dyn Write) -> Result<()> {
             let mut cmd = clean_command(&git);
             cmd.arg("-C").arg(checkout).args(&args);
             if args.contains(&"commit") {
-                cmd.arg(format!(
-                    "advisory-db snapshot {} ({})",
-                    snap.commit, snap.date
-                ));
+                cmd.arg(format!("advisory-db snapshot {} ({})", snap.commit, snap.date));
             }
-            let out = cmd
-                .env("GIT_AUTHOR_DATE", &when)
-                .env("GIT_COMMITTER_DATE", &when)
-                .output()
-                .context("running git")?;
+            let out =
+                cmd.env("GIT_AUTHOR_DATE", &when).env("GIT_COMMITTER_DATE", &when).output().context("running git")?;
             if !out.status.success() {
                 bail!(
                     "git {} in {}: {}",
@@ -327,37 +249,19 @@ pub fn prepare_advisory_db(task: &Internal, log: &mut dyn Write) -> Result<()> {
     }
     // cargo-deny dates a database by FETCH_HEAD's mtime when present: make it the snapshot's date.
     let fetch_head = checkout.join(".git/FETCH_HEAD");
-    std::fs::write(
-        &fetch_head,
-        format!("{}\t\tbranch 'main' of {ADVISORY_DB_URL}\n", snap.commit),
-    )?;
+    std::fs::write(&fetch_head, format!("{}\t\tbranch 'main' of {ADVISORY_DB_URL}\n", snap.commit))?;
     let taken = UNIX_EPOCH + Duration::from_secs(u64::try_from(snap.day.max(0))? * 86_400);
-    std::fs::File::options()
-        .write(true)
-        .open(&fetch_head)?
-        .set_modified(taken)?;
+    std::fs::File::options().write(true).open(&fetch_head)?.set_modified(taken)?;
 
     write_offline_config(config_in, config_out, checkout, *max_age_days)?;
-    writeln!(
-        log,
-        "checkout: {}\nconfig:   {}",
-        checkout.display(),
-        config_out.display()
-    )?;
+    writeln!(log, "checkout: {}\nconfig:   {}", checkout.display(), config_out.display())?;
     Ok(())
 }
 
 /// deny.toml with the advisory source pointed at our checkout and the staleness limit made explicit.
-fn write_offline_config(
-    config_in: &Path,
-    config_out: &Path,
-    checkout: &Path,
-    max_age_days: u32,
-) -> Result<()> {
-    let text = std::fs::read_to_string(config_in)
-        .with_context(|| format!("reading {}", config_in.display()))?;
-    let mut config: toml::Table =
-        toml::from_str(&text).with_context(|| format!("parsing {}", config_in.display()))?;
+fn write_offline_config(config_in: &Path, config_out: &Path, checkout: &Path, max_age_days: u32) -> Result<()> {
+    let text = std::fs::read_to_string(config_in).with_context(|| format!("reading {}", config_in.display()))?;
+    let mut config: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", config_in.display()))?;
     let advisories = config
         .entry("advisories")
         .or_insert_with(|| toml::Value::Table(toml::Table::new()))
@@ -365,20 +269,11 @@ fn write_offline_config(
         .context("[advisories] in deny.toml is not a table")?;
     let db_root = checkout.parent().context("checkout has a parent")?;
     advisories.insert("db-path".into(), db_root.display().to_string().into());
-    advisories.insert(
-        "db-urls".into(),
-        toml::Value::Array(vec![ADVISORY_DB_URL.into()]),
-    );
-    advisories.insert(
-        "maximum-db-staleness".into(),
-        format!("P{max_age_days}D").into(),
-    );
+    advisories.insert("db-urls".into(), toml::Value::Array(vec![ADVISORY_DB_URL.into()]));
+    advisories.insert("maximum-db-staleness".into(), format!("P{max_age_days}D").into());
     let header = format!(
         "# Generated by `cargo xtask deny --offline` from {}; do not edit.\n",
-        config_in
-            .file_name()
-            .and_then(|n| n.to_str())
-            .unwrap_or("deny.toml")
+        config_in.file_name().and_then(|n| n.to_str()).unwrap_or("deny.toml")
     );
     std::fs::write(config_out, header + &toml::to_string(&config)?)?;
     Ok(())
@@ -411,21 +306,12 @@ pub fn xxh64(input: &[u8], seed: u64) -> u64 {
     const P5: u64 = 0x27D4_EB2F_1656_67C5;
     let read64 = |b: &[u8]| u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
     let read32 = |b: &[u8]| u64::from(u32::from_le_bytes(b[..4].try_into().expect("4 bytes")));
-    let round = |acc: u64, lane: u64| {
-        acc.wrapping_add(lane.wrapping_mul(P2))
-            .rotate_left(31)
-            .wrapping_mul(P1)
-    };
+    let round = |acc: u64, lane: u64| acc.wrapping_add(lane.wrapping_mul(P2)).rotate_left(31).wrapping_mul(P1);
     let merge = |acc: u64, v: u64| (acc ^ round(0, v)).wrapping_mul(P1).wrapping_add(P4);
 
     let mut rest = input;
     let mut h = if input.len() >= 32 {
-        let mut v = [
-            seed.wrapping_add(P1).wrapping_add(P2),
-            seed.wrapping_add(P2),
-            seed,
-            seed.wrapping_sub(P1),
-        ];
+        let mut v = [seed.wrapping_add(P1).wrapping_add(P2), seed.wrapping_add(P2), seed, seed.wrapping_sub(P1)];
         while rest.len() >= 32 {
             for (i, lane) in v.iter_mut().enumerate() {
                 *lane = round(*lane, read64(&rest[i * 8..]));
@@ -446,23 +332,15 @@ pub fn xxh64(input: &[u8], seed: u64) -> u64 {
     };
     h = h.wrapping_add(input.len() as u64);
     while rest.len() >= 8 {
-        h = (h ^ round(0, read64(rest)))
-            .rotate_left(27)
-            .wrapping_mul(P1)
-            .wrapping_add(P4);
+        h = (h ^ round(0, read64(rest))).rotate_left(27).wrapping_mul(P1).wrapping_add(P4);
         rest = &rest[8..];
     }
     if rest.len() >= 4 {
-        h = (h ^ read32(rest).wrapping_mul(P1))
-            .rotate_left(23)
-            .wrapping_mul(P2)
-            .wrapping_add(P3);
+        h = (h ^ read32(rest).wrapping_mul(P1)).rotate_left(23).wrapping_mul(P2).wrapping_add(P3);
         rest = &rest[4..];
     }
     for &byte in rest {
-        h = (h ^ u64::from(byte).wrapping_mul(P5))
-            .rotate_left(11)
-            .wrapping_mul(P1);
+        h = (h ^ u64::from(byte).wrapping_mul(P5)).rotate_left(11).wrapping_mul(P1);
     }
     h ^= h >> 33;
     h = h.wrapping_mul(P2);
@@ -484,8 +362,7 @@ mod tests {
 
     #[test]
     fn snapshot_files_give_commit_and_date() {
-        let s = parse_snapshot("source: github rustsec/advisory-db @ bf5c0d245a9 (2026-08-21)\n")
-            .expect("parses");
+        let s = parse_snapshot("source: github rustsec/advisory-db @ bf5c0d245a9 (2026-08-21)\n").expect("parses");
         assert_eq!(s.commit, "bf5c0d245a9");
         assert_eq!(s.date, "2026-08-21");
         assert_eq!(s.day, days_from_civil(2026, 8, 21));
@@ -504,14 +381,9 @@ mod default_tests {
     #[test]
     fn programmatic_defaults_match_the_command_line() {
         let cli = crate::Cli::try_parse_from(["xtask", "deny"]).expect("parses");
-        let crate::Command::Deny(parsed) = cli.command else {
-            panic!("deny")
-        };
+        let crate::Command::Deny(parsed) = cli.command else { panic!("deny") };
         let default = super::Args::default();
         assert_eq!(parsed.max_db_age, default.max_db_age);
-        assert_eq!(
-            (parsed.offline, parsed.online),
-            (default.offline, default.online)
-        );
+        assert_eq!((parsed.offline, parsed.online), (default.offline, default.online));
     }
 }

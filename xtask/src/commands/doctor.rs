@@ -28,9 +28,7 @@ struct ToolReport {
 fn inspect(tool: &'static Tool) -> ToolReport {
     let path = tool.locate();
     let version = path.as_ref().and_then(|p| tool.version(p).ok());
-    let ok = version
-        .as_deref()
-        .is_some_and(|v| matches!(tool.check(v), Requirement::Met(_)));
+    let ok = version.as_deref().is_some_and(|v| matches!(tool.check(v), Requirement::Met(_)));
     ToolReport {
         name: tool.name,
         found: path.is_some(),
@@ -46,24 +44,16 @@ fn inspect(tool: &'static Tool) -> ToolReport {
 /// `docker compose` (v2) is a docker plugin, not a binary on PATH; dev accepts it or docker-compose.
 fn compose_v2() -> Option<String> {
     let docker = which::which("docker").ok()?;
-    let out = crate::runner::clean_command(docker)
-        .args(["compose", "version", "--short"])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = crate::runner::clean_command(docker).args(["compose", "version", "--short"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 pub fn run(ctx: &Ctx, _args: &Args) -> Result<ExitCode> {
     let reports: Vec<ToolReport> = ALL.iter().map(|t| inspect(t)).collect();
     let compose = compose_v2();
     // Tools every engineer needs for `cargo xtask ci`; the rest only matter for their commands.
-    let core_missing: Vec<&str> = reports
-        .iter()
-        .filter(|r| !r.ok && r.needed_by.contains(&"ci"))
-        .map(|r| r.name)
-        .collect();
+    let core_missing: Vec<&str> =
+        reports.iter().filter(|r| !r.ok && r.needed_by.contains(&"ci")).map(|r| r.name).collect();
 
     if ctx.ui.format == Format::Json {
         let doc = serde_json::json!({
@@ -74,10 +64,7 @@ pub fn run(ctx: &Ctx, _args: &Args) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&doc)?);
     } else {
         let w = reports.iter().map(|r| r.name.len()).max().unwrap_or(4);
-        println!(
-            "{:<w$}  {:<7}  {:<10}  {:<10}  {:<55}  path",
-            "tool", "status", "version", "wanted", "needed by"
-        );
+        println!("{:<w$}  {:<7}  {:<10}  {:<10}  {:<55}  path", "tool", "status", "version", "wanted", "needed by");
         for r in &reports {
             let status = match (r.found, r.ok) {
                 (false, _) => ctx.ui.paint("1;31", "missing"),
@@ -93,10 +80,8 @@ pub fn run(ctx: &Ctx, _args: &Args) -> Result<ExitCode> {
                 r.path.as_deref().unwrap_or("-")
             );
         }
-        let v2 = compose.as_deref().map_or(
-            "not available (dev uses docker-compose v1)".to_string(),
-            |v| format!("ok {v}"),
-        );
+        let v2 =
+            compose.as_deref().map_or("not available (dev uses docker-compose v1)".to_string(), |v| format!("ok {v}"));
         println!("docker compose (v2 plugin): {v2}");
         for r in reports.iter().filter(|r| !r.ok) {
             println!("  {}: {}", r.name, r.install_hint);
@@ -110,9 +95,5 @@ pub fn run(ctx: &Ctx, _args: &Args) -> Result<ExitCode> {
             );
         }
     }
-    Ok(if core_missing.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILED)
-    })
+    Ok(if core_missing.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
 }

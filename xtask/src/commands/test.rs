@@ -20,14 +20,11 @@ pub struct Args {
 
 pub fn plan(ctx: &Ctx, ws: &Workspace, args: &Args) -> Result<Plan> {
     let packages = args.selection.resolve(ws)?;
-    plan_for(
-        ctx,
-        ws,
-        &packages,
-        args.partition.as_deref(),
-        NEXTEST.locate().is_some(),
-    )
+    plan_for(ctx, ws, &packages, args.partition.as_deref(), NEXTEST.locate().is_some())
 }
+
+/// The crate whose users' tests talk to real Postgres and Redis.
+const NEEDS_TEST_DEPS: &str = "test-support";
 
 /// The plan for a package list (empty = everything), with or without nextest.
 pub fn plan_for(
@@ -47,6 +44,15 @@ pub fn plan_for(
             .into());
         }
     }
+    let mut plan = plan_tests(ctx, ws, packages, partition, nextest);
+    let selected = |name: &String| packages.is_empty() || packages.contains(name);
+    if ws.members.values().any(|m| selected(&m.name) && m.deps.contains(NEEDS_TEST_DEPS)) {
+        crate::commands::test_deps::wrap(&mut plan, &ctx.root)?;
+    }
+    Ok(plan)
+}
+
+fn plan_tests(ctx: &Ctx, ws: &Workspace, packages: &[String], partition: Option<&str>, nextest: bool) -> Plan {
     let mut plan = Plan::new("test");
     let mut args: Vec<String>;
     if nextest {
@@ -56,15 +62,7 @@ pub fn plan_for(
         if let Some(p) = partition {
             args.extend(["--partition".to_string(), p.to_string()]);
         }
-        plan.push(
-            Step::cargo(
-                "test",
-                "unit and integration tests (nextest)",
-                args,
-                &ctx.root,
-            )
-            .requiring(&NEXTEST),
-        );
+        plan.push(Step::cargo("test", "unit and integration tests (nextest)", args, &ctx.root).requiring(&NEXTEST));
     } else {
         plan.notes.push(format!(
             "cargo-nextest not found: using `cargo test`; for the faster runner: {}",
@@ -73,13 +71,8 @@ pub fn plan_for(
         args = vec!["test".into()];
         args.extend(package_args(packages));
         args.push("--locked".into());
-        plan.push(Step::cargo(
-            "test",
-            "unit, integration and doc tests (cargo test)",
-            args,
-            &ctx.root,
-        ));
-        return Ok(plan);
+        plan.push(Step::cargo("test", "unit, integration and doc tests (cargo test)", args, &ctx.root));
+        return plan;
     }
     // nextest does not run doctests; run them for the selected libraries, once (not per shard).
     let libs: Vec<String> = ws
@@ -88,26 +81,18 @@ pub fn plan_for(
         .filter(|m| m.has_lib && (packages.is_empty() || packages.contains(&m.name)))
         .map(|m| m.name.clone())
         .collect();
-    let first_shard =
-        partition.is_none_or(|p| p.split(':').nth(1).is_some_and(|s| s.starts_with("1/")));
+    let first_shard = partition.is_none_or(|p| p.split(':').nth(1).is_some_and(|s| s.starts_with("1/")));
     if !libs.is_empty() && first_shard {
         let mut doc = vec!["test".to_string(), "--doc".into(), "--locked".into()];
         doc.extend(libs.iter().flat_map(|l| ["-p".to_string(), l.clone()]));
-        plan.push(Step::cargo(
-            "test:doc",
-            "documentation tests",
-            doc,
-            &ctx.root,
-        ));
+        plan.push(Step::cargo("test:doc", "documentation tests", doc, &ctx.root));
     }
-    Ok(plan)
+    plan
 }
 
 fn validate_partition(p: &str) -> Result<()> {
     let bad = || {
-        UsageError(format!(
-            "--partition {p}: expected KIND:M/N with KIND count or hash and 1 <= M <= N, e.g. hash:1/3"
-        ))
+        UsageError(format!("--partition {p}: expected KIND:M/N with KIND count or hash and 1 <= M <= N, e.g. hash:1/3"))
     };
     let (kind, shard) = p.split_once(':').ok_or_else(bad)?;
     let (m, n) = shard.split_once('/').ok_or_else(bad)?;
@@ -126,14 +111,7 @@ mod tests {
     fn partitions_are_validated_before_anything_runs() {
         assert!(validate_partition("hash:1/3").is_ok());
         assert!(validate_partition("count:2/2").is_ok());
-        for bad in [
-            "1/3",
-            "hash:0/3",
-            "hash:4/3",
-            "slice:1/2",
-            "hash:a/b",
-            "hash:1",
-        ] {
+        for bad in ["1/3", "hash:0/3", "hash:4/3", "slice:1/2", "hash:a/b", "hash:1"] {
             assert!(validate_partition(bad).is_err(), "{bad} should be rejected");
         }
     }

@@ -37,10 +37,7 @@ impl Entry {
     fn covers(&self, f: &Finding) -> bool {
         self.path.as_deref().is_none_or(|g| glob_match(g, &f.path))
             && self.rule.as_deref().is_none_or(|r| r == f.rule)
-            && self
-                .fingerprint
-                .as_deref()
-                .is_none_or(|fp| fp == f.fingerprint)
+            && self.fingerprint.as_deref().is_none_or(|fp| fp == f.fingerprint)
     }
 }
 
@@ -54,8 +51,7 @@ pub fn load(repo: &Path) -> Result<Vec<Entry>, UsageError> {
 }
 
 pub fn parse(text: &str) -> Result<Vec<Entry>, UsageError> {
-    let file: IgnoreFile =
-        toml::from_str(text).map_err(|e| UsageError(format!("{FILE_NAME}: {}", e.message())))?;
+    let file: IgnoreFile = toml::from_str(text).map_err(|e| UsageError(format!("{FILE_NAME}: {}", e.message())))?;
     for (i, e) in file.allow.iter().enumerate() {
         let n = i + 1;
         if e.reason.as_deref().is_none_or(|r| r.trim().is_empty()) {
@@ -72,19 +68,14 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, UsageError> {
             && !super::rules::RULES.iter().any(|r| r.id == rule)
             && !rule.contains('-')
         {
-            return Err(UsageError(format!(
-                "{FILE_NAME}: entry {n} names unknown rule `{rule}`"
-            )));
+            return Err(UsageError(format!("{FILE_NAME}: entry {n} names unknown rule `{rule}`")));
         }
     }
     Ok(file.allow)
 }
 
 /// Split findings into (kept, ignored) and report entries that matched nothing.
-pub fn apply(
-    findings: Vec<Finding>,
-    entries: &[Entry],
-) -> (Vec<Finding>, Vec<Finding>, Vec<usize>) {
+pub fn apply(findings: Vec<Finding>, entries: &[Entry]) -> (Vec<Finding>, Vec<Finding>, Vec<usize>) {
     let mut used = vec![false; entries.len()];
     let (mut kept, mut ignored) = (Vec::new(), Vec::new());
     for f in findings {
@@ -96,12 +87,7 @@ pub fn apply(
             None => kept.push(f),
         }
     }
-    let unused = used
-        .iter()
-        .enumerate()
-        .filter(|(_, u)| !**u)
-        .map(|(i, _)| i + 1)
-        .collect();
+    let unused = used.iter().enumerate().filter(|(_, u)| !**u).map(|(i, _)| i + 1).collect();
     (kept, ignored, unused)
 }
 
@@ -137,25 +123,14 @@ mod tests {
     #[test]
     fn entries_need_a_reason_and_a_scope() {
         let no_reason = "[[allow]]\npath = \"a\"\n";
-        assert!(
-            parse(no_reason)
-                .expect_err("rejected")
-                .0
-                .contains("no `reason`")
-        );
+        assert!(parse(no_reason).expect_err("rejected").0.contains("no `reason`"));
         let blank_reason = "[[allow]]\npath = \"a\"\nreason = \" \"\n";
         assert!(parse(blank_reason).is_err());
         let no_scope = "[[allow]]\nrule = \"generic-secret\"\nreason = \"r\"\n";
-        assert!(
-            parse(no_scope)
-                .expect_err("rejected")
-                .0
-                .contains("needs `path` or `fingerprint`")
-        );
+        assert!(parse(no_scope).expect_err("rejected").0.contains("needs `path` or `fingerprint`"));
         let typo = "[[allow]]\npaht = \"a\"\nreason = \"r\"\n";
         assert!(parse(typo).expect_err("rejected").0.contains("paht"));
-        let ok =
-            "[[allow]]\npath = \"docs/**\"\nrule = \"generic-secret\"\nreason = \"examples\"\n";
+        let ok = "[[allow]]\npath = \"docs/**\"\nrule = \"generic-secret\"\nreason = \"examples\"\n";
         assert_eq!(parse(ok).expect("valid").len(), 1);
     }
 }

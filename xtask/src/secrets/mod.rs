@@ -68,10 +68,7 @@ pub fn scan_files(repo: &Path, files: &[String]) -> Result<(Vec<Finding>, usize)
 /// Add trivy's findings, folding those on a line the built-in rules already reported.
 pub fn merge(findings: &mut Vec<Finding>, from_trivy: Vec<Finding>) {
     for theirs in from_trivy {
-        match findings
-            .iter_mut()
-            .find(|f| f.path == theirs.path && f.line == theirs.line)
-        {
+        match findings.iter_mut().find(|f| f.path == theirs.path && f.line == theirs.line) {
             Some(ours) => {
                 if !ours.found_by.contains(&"trivy".to_string()) {
                     ours.found_by.push("trivy".into());
@@ -104,10 +101,7 @@ mod tests {
     #[test]
     fn trivy_findings_on_the_same_line_are_folded_into_ours() {
         let mut ours = vec![finding("a.env", 3, "xtask")];
-        merge(
-            &mut ours,
-            vec![finding("a.env", 3, "trivy"), finding("b.yml", 1, "trivy")],
-        );
+        merge(&mut ours, vec![finding("a.env", 3, "trivy"), finding("b.yml", 1, "trivy")]);
         assert_eq!(ours.len(), 2);
         assert_eq!(ours[0].found_by, ["xtask", "trivy"]);
         assert_eq!(ours[1].path, "b.yml");

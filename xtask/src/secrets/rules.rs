@@ -64,19 +64,13 @@ fn any(_: &str) -> bool {
 /// Slack tokens are `xoxb-<digits>-<digits>-<secret>`: demand the digit groups.
 fn slack_token_shape(body: &str) -> bool {
     let parts: Vec<&str> = body.split('-').collect();
-    parts.len() >= 3
-        && parts[..2]
-            .iter()
-            .all(|p| p.len() >= 6 && p.chars().all(|c| c.is_ascii_digit()))
+    parts.len() >= 3 && parts[..2].iter().all(|p| p.len() >= 6 && p.chars().all(|c| c.is_ascii_digit()))
 }
 
 /// `T…/B…/secret`: workspace and channel ids, then a 24-character secret.
 fn slack_webhook_shape(body: &str) -> bool {
     let parts: Vec<&str> = body.split('/').collect();
-    parts.len() == 3
-        && parts[0].starts_with('T')
-        && parts[1].starts_with('B')
-        && parts[2].len() >= 20
+    parts.len() == 3 && parts[0].starts_with('T') && parts[1].starts_with('B') && parts[2].len() >= 20
 }
 
 fn has_digit_and_letter(body: &str) -> bool {
@@ -192,12 +186,7 @@ pub const RULES: &[Rule] = &[
             check: any,
         },
     },
-    Rule {
-        id: "private-key",
-        title: "PEM private key",
-        severity: Severity::Critical,
-        shape: Shape::PemPrivateKey,
-    },
+    Rule { id: "private-key", title: "PEM private key", severity: Severity::Critical, shape: Shape::PemPrivateKey },
     Rule {
         id: "generic-secret",
         title: "High-entropy value assigned to a secret-looking name",
@@ -231,10 +220,7 @@ fn is_placeholder(value: &str) -> bool {
         "0000",
         "1234",
     ];
-    WORDS.iter().any(|w| lower.contains(w))
-        || ["${", "{{", "<", "$(", "%s", "***"]
-            .iter()
-            .any(|w| value.contains(w))
+    WORDS.iter().any(|w| lower.contains(w)) || ["${", "{{", "<", "$(", "%s", "***"].iter().any(|w| value.contains(w))
 }
 
 /// Shannon entropy in bits per character.
@@ -248,26 +234,11 @@ pub fn entropy(s: &str) -> f64 {
     if n == 0 {
         return 0.0;
     }
-    counts
-        .iter()
-        .filter(|&&c| c > 0)
-        .map(|&c| c as f64 / n as f64)
-        .map(|p| -p * p.log2())
-        .sum()
+    counts.iter().filter(|&&c| c > 0).map(|&c| c as f64 / n as f64).map(|p| -p * p.log2()).sum()
 }
 
-const GENERIC_KEYWORDS: &[&str] = &[
-    "secret",
-    "token",
-    "password",
-    "passwd",
-    "api_key",
-    "apikey",
-    "api-key",
-    "access_key",
-    "private_key",
-    "auth_key",
-];
+const GENERIC_KEYWORDS: &[&str] =
+    &["secret", "token", "password", "passwd", "api_key", "apikey", "api-key", "access_key", "private_key", "auth_key"];
 const GENERIC_MIN_LEN: usize = 16;
 const GENERIC_MIN_ENTROPY: f64 = 3.5;
 
@@ -278,49 +249,26 @@ pub fn scan_text(text: &str) -> Vec<Hit> {
     for (i, line) in lines.iter().enumerate() {
         for rule in RULES {
             match &rule.shape {
-                Shape::Token {
-                    prefixes,
-                    alphabet,
-                    min,
-                    max,
-                    check,
-                } => {
+                Shape::Token { prefixes, alphabet, min, max, check } => {
                     for prefix in *prefixes {
                         for (col, secret) in find_tokens(line, prefix, *alphabet, *min, *max) {
                             let body = &secret[prefix.len()..];
                             if check(body) && !is_placeholder(&secret) {
-                                hits.push(Hit {
-                                    rule,
-                                    line: i + 1,
-                                    column: col + 1,
-                                    secret,
-                                });
+                                hits.push(Hit { rule, line: i + 1, column: col + 1, secret });
                             }
                         }
                     }
                 }
                 Shape::PemPrivateKey => {
                     if let Some(col) = pem_header(line)
-                        && lines
-                            .get(i + 1)
-                            .is_some_and(|next| looks_like_key_material(next))
+                        && lines.get(i + 1).is_some_and(|next| looks_like_key_material(next))
                     {
-                        hits.push(Hit {
-                            rule,
-                            line: i + 1,
-                            column: col + 1,
-                            secret: lines[i + 1].trim().to_string(),
-                        });
+                        hits.push(Hit { rule, line: i + 1, column: col + 1, secret: lines[i + 1].trim().to_string() });
                     }
                 }
                 Shape::GenericAssignment => {
                     if let Some((col, value)) = generic_assignment(line) {
-                        hits.push(Hit {
-                            rule,
-                            line: i + 1,
-                            column: col + 1,
-                            secret: value,
-                        });
+                        hits.push(Hit { rule, line: i + 1, column: col + 1, secret: value });
                     }
                 }
             }
@@ -330,10 +278,7 @@ pub fn scan_text(text: &str) -> Vec<Hit> {
     let mut seen: Vec<(usize, String)> = Vec::new();
     hits.retain(|h| {
         let key = (h.line, h.secret.clone());
-        if seen
-            .iter()
-            .any(|s| s.0 == key.0 && (s.1.contains(&key.1) || key.1.contains(&s.1)))
-        {
+        if seen.iter().any(|s| s.0 == key.0 && (s.1.contains(&key.1) || key.1.contains(&s.1))) {
             false
         } else {
             seen.push(key);
@@ -343,13 +288,7 @@ pub fn scan_text(text: &str) -> Vec<Hit> {
     hits
 }
 
-fn find_tokens(
-    line: &str,
-    prefix: &str,
-    alphabet: Alphabet,
-    min: usize,
-    max: usize,
-) -> Vec<(usize, String)> {
+fn find_tokens(line: &str, prefix: &str, alphabet: Alphabet, min: usize, max: usize) -> Vec<(usize, String)> {
     let mut found = Vec::new();
     let mut from = 0;
     while let Some(pos) = line[from..].find(prefix) {
@@ -359,10 +298,7 @@ fn find_tokens(
         if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_') {
             continue;
         }
-        let body: String = line[from..]
-            .chars()
-            .take_while(|&c| alphabet.contains(c))
-            .collect();
+        let body: String = line[from..].chars().take_while(|&c| alphabet.contains(c)).collect();
         if (min..=max).contains(&body.len()) {
             found.push((start, format!("{prefix}{body}")));
         }
@@ -383,13 +319,8 @@ fn pem_header(line: &str) -> Option<usize> {
 }
 
 fn looks_like_key_material(line: &str) -> bool {
-    let t = line
-        .trim()
-        .trim_matches(|c| c == '"' || c == '\'' || c == ',');
-    t.starts_with("Proc-Type:")
-        || (t.len() >= 40
-            && t.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c)))
+    let t = line.trim().trim_matches(|c| c == '"' || c == '\'' || c == ',');
+    t.starts_with("Proc-Type:") || (t.len() >= 40 && t.chars().all(|c| c.is_ascii_alphanumeric() || "+/=".contains(c)))
 }
 
 /// `api_token = "…"`, `"password": "…"`, `SECRET_KEY=…`: a secret-looking name, an assignment,
@@ -403,13 +334,8 @@ fn generic_assignment(line: &str) -> Option<(usize, String)> {
             from = kw_start + kw.len();
             // Finish the identifier the keyword sits in (e.g. `db_password_prod`).
             let ident_end = from
-                + lower[from..]
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-')
-                    .count();
-            let mut rest = line[ident_end..]
-                .trim_start_matches(['"', '\''])
-                .trim_start();
+                + lower[from..].chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == '-').count();
+            let mut rest = line[ident_end..].trim_start_matches(['"', '\'']).trim_start();
             rest = if let Some(r) = rest.strip_prefix(":=") {
                 r
             } else if let Some(r) = rest.strip_prefix("=>") {
@@ -428,9 +354,7 @@ fn generic_assignment(line: &str) -> Option<(usize, String)> {
                 Some(q) => rest.chars().take_while(|&c| c != q).collect(),
                 None => rest
                     .chars()
-                    .take_while(|c| {
-                        !c.is_whitespace() && !matches!(c, ',' | ';' | ')' | '(' | '&' | '#')
-                    })
+                    .take_while(|c| !c.is_whitespace() && !matches!(c, ',' | ';' | ')' | '(' | '&' | '#'))
                     .collect(),
             };
             // Unquoted dotted or path values are code (`token = self.config.token`), not data.
@@ -452,10 +376,7 @@ fn generic_assignment(line: &str) -> Option<(usize, String)> {
 
 /// Names made of words (`argon2id-default-params`, `my-service-token`) rather than random text.
 fn is_slug(value: &str) -> bool {
-    value
-        .split(['-', '_', '.', '/', ':'])
-        .filter(|w| w.len() >= 4 && w.chars().all(|c| c.is_ascii_lowercase()))
-        .count()
+    value.split(['-', '_', '.', '/', ':']).filter(|w| w.len() >= 4 && w.chars().all(|c| c.is_ascii_lowercase())).count()
         >= 2
 }
 
@@ -491,86 +412,24 @@ mod tests {
     }
 
     fn true_positives() -> Vec<(&'static str, String)> {
-        let pem_body =
-            "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0";
+        let pem_body = "MIIEowIBAAKCAQEAu1SU1LfVLPHCozMxH2Mo4lgOEePzNm0tRgeLezV6ffAt0gunVTLw7onLRnrq0";
         vec![
-            (
-                "aws-access-key-id",
-                format!("aws_key = \"{}\"", join(&["AKIA", "Q3EGRJ7LXKPN5D2W"])),
-            ),
-            (
-                "github-token",
-                format!(
-                    "export GH={}",
-                    join(&["ghp_", "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5"])
-                ),
-            ),
-            (
-                "github-fine-grained-pat",
-                join(&[
-                    "github_pat_",
-                    "11ABCDEFG0",
-                    &"a1B2c3D4e5".repeat(6),
-                    "xYz0_Ab1c2D3",
-                ]),
-            ),
-            (
-                "gitlab-token",
-                format!("token: {}", join(&["glpat-", "Zx9Kq2Lm8Nw4Rt6Vy1Bc"])),
-            ),
-            (
-                "slack-token",
-                join(&[
-                    "xoxb-",
-                    "2837465019",
-                    "-",
-                    "1029384756102",
-                    "-",
-                    "Qw8Er7Ty6Ui5Op4As3Df2Gh",
-                ]),
-            ),
+            ("aws-access-key-id", format!("aws_key = \"{}\"", join(&["AKIA", "Q3EGRJ7LXKPN5D2W"]))),
+            ("github-token", format!("export GH={}", join(&["ghp_", "aB3dE5fG7hJ9kL1mN3pQ5rS7tU9vW1xY3zA5"]))),
+            ("github-fine-grained-pat", join(&["github_pat_", "11ABCDEFG0", &"a1B2c3D4e5".repeat(6), "xYz0_Ab1c2D3"])),
+            ("gitlab-token", format!("token: {}", join(&["glpat-", "Zx9Kq2Lm8Nw4Rt6Vy1Bc"]))),
+            ("slack-token", join(&["xoxb-", "2837465019", "-", "1029384756102", "-", "Qw8Er7Ty6Ui5Op4As3Df2Gh"])),
             (
                 "slack-webhook",
-                join(&[
-                    "https://hooks.slack.com/services/",
-                    "T02AB3CDE/B04FG5HIJ/",
-                    "kL6mN7oP8qR9sT0uV1wX2yZ3",
-                ]),
+                join(&["https://hooks.slack.com/services/", "T02AB3CDE/B04FG5HIJ/", "kL6mN7oP8qR9sT0uV1wX2yZ3"]),
             ),
-            (
-                "stripe-live-key",
-                format!("STRIPE={}", join(&["sk_live_", "51H8xQ2Lk9Jm3Np7Rt4Vw6Yz"])),
-            ),
-            (
-                "stripe-test-key",
-                join(&["rk_test_", "51H8xQ2Lk9Jm3Np7Rt4Vw6Yz0a"]),
-            ),
-            (
-                "google-api-key",
-                format!(
-                    "key={}",
-                    join(&["AIza", "SyD4k9Lm2Np8Qr6St1Uv3Wx5Yz7Ab0Cd9Ef"])
-                ),
-            ),
-            (
-                "private-key",
-                format!(
-                    "{}\n{pem_body}\n",
-                    join(&["-----BEGIN ", "RSA PRIVATE KEY", "-----"])
-                ),
-            ),
-            (
-                "generic-secret",
-                format!("db_password = \"{}\"", join(&["Xk9#mQ2v", "Lr7$pW4nZt8b"])),
-            ),
-            (
-                "generic-secret",
-                format!("\"api_key\": \"{}\",", join(&["9fT3kLq8", "ZmW2xR7vN4bP"])),
-            ),
-            (
-                "generic-secret",
-                format!("SESSION_SECRET={}", join(&["u8Kd2Lq9", "Xw4Zr7Tb1Nm6"])),
-            ),
+            ("stripe-live-key", format!("STRIPE={}", join(&["sk_live_", "51H8xQ2Lk9Jm3Np7Rt4Vw6Yz"]))),
+            ("stripe-test-key", join(&["rk_test_", "51H8xQ2Lk9Jm3Np7Rt4Vw6Yz0a"])),
+            ("google-api-key", format!("key={}", join(&["AIza", "SyD4k9Lm2Np8Qr6St1Uv3Wx5Yz7Ab0Cd9Ef"]))),
+            ("private-key", format!("{}\n{pem_body}\n", join(&["-----BEGIN ", "RSA PRIVATE KEY", "-----"]))),
+            ("generic-secret", format!("db_password = \"{}\"", join(&["Xk9#mQ2v", "Lr7$pW4nZt8b"]))),
+            ("generic-secret", format!("\"api_key\": \"{}\",", join(&["9fT3kLq8", "ZmW2xR7vN4bP"]))),
+            ("generic-secret", format!("SESSION_SECRET={}", join(&["u8Kd2Lq9", "Xw4Zr7Tb1Nm6"]))),
         ]
     }
 
@@ -581,11 +440,7 @@ mod tests {
         }
         let covered: Vec<_> = true_positives().iter().map(|(r, _)| *r).collect();
         for rule in RULES {
-            assert!(
-                covered.contains(&rule.id),
-                "rule {} has no true-positive test",
-                rule.id
-            );
+            assert!(covered.contains(&rule.id), "rule {} has no true-positive test", rule.id);
         }
     }
 
@@ -606,11 +461,7 @@ mod tests {
                 "PUBLIC KEY",
                 "-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAu1SU1LfVLPHCozMxH2Mo",
             ]),
-            join(&[
-                "let header = \"-----BEGIN ",
-                "PRIVATE KEY",
-                "-----\";\nlet body = decode(input);",
-            ]),
+            join(&["let header = \"-----BEGIN ", "PRIVATE KEY", "-----\";\nlet body = decode(input);"]),
             // Generic: references, placeholders, low entropy, code.
             "password = \"${DB_PASSWORD}\"".to_string(),
             "api_key: \"<your-api-key-here>\"".to_string(),
@@ -622,20 +473,13 @@ mod tests {
             "POSTGRES_PASSWORD=changeme-in-your-env-file".to_string(),
         ];
         for text in negatives {
-            assert!(
-                rules_hit(&text).is_empty(),
-                "false positive {:?} in {text:?}",
-                rules_hit(&text)
-            );
+            assert!(rules_hit(&text).is_empty(), "false positive {:?} in {text:?}", rules_hit(&text));
         }
     }
 
     #[test]
     fn findings_carry_position() {
-        let text = format!(
-            "line one\n    key: {}\n",
-            join(&["AKIA", "Q3EGRJ7LXKPN5D2W"])
-        );
+        let text = format!("line one\n    key: {}\n", join(&["AKIA", "Q3EGRJ7LXKPN5D2W"]));
         let hits = scan_text(&text);
         assert_eq!((hits[0].line, hits[0].column), (2, 10));
     }

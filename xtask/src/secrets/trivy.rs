@@ -40,46 +40,25 @@ struct Secret {
 
 /// The arguments xtask passes to trivy (kept here so the plan and the run agree).
 pub fn args(repo: &Path) -> Vec<String> {
-    [
-        "fs",
-        "--scanners",
-        "secret",
-        "--format",
-        "json",
-        "--quiet",
-        "--skip-dirs",
-        "target",
-        "--skip-dirs",
-        ".git",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .chain([repo.display().to_string()])
-    .collect()
+    ["fs", "--scanners", "secret", "--format", "json", "--quiet", "--skip-dirs", "target", "--skip-dirs", ".git"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([repo.display().to_string()])
+        .collect()
 }
 
 pub fn run(trivy: &Path, repo: &Path, tracked: &BTreeSet<String>) -> Result<Vec<Finding>> {
-    let out = clean_command(trivy)
-        .args(args(repo))
-        .output()
-        .context("running trivy")?;
+    let out = clean_command(trivy).args(args(repo)).output().context("running trivy")?;
     if !out.status.success() {
-        bail!(
-            "trivy fs --scanners secret failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("trivy fs --scanners secret failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     let findings = parse(&String::from_utf8_lossy(&out.stdout))?;
     // trivy walks the directory; only files git tracks can be committed or pushed.
-    Ok(findings
-        .into_iter()
-        .filter(|f| tracked.contains(&f.path))
-        .collect())
+    Ok(findings.into_iter().filter(|f| tracked.contains(&f.path)).collect())
 }
 
 pub fn parse(json: &str) -> Result<Vec<Finding>> {
-    let report: Report = serde_json::from_str(json)
-        .context("trivy printed something that is not its JSON report")?;
+    let report: Report = serde_json::from_str(json).context("trivy printed something that is not its JSON report")?;
     let mut findings = Vec::new();
     for result in report.results.unwrap_or_default() {
         let Some(target) = result.target else {
@@ -125,10 +104,7 @@ mod tests {
             {"Class":"secret","Secrets":[{"RuleID":"x","StartLine":2}]}]}"#;
         let f = parse(json).expect("parses");
         assert_eq!(f.len(), 1);
-        assert_eq!(
-            (f[0].path.as_str(), f[0].line, f[0].rule.as_str()),
-            ("conf/a.txt", 1, "aws-access-key-id")
-        );
+        assert_eq!((f[0].path.as_str(), f[0].line, f[0].rule.as_str()), ("conf/a.txt", 1, "aws-access-key-id"));
         assert_eq!(f[0].severity, Severity::Critical);
     }
 

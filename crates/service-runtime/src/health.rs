@@ -1,0 +1,91 @@
+//! Liveness and readiness. `/healthz` answers while the process runs; `/readyz` answers 200
+//! only when every registered dependency check passes and the service is not draining.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+type CheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type Check = Arc<dyn Fn() -> CheckFuture + Send + Sync>;
+
+/// How long one dependency check may take before it counts as failed.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+#[derive(Clone, Default)]
+pub struct Readiness {
+    draining: Arc<AtomicBool>,
+    checks: Vec<(String, Check)>,
+}
+
+impl Readiness {
+    pub fn new() -> Readiness {
+        Readiness::default()
+    }
+
+    /// Add a dependency check, e.g. `SELECT 1` against Postgres.
+    pub fn with_check<F, Fut>(mut self, name: &str, check: F) -> Readiness
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks.push((name.to_string(), Arc::new(move || Box::pin(check()) as CheckFuture)));
+        self
+    }
+
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Run every check; `(ready, details)` where details name each check's result.
+    pub async fn report(&self) -> (bool, Value) {
+        let mut ready = !self.is_draining();
+        let mut details = Map::new();
+        for (name, check) in &self.checks {
+            let outcome = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                Ok(Ok(())) => "ok".to_string(),
+                Ok(Err(e)) => format!("error: {e}"),
+                Err(_) => format!("error: no answer within {}s", CHECK_TIMEOUT.as_secs()),
+            };
+            ready &= outcome == "ok";
+            details.insert(name.clone(), Value::String(outcome));
+        }
+        let status = if self.is_draining() {
+            "draining"
+        } else if ready {
+            "ready"
+        } else {
+            "not ready"
+        };
+        (ready, json!({ "status": status, "checks": details }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ready_only_when_every_check_passes_and_not_draining() {
+        let r = Readiness::new().with_check("db", || async { Ok(()) });
+        assert!(r.report().await.0);
+        let r = r.with_check("cache", || async { Err("connection refused".to_string()) });
+        let (ready, details) = r.report().await;
+        assert!(!ready);
+        assert_eq!(details["checks"]["cache"], "error: connection refused");
+        assert_eq!(details["checks"]["db"], "ok");
+
+        let ok = Readiness::new();
+        ok.start_draining();
+        let (ready, details) = ok.report().await;
+        assert!(!ready);
+        assert_eq!(details["status"], "draining");
+    }
+}

@@ -1,0 +1,198 @@
+//! Serve a service's router with the common endpoints and middleware, and shut down gracefully.
+//!
+//! On SIGTERM or SIGINT: readiness turns false (load balancers stop sending), the listener stops
+//! accepting, in-flight requests finish, and the process exits 0, all within the drain timeout.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use http::{HeaderValue, StatusCode};
+use tokio::sync::watch;
+use tracing::Instrument;
+
+use crate::{ConfigError, Env, Metrics, Readiness, ServiceInfo, StartError};
+
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Where to listen and how long to wait for in-flight work at shutdown.
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// `LISTEN_HOST` (default 0.0.0.0), `PORT` (default: the service's), `DRAIN_TIMEOUT` (10s).
+    pub fn from_env(env: &Env, info: &ServiceInfo) -> Result<ServerConfig, ConfigError> {
+        let host: std::net::IpAddr = env.parse_or("LISTEN_HOST", [0, 0, 0, 0].into(), "an IP address like 0.0.0.0")?;
+        let port = env.port_or("PORT", info.port)?;
+        let drain_timeout = env.duration_or("DRAIN_TIMEOUT", Duration::from_secs(10))?;
+        Ok(ServerConfig { listen: SocketAddr::new(host, port), drain_timeout })
+    }
+}
+
+/// Put this in a response's extensions to label its metrics with a route the router cannot
+/// see (the gateway labels by matched prefix).
+#[derive(Clone, Debug)]
+pub struct RouteLabel(pub String);
+
+/// The request id of the request being handled, in request extensions.
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);
+
+/// Fires once when the process is asked to stop. Clone it into every loop that must stop.
+#[derive(Clone)]
+pub struct Shutdown {
+    rx: watch::Receiver<bool>,
+}
+
+impl Shutdown {
+    /// Listen for SIGTERM and SIGINT; on the first, mark `readiness` as draining.
+    pub fn on_signals(readiness: Readiness) -> Result<Shutdown, StartError> {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (tx, rx) = watch::channel(false);
+        let mut term =
+            signal(SignalKind::terminate()).map_err(|e| StartError::fatal("installing SIGTERM handler", e))?;
+        let mut int = signal(SignalKind::interrupt()).map_err(|e| StartError::fatal("installing SIGINT handler", e))?;
+        tokio::spawn(async move {
+            let which = tokio::select! {
+                _ = term.recv() => "SIGTERM",
+                _ = int.recv() => "SIGINT",
+            };
+            tracing::info!(signal = which, "shutting down: readiness off, draining in-flight work");
+            readiness.start_draining();
+            let _ = tx.send(true);
+        });
+        Ok(Shutdown { rx })
+    }
+
+    /// A handle that never fires, for tests and tools.
+    pub fn never() -> Shutdown {
+        let (tx, rx) = watch::channel(false);
+        std::mem::forget(tx);
+        Shutdown { rx }
+    }
+
+    pub fn is_triggered(&self) -> bool {
+        *self.rx.borrow()
+    }
+
+    pub async fn wait(mut self) {
+        let _ = self.rx.wait_for(|stopping| *stopping).await;
+    }
+}
+
+/// Everything `serve` needs besides the service's own routes.
+pub struct Server {
+    pub info: crate::ServiceInfo,
+    pub config: ServerConfig,
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+    pub shutdown: Shutdown,
+}
+
+impl Server {
+    /// Bind, serve until shutdown, then wait for in-flight requests (bounded by the drain timeout).
+    pub async fn serve(self, app: Router) -> Result<(), StartError> {
+        let listener = tokio::net::TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|e| StartError::fatal(&format!("cannot listen on {}", self.config.listen), e))?;
+        tracing::info!(service = self.info.name, addr = %self.config.listen, "listening");
+        self.serve_on(listener, app).await
+    }
+
+    pub async fn serve_on(self, listener: tokio::net::TcpListener, app: Router) -> Result<(), StartError> {
+        let router = app
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz).with_state(self.readiness.clone()))
+            .route("/metrics", get(metrics_text).with_state(self.metrics.clone()))
+            .layer(middleware::from_fn_with_state(self.metrics.clone(), observe));
+        let drain = self.config.drain_timeout;
+        let stop = self.shutdown.clone();
+        let serving = axum::serve(listener, router).with_graceful_shutdown(stop.wait());
+        let deadline = {
+            let stop = self.shutdown.clone();
+            async move {
+                stop.wait().await;
+                tokio::time::sleep(drain).await;
+            }
+        };
+        tokio::select! {
+            served = serving => served.map_err(|e| StartError::fatal("server error", e)),
+            () = deadline => Err(StartError::Fatal(format!(
+                "in-flight requests did not finish within the {}ms drain timeout",
+                drain.as_millis()
+            ))),
+        }
+    }
+}
+
+async fn readyz(State(readiness): State<Readiness>) -> Response {
+    let (ready, details) = readiness.report().await;
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(details)).into_response()
+}
+
+async fn metrics_text(State(metrics): State<Metrics>) -> Response {
+    let mut response = metrics.render().into_response();
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+fn is_probe(path: &str) -> bool {
+    matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+/// Request id, span, in-flight gauge, latency metric and one log line per request.
+async fn observe(State(metrics): State<Metrics>, mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let id = request
+        .headers()
+        .get(REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        request.headers_mut().insert(REQUEST_ID, value);
+    }
+    request.extensions_mut().insert(RequestId(id.clone()));
+    let method = request.method().to_string();
+    let path = request.uri().path().to_string();
+    let matched = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
+    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
+
+    metrics.in_flight.inc();
+    let mut response = next.run(request).instrument(span.clone()).await;
+    metrics.in_flight.dec();
+
+    let route = response
+        .extensions()
+        .get::<RouteLabel>()
+        .map(|r| r.0.clone())
+        .or(matched)
+        .unwrap_or_else(|| "unmatched".to_string());
+    let status = response.status().as_u16();
+    let elapsed = started.elapsed();
+    metrics.observe_request(&route, &method, status, elapsed.as_secs_f64());
+    if let Ok(value) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, value);
+    }
+    span.in_scope(|| {
+        let ms = elapsed.as_secs_f64() * 1000.0;
+        if is_probe(&path) {
+            tracing::debug!(status, route = %route, latency_ms = ms, "request finished");
+        } else {
+            tracing::info!(status, route = %route, latency_ms = ms, "request finished");
+        }
+    });
+    response
+}
