@@ -75,6 +75,8 @@ pub struct Job {
     pub id: Uuid,
     #[serde(skip)]
     pub seq: i64,
+    /// Flattened: a job reads `{"id": …, "kind": "hash", "input": …, "status": …}`.
+    #[serde(flatten)]
     pub spec: JobSpec,
     pub status: Status,
     pub attempts: i32,

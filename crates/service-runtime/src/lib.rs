@@ -66,7 +66,7 @@ where
             return ExitCode::from(EXIT_CONFIG);
         }
     }
-    telemetry::init(info.name);
+    telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

@@ -102,7 +102,13 @@ impl Server {
         let listener = tokio::net::TcpListener::bind(self.config.listen)
             .await
             .map_err(|e| StartError::fatal(&format!("cannot listen on {}", self.config.listen), e))?;
-        tracing::info!(service = self.info.name, addr = %self.config.listen, "listening");
+        tracing::info!(
+            service = self.info.name,
+            version = self.info.version,
+            git_sha = crate::GIT_SHA,
+            addr = %self.config.listen,
+            "listening"
+        );
         self.serve_on(listener, app).await
     }
 
