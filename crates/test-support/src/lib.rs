@@ -55,6 +55,21 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
 }
 
+/// Another binary of the workspace, built next to the running test (e.g. the API for a worker
+/// test). `cargo xtask test` builds every binary; a narrower run may need `cargo build -p NAME`.
+pub fn workspace_binary(name: &str) -> String {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test>-<hash>: the binaries sit in target/<profile>.
+    let dir = exe.parent().and_then(|deps| deps.parent()).expect("target/<profile> directory");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is not built; run `cargo build -p {name}` or the whole `cargo xtask test`",
+        path.display()
+    );
+    path.display().to_string()
+}
+
 /// A service binary running as a child process with its own log file.
 pub struct ServiceProcess {
     pub name: String,
