@@ -1,0 +1,292 @@
+//! The edge gateway: routes requests by path prefix to upstream services.
+//!
+//! Per route: a deadline (`timeout=`), retries for idempotent methods only (and only when the
+//! request never reached the upstream or it answered 502/503), a circuit breaker per upstream,
+//! a request body size limit, and `x-request-id` forwarded. Its own errors are problem+json:
+//! 404 `no_route`, 413 `body_too_large`, 502 `bad_gateway`, 503 `circuit_open`, 504
+//! `upstream_timeout`. All I/O is async (hyper client over tokio); nothing blocks.
+
+mod breaker;
+mod routes;
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::{HeaderValue, Method, StatusCode};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use service_runtime::metrics::Labels;
+use service_runtime::server::{Server, Shutdown};
+use service_runtime::{Env, Metrics, Problem, Readiness, RouteLabel, ServerConfig, ServiceInfo, StartError};
+
+use breaker::{Admission, Breaker};
+use routes::Route;
+
+const INFO: ServiceInfo =
+    ServiceInfo { name: "gateway", version: env!("CARGO_PKG_VERSION"), port: 8080, health_path: "/healthz" };
+
+/// Headers that describe one hop's connection, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+struct Config {
+    server: ServerConfig,
+    routes: Vec<Route>,
+    max_body: usize,
+    retries: u32,
+    breaker_failures: u32,
+    breaker_cooldown: Duration,
+}
+
+impl Config {
+    fn from_env(env: &Env) -> Result<Config, service_runtime::ConfigError> {
+        let default_timeout = env.duration_or("GATEWAY_TIMEOUT", Duration::from_secs(10))?;
+        Ok(Config {
+            server: ServerConfig::from_env(env, &INFO)?,
+            routes: routes::parse(
+                &env.required("GATEWAY_ROUTES", "routes like /v1/jobs=http://api:8081")?,
+                default_timeout,
+            )?,
+            max_body: env.int_in("GATEWAY_MAX_BODY_BYTES", 1024 * 1024, 0, 64 * 1024 * 1024)?,
+            retries: env.int_in("GATEWAY_RETRIES", 2, 0, 10)?,
+            breaker_failures: env.int_in("BREAKER_FAILURES", 5, 1, 1000)?,
+            breaker_cooldown: env.duration_or("BREAKER_COOLDOWN", Duration::from_secs(5))?,
+        })
+    }
+}
+
+struct Upstream {
+    breaker: Breaker,
+    state_gauge: Gauge,
+}
+
+struct Gateway {
+    routes: Vec<Route>,
+    upstreams: HashMap<String, Upstream>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    max_body: usize,
+    retries: u32,
+    upstream_requests: Family<Labels, Counter>,
+    retried: Family<Labels, Counter>,
+}
+
+fn main() -> ExitCode {
+    service_runtime::run(INFO, start)
+}
+
+async fn start(env: Env) -> Result<(), StartError> {
+    let config = Config::from_env(&env)?;
+    let metrics = Metrics::new(&INFO);
+    let upstream_requests = Family::<Labels, Counter>::default();
+    let retried = Family::<Labels, Counter>::default();
+    let breaker_states = Family::<Labels, Gauge>::default();
+    metrics.register(
+        "gateway_upstream_requests",
+        "Attempts sent upstream, by upstream and outcome",
+        upstream_requests.clone(),
+    );
+    metrics.register("gateway_retries", "Retried attempts, by route", retried.clone());
+    metrics.register(
+        "gateway_breaker_state",
+        "Circuit breaker per upstream: 0 closed, 1 open, 2 half-open",
+        breaker_states.clone(),
+    );
+
+    let mut upstreams = HashMap::new();
+    for route in &config.routes {
+        upstreams.entry(route.upstream.clone()).or_insert_with(|| Upstream {
+            breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
+            state_gauge: breaker_states.get_or_create(&vec![("upstream".into(), route.upstream.clone())]).clone(),
+        });
+    }
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(1024)
+        .build(connector);
+    for route in &config.routes {
+        tracing::info!(prefix = %route.prefix, upstream = %route.upstream, timeout_ms = route.timeout.as_millis() as u64, "route");
+    }
+    let gateway = Arc::new(Gateway {
+        routes: config.routes,
+        upstreams,
+        client,
+        max_body: config.max_body,
+        retries: config.retries,
+        upstream_requests,
+        retried,
+    });
+    let readiness = Readiness::new();
+    let shutdown = Shutdown::on_signals(readiness.clone())?;
+    let app = Router::new().fallback(proxy).with_state(gateway);
+    Server { info: INFO, config: config.server, metrics, readiness, shutdown }.serve(app).await
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+fn labelled(mut response: Response, route: &str) -> Response {
+    response.extensions_mut().insert(RouteLabel(route.to_string()));
+    response
+}
+
+async fn proxy(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+    let path = request.uri().path().to_string();
+    let Some(route) = routes::find(&gw.routes, &path) else {
+        let problem =
+            Problem::new(StatusCode::NOT_FOUND, "no_route", "No route").detail(format!("no route serves {path}"));
+        return labelled(problem.into_response(), "no_route");
+    };
+    labelled(forward(&gw, route, request).await, &route.prefix)
+}
+
+async fn forward(gw: &Gateway, route: &Route, request: Request) -> Response {
+    let deadline = Instant::now() + route.timeout;
+    let upstream = &gw.upstreams[&route.upstream];
+    let (parts, body) = request.into_parts();
+    // Buffered (within the limit) so an idempotent request can be sent again on retry.
+    let body = match Limited::new(body, gw.max_body).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+            return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Request body too large")
+                .detail(format!("the limit is {} bytes", gw.max_body))
+                .into_response();
+        }
+        Err(e) => {
+            return Problem::new(StatusCode::BAD_REQUEST, "bad_request_body", "Could not read the request body")
+                .detail(e.to_string())
+                .into_response();
+        }
+    };
+    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let uri = format!("{}{path_and_query}", route.upstream);
+    let attempts = if is_idempotent(&parts.method) { 1 + gw.retries } else { 1 };
+    let count = |outcome: &str| {
+        gw.upstream_requests
+            .get_or_create(&vec![("upstream".into(), route.upstream.clone()), ("outcome".into(), outcome.into())])
+            .inc();
+    };
+
+    for attempt in 1..=attempts {
+        if let Admission::Reject(wait) = upstream.breaker.allow(Instant::now()) {
+            upstream.state_gauge.set(upstream.breaker.gauge_value());
+            count("circuit_open");
+            let mut response = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "circuit_open", "Upstream unavailable")
+                .detail(format!("{} failed repeatedly; not sending it more traffic for now", route.upstream))
+                .into_response();
+            let retry_after = wait.as_secs().max(1).to_string();
+            if let Ok(v) = HeaderValue::from_str(&retry_after) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return response;
+        }
+        upstream.state_gauge.set(upstream.breaker.gauge_value());
+        let mut builder =
+            http::Request::builder().method(parts.method.clone()).uri(&uri).version(http::Version::HTTP_11);
+        for (name, value) in &parts.headers {
+            if !HOP_BY_HOP.contains(&name.as_str()) && name != header::HOST && name != header::CONTENT_LENGTH {
+                builder = builder.header(name, value);
+            }
+        }
+        if let Some(host) = parts.headers.get(header::HOST) {
+            builder = builder.header(HeaderName::from_static("x-forwarded-host"), host);
+        }
+        let upstream_request = match builder.body(Full::new(body.clone())) {
+            Ok(r) => r,
+            Err(e) => {
+                return Problem::new(StatusCode::BAD_REQUEST, "bad_request", "Cannot forward this request")
+                    .detail(e.to_string())
+                    .into_response();
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let last = attempt == attempts;
+        match tokio::time::timeout(remaining, gw.client.request(upstream_request)).await {
+            Err(_) => {
+                // Never retried: the upstream may still be working on it.
+                upstream.breaker.failure(Instant::now());
+                upstream.state_gauge.set(upstream.breaker.gauge_value());
+                count("timeout");
+                return Problem::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "Upstream timed out")
+                    .detail(format!("{} did not answer within {}ms", route.upstream, route.timeout.as_millis()))
+                    .into_response();
+            }
+            Ok(Err(e)) => {
+                upstream.breaker.failure(Instant::now());
+                upstream.state_gauge.set(upstream.breaker.gauge_value());
+                count("error");
+                // A connect error means the request never reached the upstream: safe to retry.
+                if e.is_connect() && !last {
+                    gw.retried.get_or_create(&vec![("route".into(), route.prefix.clone())]).inc();
+                    backoff(attempt, deadline).await;
+                    continue;
+                }
+                tracing::warn!(upstream = %route.upstream, error = %e, "upstream request failed");
+                return Problem::new(StatusCode::BAD_GATEWAY, "bad_gateway", "Upstream unreachable")
+                    .detail(format!(
+                        "{}: {}",
+                        route.upstream,
+                        if e.is_connect() { "connection failed" } else { "request failed" }
+                    ))
+                    .into_response();
+            }
+            Ok(Ok(response)) => {
+                let status = response.status();
+                if matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+                ) {
+                    upstream.breaker.failure(Instant::now());
+                    upstream.state_gauge.set(upstream.breaker.gauge_value());
+                    count("upstream_unavailable");
+                    if !last {
+                        gw.retried.get_or_create(&vec![("route".into(), route.prefix.clone())]).inc();
+                        backoff(attempt, deadline).await;
+                        continue;
+                    }
+                } else {
+                    upstream.breaker.success();
+                    upstream.state_gauge.set(upstream.breaker.gauge_value());
+                    count("ok");
+                }
+                let (mut head, incoming) = response.into_parts();
+                for name in HOP_BY_HOP {
+                    head.headers.remove(name);
+                }
+                return Response::from_parts(head, Body::new(incoming));
+            }
+        }
+    }
+    unreachable!("the last attempt always returns")
+}
+
+/// 25 ms, 50 ms, 100 ms ... between attempts, never past the route's deadline.
+async fn backoff(attempt: u32, deadline: Instant) {
+    let wait = Duration::from_millis(25u64 << attempt.min(6).saturating_sub(1));
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    tokio::time::sleep(wait.min(remaining)).await;
+}
