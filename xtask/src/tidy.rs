@@ -202,3 +202,33 @@ fn the_by_hand_benchmark_baseline_runs_what_ci_runs() {
         );
     }
 }
+
+#[test]
+fn every_service_crate_declares_itself_and_its_code_agrees() {
+    let root = project_root();
+    let ws = crate::workspace::Workspace::load(&root).expect("workspace");
+    let mut found = 0;
+    for entry in std::fs::read_dir(root.join("services")).expect("services/").flatten() {
+        let dir = entry.path();
+        if !dir.join("Cargo.toml").is_file() {
+            continue;
+        }
+        found += 1;
+        let rel = dir.strip_prefix(&root).expect("inside root").to_path_buf();
+        let member = ws.members.values().find(|m| m.dir == rel);
+        let member = member.unwrap_or_else(|| panic!("{}: not a workspace member", rel.display()));
+        let meta = member.service.as_ref().unwrap_or_else(|| {
+            panic!("{}: a crate under services/ needs [package.metadata.service] (see services/README.md)", rel.display())
+        });
+        let main = std::fs::read_to_string(dir.join("src/main.rs")).expect("src/main.rs");
+        for (what, wanted) in [("port", format!("port: {}", meta.port)), ("health", format!("health_path: \"{}\"", meta.health))] {
+            assert!(
+                main.contains(&wanted),
+                "{}/src/main.rs: its ServiceInfo must say `{wanted}`, as its Cargo.toml declares ({what})",
+                rel.display()
+            );
+        }
+        assert!(meta.ready == "/readyz", "{}: the service kit serves readiness on /readyz", rel.display());
+    }
+    assert!(found > 0, "no service crates found under services/");
+}

@@ -123,6 +123,12 @@ mod plan_tests {
         let nextest = test::plan_for(&ctx, &ws, &[], None, true).expect("plan");
         assert_eq!(names(&nextest), ["test", "test:doc"]);
         assert_eq!(argv(&nextest, "test")[..3], ["nextest", "run", "--workspace"]);
+        let some = test::plan_for(&ctx, &ws, &["api".into(), "kit".into()], None, true).expect("plan");
+        assert!(
+            argv(&some, "test").ends_with(&["-E".into(), "package(api) | package(kit)".into()]),
+            "{:?}",
+            argv(&some, "test")
+        );
         assert_eq!(
             argv(&nextest, "test:doc"),
             ["test", "--doc", "--locked", "-p", "kit", "-p", "testkit", "-p", "util"]

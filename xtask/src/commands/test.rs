@@ -56,9 +56,13 @@ fn plan_tests(ctx: &Ctx, ws: &Workspace, packages: &[String], partition: Option<
     let mut plan = Plan::new("test");
     let mut args: Vec<String>;
     if nextest {
-        args = vec!["nextest".into(), "run".into()];
-        args.extend(package_args(packages));
-        args.extend(["--locked", "--no-tests", "fail"].map(String::from));
+        // Build the whole workspace but run only the selection: service tests start other
+        // services' binaries (the gateway's start the API), which must be current too.
+        args = ["nextest", "run", "--workspace", "--locked", "--no-tests", "fail"].map(String::from).to_vec();
+        if !packages.is_empty() {
+            let filter: Vec<String> = packages.iter().map(|p| format!("package({p})")).collect();
+            args.extend(["-E".to_string(), filter.join(" | ")]);
+        }
         if let Some(p) = partition {
             args.extend(["--partition".to_string(), p.to_string()]);
         }
