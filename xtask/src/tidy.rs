@@ -218,10 +218,15 @@ fn every_service_crate_declares_itself_and_its_code_agrees() {
         let member = ws.members.values().find(|m| m.dir == rel);
         let member = member.unwrap_or_else(|| panic!("{}: not a workspace member", rel.display()));
         let meta = member.service.as_ref().unwrap_or_else(|| {
-            panic!("{}: a crate under services/ needs [package.metadata.service] (see services/README.md)", rel.display())
+            panic!(
+                "{}: a crate under services/ needs [package.metadata.service] (see services/README.md)",
+                rel.display()
+            )
         });
         let main = std::fs::read_to_string(dir.join("src/main.rs")).expect("src/main.rs");
-        for (what, wanted) in [("port", format!("port: {}", meta.port)), ("health", format!("health_path: \"{}\"", meta.health))] {
+        for (what, wanted) in
+            [("port", format!("port: {}", meta.port)), ("health", format!("health_path: \"{}\"", meta.health))]
+        {
             assert!(
                 main.contains(&wanted),
                 "{}/src/main.rs: its ServiceInfo must say `{wanted}`, as its Cargo.toml declares ({what})",
