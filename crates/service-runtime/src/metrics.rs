@@ -1,7 +1,8 @@
 //! Prometheus metrics: request count and latency by route, method and status; requests in
 //! flight; build info. Services register their own metrics on the same registry.
 
-use std::sync::{Arc, Mutex};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -20,9 +21,40 @@ pub fn latency_histogram() -> Histogram {
     Histogram::new([0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
 }
 
+/// A (route, method, status) that owns its strings and compares with borrowed ones.
+#[derive(Clone, Debug)]
+struct LabelKey(String, String, u16);
+
+impl LabelKey {
+    fn new(route: &str, method: &str, status: u16) -> LabelKey {
+        LabelKey(route.to_string(), method.to_string(), status)
+    }
+}
+
+impl PartialEq<(&str, &str, u16)> for LabelKey {
+    fn eq(&self, other: &(&str, &str, u16)) -> bool {
+        self.0 == other.0 && self.1 == other.1 && self.2 == other.2
+    }
+}
+
+fn request_key(route: &str, method: &str, status: u16) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in route.bytes().chain([0]).chain(method.bytes()).chain([0]).chain(status.to_le_bytes()) {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+type RequestHandles = (Counter, Histogram);
+type HandleCache = HashMap<u64, Vec<(LabelKey, RequestHandles)>>;
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Mutex<Registry>>,
+    /// Resolved counter and histogram per (route, method, status): the hot path then does no
+    /// allocation and no label hashing beyond one u64.
+    handles: Arc<RwLock<HandleCache>>,
     pub requests: Family<Labels, Counter>,
     pub latency: Family<Labels, Histogram, fn() -> Histogram>,
     pub in_flight: Gauge,
@@ -50,7 +82,7 @@ impl Metrics {
         );
         registry.register("http_requests_in_flight", "HTTP requests being handled now", in_flight.clone());
         registry.register("build_info", "The running build: service, version and git commit", build_info);
-        Metrics { registry: Arc::new(Mutex::new(registry)), requests, latency, in_flight }
+        Metrics { registry: Arc::new(Mutex::new(registry)), handles: Arc::default(), requests, latency, in_flight }
     }
 
     /// Add a service-specific metric (call before serving).
@@ -61,13 +93,29 @@ impl Metrics {
     }
 
     pub fn observe_request(&self, route: &str, method: &str, status: u16, seconds: f64) {
-        let labels: Labels = vec![
-            ("route".into(), route.into()),
-            ("method".into(), method.into()),
-            ("status".into(), status.to_string()),
-        ];
-        self.requests.get_or_create(&labels).inc();
-        self.latency.get_or_create(&labels).observe(seconds);
+        let key = request_key(route, method, status);
+        let cached = self.handles.read().ok().and_then(|h| {
+            h.get(&key).and_then(|v| v.iter().find(|e| e.0 == (route, method, status)).map(|e| e.1.clone()))
+        });
+        let (count, latency) = match cached {
+            Some(handles) => handles,
+            None => {
+                // First request for this (route, method, status): resolve the label set once.
+                let labels: Labels = vec![
+                    ("route".into(), route.into()),
+                    ("method".into(), method.into()),
+                    ("status".into(), status.to_string()),
+                ];
+                let handles =
+                    (self.requests.get_or_create(&labels).clone(), self.latency.get_or_create(&labels).clone());
+                if let Ok(mut h) = self.handles.write() {
+                    h.entry(key).or_default().push((LabelKey::new(route, method, status), handles.clone()));
+                }
+                handles
+            }
+        };
+        count.inc();
+        latency.observe(seconds);
     }
 
     /// The OpenMetrics text Prometheus scrapes.

@@ -157,48 +157,60 @@ fn is_probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
 }
 
+/// A request id for a request that came without one: a per-process random prefix (drawn once)
+/// and a counter, so ids are unique across replicas without a random-number syscall per request.
+fn new_request_id() -> HeaderValue {
+    use std::sync::OnceLock;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static PREFIX: OnceLock<u64> = OnceLock::new();
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{prefix:016x}{n:016x}")).expect("hex is a valid header value")
+}
+
+fn acceptable_id(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
 /// Request id, span, in-flight gauge, latency metric and one log line per request.
 async fn observe(State(metrics): State<Metrics>, mut request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let id = request
-        .headers()
-        .get(REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        request.headers_mut().insert(REQUEST_ID, value);
-    }
-    request.extensions_mut().insert(RequestId(id.clone()));
-    let method = request.method().to_string();
-    let path = request.uri().path().to_string();
-    let matched = request.extensions().get::<MatchedPath>().map(|m| m.as_str().to_string());
-    let span = tracing::info_span!("request", request_id = %id, method = %method, path = %path);
+    let id = match request.headers().get(REQUEST_ID) {
+        Some(v) if acceptable_id(v) => v.clone(),
+        _ => {
+            let id = new_request_id();
+            request.headers_mut().insert(REQUEST_ID, id.clone());
+            id
+        }
+    };
+    let id_text = id.to_str().unwrap_or_default().to_string();
+    request.extensions_mut().insert(RequestId(id_text.clone()));
+    let method = request.method().clone();
+    let matched = request.extensions().get::<MatchedPath>().cloned();
+    let probe = is_probe(request.uri().path());
+    let span = tracing::info_span!("request", request_id = %id_text, method = %method, path = %request.uri().path());
 
     metrics.in_flight.inc();
     let mut response = next.run(request).instrument(span.clone()).await;
     metrics.in_flight.dec();
 
-    let route = response
-        .extensions()
-        .get::<RouteLabel>()
-        .map(|r| r.0.clone())
-        .or(matched)
-        .unwrap_or_else(|| "unmatched".to_string());
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
-    metrics.observe_request(&route, &method, status, elapsed.as_secs_f64());
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        response.headers_mut().insert(REQUEST_ID, value);
+    let label = response.extensions().get::<RouteLabel>().map(|r| r.0.as_str());
+    let route = label.or(matched.as_ref().map(MatchedPath::as_str)).unwrap_or("unmatched");
+    metrics.observe_request(route, method.as_str(), status, elapsed.as_secs_f64());
+    if tracing::enabled!(tracing::Level::DEBUG) || (!probe && tracing::enabled!(tracing::Level::INFO)) {
+        span.in_scope(|| {
+            let ms = elapsed.as_secs_f64() * 1000.0;
+            if probe {
+                tracing::debug!(status, route, latency_ms = ms, "request finished");
+            } else {
+                tracing::info!(status, route, latency_ms = ms, "request finished");
+            }
+        });
     }
-    span.in_scope(|| {
-        let ms = elapsed.as_secs_f64() * 1000.0;
-        if is_probe(&path) {
-            tracing::debug!(status, route = %route, latency_ms = ms, "request finished");
-        } else {
-            tracing::info!(status, route = %route, latency_ms = ms, "request finished");
-        }
-    });
+    response.headers_mut().insert(REQUEST_ID, id);
     response
 }

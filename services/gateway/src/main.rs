@@ -169,17 +169,21 @@ async fn forward(gw: &Gateway, route: &Route, request: Request) -> Response {
     let upstream = &gw.upstreams[&route.upstream];
     let (parts, body) = request.into_parts();
     // Buffered (within the limit) so an idempotent request can be sent again on retry.
-    let body = match Limited::new(body, gw.max_body).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
-            return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Request body too large")
-                .detail(format!("the limit is {} bytes", gw.max_body))
-                .into_response();
-        }
-        Err(e) => {
-            return Problem::new(StatusCode::BAD_REQUEST, "bad_request_body", "Could not read the request body")
-                .detail(e.to_string())
-                .into_response();
+    let body = if axum::body::HttpBody::is_end_stream(&body) {
+        Bytes::new()
+    } else {
+        match Limited::new(body, gw.max_body).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => {
+                return Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Request body too large")
+                    .detail(format!("the limit is {} bytes", gw.max_body))
+                    .into_response();
+            }
+            Err(e) => {
+                return Problem::new(StatusCode::BAD_REQUEST, "bad_request_body", "Could not read the request body")
+                    .detail(e.to_string())
+                    .into_response();
+            }
         }
     };
     let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
