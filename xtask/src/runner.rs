@@ -299,7 +299,9 @@ fn run_internal(step: &Step, task: &Internal, log: &mut dyn Write) -> StepResult
     let started = Instant::now();
     let outcome = match task {
         Internal::PrepareAdvisoryDb { .. } => crate::commands::deny::prepare_advisory_db(task, log),
-        Internal::LinkPypiBinary { binary, link } => crate::commands::setup::link_pypi_binary(binary, link, log),
+        Internal::LinkPypiBinary { python, binary, link } => {
+            crate::commands::setup::link_pypi_binary(python, binary, link, log)
+        }
         Internal::StartTestDeps { dir, pg_port, redis_port } => {
             crate::commands::test_deps::start(dir, *pg_port, *redis_port, log)
         }

@@ -136,6 +136,14 @@ pub struct NewJob {
     pub request_hash: Option<String>,
 }
 
+/// What [`JobQueue::requeue_expired`] did.
+#[derive(Debug, Default)]
+pub struct Requeued {
+    pub requeued: usize,
+    /// Kind of each job dead-lettered because its last attempt's worker died.
+    pub dead_kinds: Vec<String>,
+}
+
 /// One page of a listing, newest first.
 #[derive(Debug)]
 pub struct Page {
@@ -218,15 +226,17 @@ impl JobQueue {
         Ok(Page { jobs, next_before })
     }
 
-    /// Take the oldest runnable job: queued and due, or running with an expired lease (its
-    /// worker died). Attempts go up by one; the returned job carries the new lease token.
+    /// Take the oldest due job. Attempts go up by one; the returned job carries the new lease
+    /// token. Only queued jobs are considered, so the partial index `jobs_ready` serves the
+    /// query however long the backlog; jobs whose worker died come back through
+    /// [`JobQueue::requeue_expired`].
     pub async fn claim(&self, visibility: Duration) -> Result<Option<Job>, sqlx::Error> {
         sqlx::query_as(
             "UPDATE jobs SET status = 'running', attempts = attempts + 1, lease_token = $1,
                     lease_until = now() + $2 * interval '1 millisecond', updated_at = now()
              WHERE id = (
                  SELECT id FROM jobs
-                 WHERE (status = 'queued' AND run_at <= now()) OR (status = 'running' AND lease_until < now())
+                 WHERE status = 'queued' AND run_at <= now()
                  ORDER BY run_at
                  LIMIT 1
                  FOR UPDATE SKIP LOCKED)
@@ -236,6 +246,23 @@ impl JobQueue {
         .bind(visibility.as_millis() as f64)
         .fetch_optional(&self.pool)
         .await
+    }
+
+    /// Jobs whose lease expired (their worker stopped mid-job) go back to the queue, or to the
+    /// dead letters when that was their last attempt. Returns the kinds of the dead-lettered.
+    pub async fn requeue_expired(&self) -> Result<Requeued, sqlx::Error> {
+        let rows: Vec<(String, String)> = sqlx::query_as(
+            "UPDATE jobs SET
+                    status = CASE WHEN attempts >= max_attempts THEN 'dead' ELSE 'queued' END,
+                    last_error = 'lease expired: the worker stopped mid-job',
+                    lease_token = NULL, lease_until = NULL, run_at = now(), updated_at = now()
+             WHERE status = 'running' AND lease_until < now()
+             RETURNING status, kind",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        let dead: Vec<String> = rows.iter().filter(|(s, _)| s == "dead").map(|(_, k)| k.clone()).collect();
+        Ok(Requeued { requeued: rows.len() - dead.len(), dead_kinds: dead })
     }
 
     /// Keep a long job invisible to other workers. `false`: the lease was lost.

@@ -112,8 +112,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     match unit {
         "ms" => Some(Duration::from_millis(n)),
         "s" => Some(Duration::from_secs(n)),
-        "m" => Some(Duration::from_secs(n * 60)),
-        "h" => Some(Duration::from_secs(n * 3600)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
         _ => None,
     }
 }
@@ -160,6 +160,7 @@ mod tests {
         assert_eq!(parse_duration("5s"), Some(Duration::from_secs(5)));
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("5"), None);
+        assert_eq!(parse_duration("18446744073709551615h"), None, "overflow is an error, not a wrap");
         assert_eq!(parse_duration("fast"), None);
         let env = Env::from_pairs(&[("T", "5")]);
         assert!(env.duration_or("T", Duration::ZERO).expect_err("no unit").to_string().contains("like 250ms"));

@@ -18,7 +18,8 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone, Default)]
 pub struct Readiness {
     draining: Arc<AtomicBool>,
-    checks: Vec<(String, Check)>,
+    /// (name, check, gates readiness). Soft checks are reported but never make the service unready.
+    checks: Vec<(String, Check, bool)>,
 }
 
 impl Readiness {
@@ -32,7 +33,17 @@ impl Readiness {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        self.checks.push((name.to_string(), Arc::new(move || Box::pin(check()) as CheckFuture)));
+        self.checks.push((name.to_string(), Arc::new(move || Box::pin(check()) as CheckFuture), true));
+        self
+    }
+
+    /// A dependency the service degrades without (reported as `degraded: ...`, still ready).
+    pub fn with_soft_check<F, Fut>(mut self, name: &str, check: F) -> Readiness
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks.push((name.to_string(), Arc::new(move || Box::pin(check()) as CheckFuture), false));
         self
     }
 
@@ -48,13 +59,18 @@ impl Readiness {
     pub async fn report(&self) -> (bool, Value) {
         let mut ready = !self.is_draining();
         let mut details = Map::new();
-        for (name, check) in &self.checks {
-            let outcome = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
-                Ok(Ok(())) => "ok".to_string(),
-                Ok(Err(e)) => format!("error: {e}"),
-                Err(_) => format!("error: no answer within {}s", CHECK_TIMEOUT.as_secs()),
+        for (name, check, hard) in &self.checks {
+            let problem = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some(e),
+                Err(_) => Some(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())),
             };
-            ready &= outcome == "ok";
+            let outcome = match (&problem, hard) {
+                (None, _) => "ok".to_string(),
+                (Some(e), true) => format!("error: {e}"),
+                (Some(e), false) => format!("degraded: {e}"),
+            };
+            ready &= !(*hard && problem.is_some());
             details.insert(name.clone(), Value::String(outcome));
         }
         let status = if self.is_draining() {
@@ -81,6 +97,11 @@ mod tests {
         assert!(!ready);
         assert_eq!(details["checks"]["cache"], "error: connection refused");
         assert_eq!(details["checks"]["db"], "ok");
+
+        let soft = Readiness::new().with_soft_check("doorbell", || async { Err("refused".to_string()) });
+        let (ready, details) = soft.report().await;
+        assert!(ready, "a soft dependency never makes the service unready");
+        assert_eq!(details["checks"]["doorbell"], "degraded: refused");
 
         let ok = Readiness::new();
         ok.start_draining();

@@ -24,6 +24,9 @@ pub const REQUEST_ID: &str = "x-request-id";
 pub struct ServerConfig {
     pub listen: SocketAddr,
     pub drain_timeout: Duration,
+    /// Between readiness going false and the listener closing: time for load balancers and
+    /// Kubernetes endpoints to stop sending new connections.
+    pub shutdown_delay: Duration,
 }
 
 impl ServerConfig {
@@ -32,7 +35,8 @@ impl ServerConfig {
         let host: std::net::IpAddr = env.parse_or("LISTEN_HOST", [0, 0, 0, 0].into(), "an IP address like 0.0.0.0")?;
         let port = env.port_or("PORT", info.port)?;
         let drain_timeout = env.duration_or("DRAIN_TIMEOUT", Duration::from_secs(10))?;
-        Ok(ServerConfig { listen: SocketAddr::new(host, port), drain_timeout })
+        let shutdown_delay = env.duration_or("SHUTDOWN_DELAY", Duration::ZERO)?;
+        Ok(ServerConfig { listen: SocketAddr::new(host, port), drain_timeout, shutdown_delay })
     }
 }
 
@@ -119,13 +123,18 @@ impl Server {
             .route("/metrics", get(metrics_text).with_state(self.metrics.clone()))
             .layer(middleware::from_fn_with_state(self.metrics.clone(), observe));
         let drain = self.config.drain_timeout;
+        let delay = self.config.shutdown_delay;
         let stop = self.shutdown.clone();
-        let serving = axum::serve(listener, router).with_graceful_shutdown(stop.wait());
+        let stop_accepting = async move {
+            stop.wait().await;
+            tokio::time::sleep(delay).await;
+        };
+        let serving = axum::serve(listener, router).with_graceful_shutdown(stop_accepting);
         let deadline = {
             let stop = self.shutdown.clone();
             async move {
                 stop.wait().await;
-                tokio::time::sleep(drain).await;
+                tokio::time::sleep(delay + drain).await;
             }
         };
         tokio::select! {
@@ -155,6 +164,37 @@ async fn metrics_text(State(metrics): State<Metrics>) -> Response {
 
 fn is_probe(path: &str) -> bool {
     matches!(path, "/healthz" | "/readyz" | "/metrics")
+}
+
+struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> InFlight<'a> {
+    fn enter(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> InFlight<'a> {
+        gauge.inc();
+        InFlight(gauge)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Clients choose the method; only the standard ones become label values, so a scanner sending
+/// random methods cannot grow the metric set without bound.
+fn method_label(method: &http::Method) -> &'static str {
+    use http::Method as M;
+    match *method {
+        M::GET => "GET",
+        M::POST => "POST",
+        M::PUT => "PUT",
+        M::DELETE => "DELETE",
+        M::PATCH => "PATCH",
+        M::HEAD => "HEAD",
+        M::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
 }
 
 /// A request id for a request that came without one: a per-process random prefix (drawn once)
@@ -192,15 +232,16 @@ async fn observe(State(metrics): State<Metrics>, mut request: Request, next: Nex
     let probe = is_probe(request.uri().path());
     let span = tracing::info_span!("request", request_id = %id_text, method = %method, path = %request.uri().path());
 
-    metrics.in_flight.inc();
+    // Decremented on drop: a request whose client goes away is dropped mid-await.
+    let in_flight = InFlight::enter(&metrics.in_flight);
     let mut response = next.run(request).instrument(span.clone()).await;
-    metrics.in_flight.dec();
+    drop(in_flight);
 
     let status = response.status().as_u16();
     let elapsed = started.elapsed();
     let label = response.extensions().get::<RouteLabel>().map(|r| r.0.as_str());
     let route = label.or(matched.as_ref().map(MatchedPath::as_str)).unwrap_or("unmatched");
-    metrics.observe_request(route, method.as_str(), status, elapsed.as_secs_f64());
+    metrics.observe_request(route, method_label(&method), status, elapsed.as_secs_f64());
     if tracing::enabled!(tracing::Level::DEBUG) || (!probe && tracing::enabled!(tracing::Level::INFO)) {
         span.in_scope(|| {
             let ms = elapsed.as_secs_f64() * 1000.0;

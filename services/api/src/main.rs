@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::Router;
@@ -28,6 +29,9 @@ const INFO: ServiceInfo =
 /// Largest accepted request body; a job description is small.
 const MAX_BODY_BYTES: usize = 64 * 1024;
 const MAX_PAGE: i64 = 100;
+/// Wake-up hints kept in Redis. Hints are interchangeable (any hint makes a worker claim the
+/// oldest due job), so under a backlog the list is capped instead of growing with it.
+const WAKEUP_BACKLOG: i64 = 1000;
 
 struct Config {
     server: ServerConfig,
@@ -54,7 +58,7 @@ impl Config {
 #[derive(Clone)]
 struct App {
     queue: JobQueue,
-    redis: redis::aio::ConnectionManager,
+    doorbell: Doorbell,
     default_max_attempts: i32,
     created: Family<Vec<(String, String)>, Counter>,
     wakeup_failures: Counter,
@@ -75,14 +79,7 @@ async fn start(env: Env) -> Result<(), StartError> {
     service_runtime::wait_for("postgres", config.startup_timeout, || queue.migrate()).await?;
 
     let client = redis::Client::open(config.redis_url.as_str()).map_err(|e| StartError::fatal("REDIS_URL", e))?;
-    let redis_config = redis::aio::ConnectionManagerConfig::new()
-        .set_connection_timeout(Duration::from_secs(1))
-        .set_response_timeout(Duration::from_secs(1))
-        .set_number_of_retries(1);
-    let redis = service_runtime::wait_for("redis", config.startup_timeout, || {
-        client.get_connection_manager_with_config(redis_config.clone())
-    })
-    .await?;
+    let doorbell = Doorbell::new(client);
 
     let metrics = Metrics::new(&INFO);
     let created = Family::<Vec<(String, String)>, Counter>::default();
@@ -91,18 +88,19 @@ async fn start(env: Env) -> Result<(), StartError> {
     metrics.register("job_wakeup_failures", "Wake-up hints that could not reach Redis", wakeup_failures.clone());
 
     let readiness = {
-        let (q, r) = (queue.clone(), redis.clone());
+        let (q, bell) = (queue.clone(), doorbell.clone());
         Readiness::new()
             .with_check("postgres", move || {
                 let q = q.clone();
                 async move { q.ping().await.map_err(|e| e.to_string()) }
             })
-            .with_check("redis", move || {
-                let mut r = r.clone();
-                async move { redis::cmd("PING").query_async::<String>(&mut r).await.map(|_| ()).map_err(|e| e.to_string()) }
+            // Without Redis, jobs are still committed and workers still find them by polling.
+            .with_soft_check("redis", move || {
+                let bell = bell.clone();
+                async move { bell.ping().await }
             })
     };
-    let app = App { queue, redis, default_max_attempts: config.default_max_attempts, created, wakeup_failures };
+    let app = App { queue, doorbell, default_max_attempts: config.default_max_attempts, created, wakeup_failures };
     let shutdown = Shutdown::on_signals(readiness.clone())?;
     Server { info: INFO, config: config.server, metrics, readiness, shutdown }.serve(router(app)).await
 }
@@ -260,15 +258,93 @@ async fn create_job(State(app): State<App>, headers: HeaderMap, body: Bytes) -> 
 
 /// Best effort: the job is already committed; a lost hint only delays it by one worker poll.
 async fn wake_a_worker(app: &App, id: uuid::Uuid) {
-    let mut redis = app.redis.clone();
-    let pushed = tokio::time::timeout(
-        Duration::from_millis(500),
-        redis::cmd("LPUSH").arg(job_queue::WAKEUP_LIST).arg(id.to_string()).query_async::<i64>(&mut redis),
-    )
-    .await;
-    if !matches!(pushed, Ok(Ok(_))) {
+    if let Err(e) = app.doorbell.ring(id).await {
         app.wakeup_failures.inc();
-        tracing::warn!(job = %id, "could not push the wake-up hint to redis; workers will find the job on their next poll");
+        tracing::warn!(job = %id, error = %e, "no wake-up hint sent; workers will find the job on their next poll");
+    }
+}
+
+/// The Redis connection for wake-up hints. Redis is optional: when it is down, `ring` fails
+/// fast (no reconnect attempt for a second after a failure) instead of slowing every request.
+#[derive(Clone)]
+struct Doorbell {
+    client: redis::Client,
+    state: Arc<Mutex<BellState>>,
+}
+
+#[derive(Default)]
+struct BellState {
+    conn: Option<redis::aio::MultiplexedConnection>,
+    failed_at: Option<std::time::Instant>,
+}
+
+impl Doorbell {
+    fn new(client: redis::Client) -> Doorbell {
+        Doorbell { client, state: Arc::default() }
+    }
+
+    async fn connection(&self) -> Result<redis::aio::MultiplexedConnection, String> {
+        {
+            let state = self.state.lock().map_err(|_| "poisoned".to_string())?;
+            if let Some(conn) = &state.conn {
+                return Ok(conn.clone());
+            }
+            if state.failed_at.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+                return Err("redis was unreachable less than a second ago".into());
+            }
+        }
+        let config = redis::AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_millis(500))
+            .set_response_timeout(Duration::from_millis(500));
+        let result = self.client.get_multiplexed_async_connection_with_config(&config).await;
+        let mut state = self.state.lock().map_err(|_| "poisoned".to_string())?;
+        match result {
+            Ok(conn) => {
+                state.conn = Some(conn.clone());
+                state.failed_at = None;
+                Ok(conn)
+            }
+            Err(e) => {
+                state.failed_at = Some(std::time::Instant::now());
+                Err(e.to_string())
+            }
+        }
+    }
+
+    fn forget(&self) {
+        if let Ok(mut state) = self.state.lock() {
+            state.conn = None;
+            state.failed_at = Some(std::time::Instant::now());
+        }
+    }
+
+    async fn ring(&self, id: uuid::Uuid) -> Result<(), String> {
+        let mut conn = self.connection().await?;
+        let pushed = redis::pipe()
+            .atomic()
+            .cmd("LPUSH")
+            .arg(job_queue::WAKEUP_LIST)
+            .arg(id.to_string())
+            .ignore()
+            .cmd("LTRIM")
+            .arg(job_queue::WAKEUP_LIST)
+            .arg(0)
+            .arg(WAKEUP_BACKLOG - 1)
+            .ignore()
+            .query_async::<()>(&mut conn)
+            .await;
+        pushed.map_err(|e| {
+            self.forget();
+            e.to_string()
+        })
+    }
+
+    async fn ping(&self) -> Result<(), String> {
+        let mut conn = self.connection().await?;
+        redis::cmd("PING").query_async::<String>(&mut conn).await.map(|_| ()).map_err(|e| {
+            self.forget();
+            e.to_string()
+        })
     }
 }
 

@@ -7,9 +7,17 @@ use std::time::{Duration, Instant};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum State {
-    Closed { failures: u32 },
-    Open { until: Instant },
-    HalfOpen { probing: bool },
+    Closed {
+        failures: u32,
+    },
+    Open {
+        until: Instant,
+    },
+    /// One probe is in flight since `since`. If it never reports back (the client went away),
+    /// another probe is allowed after a cool-down, so the breaker cannot stay shut forever.
+    HalfOpen {
+        since: Instant,
+    },
 }
 
 pub struct Breaker {
@@ -40,15 +48,15 @@ impl Breaker {
         match *state {
             State::Closed { .. } => Admission::Pass,
             State::Open { until } if now >= until => {
-                *state = State::HalfOpen { probing: true };
+                *state = State::HalfOpen { since: now };
                 Admission::Pass
             }
             State::Open { until } => Admission::Reject(until - now),
-            State::HalfOpen { probing: false } => {
-                *state = State::HalfOpen { probing: true };
+            State::HalfOpen { since } if now >= since + self.cooldown => {
+                *state = State::HalfOpen { since: now };
                 Admission::Pass
             }
-            State::HalfOpen { probing: true } => Admission::Reject(Duration::ZERO),
+            State::HalfOpen { since } => Admission::Reject(since + self.cooldown - now),
         }
     }
 
@@ -92,10 +100,12 @@ mod tests {
         let later = t0 + Duration::from_secs(5);
         assert_eq!(b.allow(later), Admission::Pass, "the probe");
         assert!(matches!(b.allow(later), Admission::Reject(_)), "only one probe at a time");
-        b.failure(later);
+        let abandoned = later + Duration::from_secs(5);
+        assert_eq!(b.allow(abandoned), Admission::Pass, "a probe that never reported back is replaced");
+        b.failure(abandoned);
         assert!(matches!(b.state(), State::Open { .. }), "a failed probe reopens");
 
-        let again = later + Duration::from_secs(5);
+        let again = abandoned + Duration::from_secs(5);
         assert_eq!(b.allow(again), Admission::Pass);
         b.success();
         assert_eq!(b.state(), State::Closed { failures: 0 });

@@ -124,7 +124,7 @@ async fn start(env: Env) -> Result<(), StartError> {
     let queue = JobQueue::new(pool);
     service_runtime::wait_for("postgres", config.startup_timeout, || queue.migrate()).await?;
     let redis = redis::Client::open(config.redis_url.as_str()).map_err(|e| StartError::fatal("REDIS_URL", e))?;
-    service_runtime::wait_for("redis", config.startup_timeout, || redis.get_multiplexed_async_connection()).await?;
+    // Redis only speeds up pickup: without it the worker polls Postgres, so it is not awaited.
 
     let metrics = Metrics::new(&INFO);
     let worker = Worker {
@@ -138,7 +138,7 @@ async fn start(env: Env) -> Result<(), StartError> {
             let q = queue.clone();
             async move { q.ping().await.map_err(|e| e.to_string()) }
         })
-        .with_check("redis", move || {
+        .with_soft_check("redis", move || {
             let r = redis.clone();
             async move {
                 let mut conn = r.get_multiplexed_async_connection().await.map_err(|e| e.to_string())?;
@@ -152,6 +152,7 @@ async fn start(env: Env) -> Result<(), StartError> {
         slots.spawn(worker.clone().run_slot(slot, shutdown.clone()));
     }
     tokio::spawn(worker.clone().track_queue_depth(shutdown.clone()));
+    tokio::spawn(worker.clone().requeue_expired_leases(shutdown.clone()));
 
     let drain = config.server.drain_timeout;
     Server { info: INFO, config: config.server, metrics, readiness, shutdown }.serve(Router::new()).await?;
@@ -225,12 +226,6 @@ impl Worker {
     async fn process_in_span(&self, job: Job) {
         let Some(token) = job.lease_token else { return };
         let kind = job.spec.kind();
-        if job.attempts > job.max_attempts {
-            // Its workers died on every attempt: no attempt is left to run it again.
-            let error = format!("lease expired on all {} attempts (workers stopped mid-job)", job.max_attempts);
-            self.record_failure(&job, token, &error, None).await;
-            return;
-        }
         self.metrics.attempts.get_or_create(&kind_label(kind)).inc();
         self.metrics.in_progress.inc();
         let started = Instant::now();
@@ -290,6 +285,33 @@ impl Worker {
                         tracing::warn!("lease lost while running; finishing anyway, the result will not be recorded");
                     }
                 }
+            }
+        }
+    }
+
+    /// Every worker sweeps for expired leases (half a visibility timeout apart); the sweep is
+    /// one idempotent UPDATE, so several workers doing it at once is harmless.
+    async fn requeue_expired_leases(self, shutdown: Shutdown) {
+        let every = (self.config.visibility / 2).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        while !shutdown.is_triggered() {
+            match self.queue.requeue_expired().await {
+                Ok(swept) => {
+                    for kind in &swept.dead_kinds {
+                        self.metrics.dead_lettered.get_or_create(&kind_label(kind)).inc();
+                    }
+                    if swept.requeued + swept.dead_kinds.len() > 0 {
+                        tracing::warn!(
+                            requeued = swept.requeued,
+                            dead_lettered = swept.dead_kinds.len(),
+                            "took back jobs whose worker stopped mid-job"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot sweep expired leases"),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(every) => {}
+                () = shutdown.clone().wait() => {}
             }
         }
     }

@@ -149,3 +149,53 @@ fn sigterm_lets_the_running_job_finish_then_exits_zero() {
     assert_eq!(done.status, Status::Succeeded, "the job in hand finished before exit");
     assert_eq!(done.attempts, 1);
 }
+
+#[test]
+fn a_job_whose_worker_dies_on_its_last_attempt_is_dead_lettered() {
+    let db = fresh_database("worker_last");
+    let redis = redis_url();
+    let fast_lease = [("VISIBILITY_TIMEOUT", "1s"), ("POLL_INTERVAL", "200ms")];
+    let first = start_worker(&db, &redis, &fast_lease);
+    let id = enqueue(&db, JobSpec::Sleep { duration_ms: 5000 }, 1);
+    wait_for_status(&db, id, Status::Running, Duration::from_secs(10));
+    first.signal("KILL");
+    drop(first);
+    let second = start_worker(&db, &redis, &fast_lease);
+    let dead = wait_for_status(&db, id, Status::Dead, Duration::from_secs(15));
+    assert_eq!(dead.attempts, 1, "not run again: it had no attempt left");
+    assert!(dead.last_error.as_deref().is_some_and(|e| e.contains("lease expired")), "{:?}", dead.last_error);
+    let metrics = http("GET", &second.url("/metrics"), &[], b"").expect("metrics").text();
+    assert!(metrics.contains(r#"jobs_dead_lettered_total{kind="sleep"} 1"#), "{metrics}");
+}
+
+#[test]
+fn without_redis_jobs_still_flow_by_polling_and_services_stay_ready() {
+    let db = fresh_database("worker_noredis");
+    let no_redis = format!("redis://127.0.0.1:{}", test_support::free_port());
+    let worker = start_worker(&db, &no_redis, &[("POLL_INTERVAL", "200ms")]);
+    let mut api = ServiceProcess::start(
+        &test_support::workspace_binary("api"),
+        &[("DATABASE_URL", db.clone()), ("REDIS_URL", no_redis.clone())],
+    );
+    api.wait_until_ok("/readyz", Duration::from_secs(30));
+    let ready = http("GET", &api.url("/readyz"), &[], b"").expect("readyz");
+    let details: serde_json::Value = serde_json::from_slice(&ready.body).expect("json");
+    assert!(details["checks"]["redis"].as_str().is_some_and(|s| s.starts_with("degraded")), "{details}");
+
+    let r = http(
+        "POST",
+        &api.url("/v1/jobs"),
+        &[("Content-Type", "application/json")],
+        br#"{"kind":"sleep","duration_ms":1}"#,
+    )
+    .expect("POST");
+    assert_eq!(r.status, 201, "committed without Redis: {}", r.text());
+    let id: uuid::Uuid = serde_json::from_slice::<serde_json::Value>(&r.body).expect("json")["id"]
+        .as_str()
+        .and_then(|s| s.parse().ok())
+        .expect("id");
+    wait_for_status(&db, id, Status::Succeeded, Duration::from_secs(10));
+    let metrics = http("GET", &api.url("/metrics"), &[], b"").expect("metrics").text();
+    assert!(metrics.contains("job_wakeup_failures_total 1"), "{metrics}");
+    drop(worker);
+}

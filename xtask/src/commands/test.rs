@@ -49,6 +49,18 @@ pub fn plan_for(
     if ws.members.values().any(|m| selected(&m.name) && m.deps.contains(NEEDS_TEST_DEPS)) {
         crate::commands::test_deps::wrap(&mut plan, &ctx.root)?;
     }
+    // The raw command needs the test servers, which are gone by the time anyone reads this:
+    // point people at the command that starts them again.
+    let mut rerun = String::from("cargo xtask test");
+    for p in packages {
+        rerun.push_str(&format!(" -p {p}"));
+    }
+    if let Some(p) = partition {
+        rerun.push_str(&format!(" --partition {p}"));
+    }
+    for step in plan.steps.iter_mut().filter(|s| s.name.starts_with("test")) {
+        step.reproduce = rerun.clone();
+    }
     Ok(plan)
 }
 

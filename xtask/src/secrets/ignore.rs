@@ -96,7 +96,10 @@ pub fn glob_match(pattern: &str, path: &str) -> bool {
     fn go(p: &[u8], s: &[u8]) -> bool {
         match p {
             [] => s.is_empty(),
-            [b'*', b'*', b'/', rest @ ..] => go(rest, s) || (!s.is_empty() && go(p, &s[1..])),
+            // `**/` matches zero or more whole segments: retry after each `/`, never mid-name.
+            [b'*', b'*', b'/', rest @ ..] => {
+                go(rest, s) || s.iter().position(|&c| c == b'/').is_some_and(|i| go(p, &s[i + 1..]))
+            }
             [b'*', b'*', rest @ ..] => go(rest, s) || (!s.is_empty() && go(p, &s[1..])),
             [b'*', rest @ ..] => go(rest, s) || (!s.is_empty() && s[0] != b'/' && go(p, &s[1..])),
             [b'?', rest @ ..] => !s.is_empty() && s[0] != b'/' && go(rest, &s[1..]),
@@ -114,6 +117,10 @@ mod tests {
     fn globs() {
         assert!(glob_match("docs/**/*.md", "docs/a/b/c.md"));
         assert!(glob_match("docs/**/*.md", "docs/c.md"));
+        assert!(glob_match("**/foo.env", "foo.env"));
+        assert!(glob_match("**/foo.env", "a/b/foo.env"));
+        assert!(!glob_match("**/foo.env", "barfoo.env"), "whole segments only");
+        assert!(!glob_match("**/foo.env", "x/notfoo.env"));
         assert!(glob_match("*.env", "dev.env"));
         assert!(!glob_match("*.env", "infra/dev.env"));
         assert!(glob_match("infra/?.env", "infra/a.env"));
