@@ -120,7 +120,7 @@ pub fn compute(ws: &Workspace, changed: &[String]) -> Affected {
 mod tests {
     use super::*;
 
-    /// util <- kit <- {api, worker}; testkit <- api (dev); gateway alone. See the fixture's Cargo.toml.
+    /// util <- kit <- {api, worker}; testkit <- api (dev); gateway runs api. See the fixture's Cargo.toml.
     fn fixture() -> Workspace {
         crate::fixture_workspace()
     }
@@ -141,14 +141,20 @@ mod tests {
     #[test]
     fn a_shared_library_change_reaches_every_dependent_transitively() {
         let a = picked(&["crates/util/src/lib.rs"]);
-        assert_eq!(a.names(), ["api", "kit", "util", "worker"]);
+        assert_eq!(a.names(), ["api", "gateway", "kit", "util", "worker"]);
         assert_eq!(a.packages["api"], Why::DependsOn { package: "util".into() });
-        assert!(!a.packages.contains_key("gateway"));
+    }
+
+    #[test]
+    fn a_service_that_another_runs_affects_it_without_a_cargo_dependency() {
+        let a = picked(&["services/api/src/main.rs"]);
+        assert_eq!(a.names(), ["api", "gateway"]);
+        assert_eq!(a.packages["gateway"], Why::DependsOn { package: "api".into() });
     }
 
     #[test]
     fn dev_dependencies_count_because_tests_use_them() {
-        assert_eq!(picked(&["crates/testkit/src/lib.rs"]).names(), ["api", "testkit"]);
+        assert_eq!(picked(&["crates/testkit/src/lib.rs"]).names(), ["api", "gateway", "testkit"]);
     }
 
     #[test]

@@ -237,3 +237,25 @@ fn every_service_crate_declares_itself_and_its_code_agrees() {
     }
     assert!(found > 0, "no service crates found under services/");
 }
+
+#[test]
+fn tests_that_start_other_binaries_declare_it() {
+    let root = project_root();
+    let ws = crate::workspace::Workspace::load(&root).expect("workspace");
+    for m in ws.members.values() {
+        let tests = root.join(&m.dir).join("tests");
+        if !tests.is_dir() {
+            continue;
+        }
+        for file in files_under(&tests, "rs") {
+            let text = std::fs::read_to_string(&file).expect("readable test");
+            for started in text.split("workspace_binary(\"").skip(1).filter_map(|s| s.split('"').next()) {
+                assert!(
+                    m.runs.contains(started),
+                    "{}: starts the `{started}` binary; declare it (service `needs` or [package.metadata.tests] starts) so `ci --changed` reruns these tests when {started} changes",
+                    file.display()
+                );
+            }
+        }
+    }
+}

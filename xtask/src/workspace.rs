@@ -20,6 +20,9 @@ pub struct Member {
     pub dir: PathBuf,
     /// Other workspace members this one depends on (any kind: normal, dev, build).
     pub deps: BTreeSet<String>,
+    /// Workspace binaries this member runs (services it `needs`, or its tests `starts`): a
+    /// change to them affects it even without a Cargo dependency.
+    pub runs: BTreeSet<String>,
     pub has_binary: bool,
     pub has_lib: bool,
     pub service: Option<ServiceMeta>,
@@ -80,6 +83,13 @@ impl Workspace {
                 None => None,
                 Some(table) => Some(parse_service_meta(table, &rel_manifest, has_binary, &names).map_err(UsageError)?),
             };
+            let mut runs: BTreeSet<String> = service
+                .as_ref()
+                .map(|s: &ServiceMeta| s.needs.iter().filter(|n| names.contains(*n)).cloned().collect())
+                .unwrap_or_default();
+            if let Some(tests) = pkg.metadata.get("tests") {
+                runs.extend(parse_test_meta(tests, &rel_manifest, &names).map_err(UsageError)?);
+            }
             members.insert(
                 pkg.name.to_string(),
                 Member {
@@ -87,6 +97,7 @@ impl Workspace {
                     version: pkg.version.to_string(),
                     dir,
                     deps,
+                    runs,
                     has_binary,
                     has_lib,
                     service,
@@ -121,13 +132,32 @@ impl Workspace {
         let mut queue = vec![name.to_string()];
         while let Some(current) = queue.pop() {
             for m in self.members.values() {
-                if m.deps.contains(&current) && found.insert(m.name.clone()) {
+                if (m.deps.contains(&current) || m.runs.contains(&current)) && found.insert(m.name.clone()) {
                     queue.push(m.name.clone());
                 }
             }
         }
         found
     }
+}
+
+/// `[package.metadata.tests] starts = ["api"]`: workspace binaries the member's tests start.
+pub fn parse_test_meta(table: &Value, manifest: &Path, members: &BTreeSet<String>) -> Result<Vec<String>, String> {
+    let at = format!("[package.metadata.tests] in {}", manifest.display());
+    let Value::Object(map) = table else { return Err(format!("{at} must be a table")) };
+    if let Some(unknown) = map.keys().find(|k| k.as_str() != "starts") {
+        return Err(format!("{at}: unknown key `{unknown}` (known keys: starts)"));
+    }
+    let Some(Value::Array(items)) = map.get("starts") else {
+        return Err(format!("{at}: `starts` must list workspace binaries, e.g. [\"api\"]"));
+    };
+    items
+        .iter()
+        .map(|i| match i {
+            Value::String(n) if members.contains(n) => Ok(n.clone()),
+            other => Err(format!("{at}: `starts` names {other}, which is not a workspace member")),
+        })
+        .collect()
 }
 
 /// Validate one `[package.metadata.service]` table. Errors are one line naming the file, key and fix.
@@ -216,6 +246,23 @@ fn kind(v: &Value) -> &'static str {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn test_metadata_names_workspace_binaries() {
+        let members: BTreeSet<String> = ["api".to_string()].into();
+        let at = Path::new("services/worker/Cargo.toml");
+        assert_eq!(parse_test_meta(&json!({"starts": ["api"]}), at, &members), Ok(vec!["api".to_string()]));
+        assert!(
+            parse_test_meta(&json!({"starts": ["nope"]}), at, &members)
+                .expect_err("unknown")
+                .contains("not a workspace member")
+        );
+        assert!(
+            parse_test_meta(&json!({"start": ["api"]}), at, &members)
+                .expect_err("typo")
+                .contains("unknown key `start`")
+        );
+    }
 
     fn parse(v: Value) -> Result<ServiceMeta, String> {
         let members: BTreeSet<String> = ["api".to_string(), "worker".to_string()].into();

@@ -135,7 +135,7 @@ mod plan_tests {
         );
 
         let fallback = test::plan_for(&ctx, &ws, &["api".into()], None, false).expect("plan");
-        assert_eq!(names(&fallback), ["test"]);
+        assert_eq!(names(&fallback), ["test:build", "test"]);
         assert_eq!(argv(&fallback, "test"), ["test", "-p", "api", "--locked"]);
         assert!(fallback.notes[0].contains("cargo-nextest not found"), "the fallback is announced");
     }

@@ -84,6 +84,16 @@ fn plan_tests(ctx: &Ctx, ws: &Workspace, packages: &[String], partition: Option<
             "cargo-nextest not found: using `cargo test`; for the faster runner: {}",
             NEXTEST.install_hint
         ));
+        if !packages.is_empty() {
+            // Tests of one service start others' binaries: build them all, as nextest's
+            // `--workspace` does.
+            plan.push(Step::cargo(
+                "test:build",
+                "every binary the tests may start",
+                ["build", "--workspace", "--bins", "--locked"],
+                &ctx.root,
+            ));
+        }
         args = vec!["test".into()];
         args.extend(package_args(packages));
         args.push("--locked".into());
