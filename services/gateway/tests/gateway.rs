@@ -222,3 +222,21 @@ fn a_request_id_travels_from_the_edge_through_the_api_into_its_logs() {
         gw.logs().lines().any(|l| l.contains("edge-to-api-77")).then_some(())
     });
 }
+
+#[test]
+fn readiness_turns_false_at_sigterm_while_connections_are_still_accepted() {
+    let up = serve(Upstream::default(), 0);
+    let mut gw = start_gateway(&format!("/api=http://{up}"), &[("SHUTDOWN_DELAY", "2s")]);
+    gw.signal("TERM");
+    let r = eventually("readyz to report draining", Duration::from_secs(2), || {
+        let r = http("GET", &gw.url("/readyz"), &[], b"").ok()?;
+        (r.status == 503).then_some(r)
+    });
+    assert_eq!(json(&r)["status"], "draining");
+    assert_eq!(
+        http("GET", &gw.url("/api/x"), &[], b"").expect("still served").status,
+        200,
+        "traffic still flows in the delay"
+    );
+    assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0), "{}", gw.logs());
+}
