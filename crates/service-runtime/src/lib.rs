@@ -67,7 +67,15 @@ where
         }
     }
     telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // One worker thread (TOKIO_WORKER_THREADS=1, e.g. a one-CPU container) runs on the
+    // current-thread scheduler: same behaviour, no cross-thread wake-ups or work stealing.
+    let one_thread = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut builder = if one_thread {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{}: cannot start the async runtime: {e}", info.name);

@@ -147,6 +147,83 @@ impl Server {
     }
 }
 
+impl Server {
+    /// Serve with hyper's HTTP/1 server and no router or middleware layers, for hot paths (the
+    /// gateway's proxy). `handle` gets every request except the built-in endpoints, wrapped in
+    /// the same observation (request id, metrics, logs); shutdown behaves as in [`Server::serve`].
+    pub async fn serve_http1<H, Fut>(self, handle: H) -> Result<(), StartError>
+    where
+        H: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Response> + Send + 'static,
+    {
+        use hyper_util::rt::TokioIo;
+        let listener = tokio::net::TcpListener::bind(self.config.listen)
+            .await
+            .map_err(|e| StartError::fatal(&format!("cannot listen on {}", self.config.listen), e))?;
+        tracing::info!(
+            service = self.info.name,
+            version = self.info.version,
+            git_sha = crate::GIT_SHA,
+            addr = %self.config.listen,
+            "listening"
+        );
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        let (delay, drain) = (self.config.shutdown_delay, self.config.drain_timeout);
+        let stop = self.shutdown.clone();
+        let stop_accepting = async move {
+            stop.wait().await;
+            tokio::time::sleep(delay).await;
+        };
+        tokio::pin!(stop_accepting);
+        let (metrics, readiness) = (self.metrics.clone(), self.readiness.clone());
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => {
+                    let stream = match accepted {
+                        Ok((stream, _)) => stream,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "accept failed");
+                            continue;
+                        }
+                    };
+                    let _ = stream.set_nodelay(true);
+                    let (metrics, readiness, handle) = (metrics.clone(), readiness.clone(), handle.clone());
+                    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+                        let (metrics, readiness, handle) = (metrics.clone(), readiness.clone(), handle.clone());
+                        async move {
+                            let request = request.map(axum::body::Body::new);
+                            let builtins = metrics.clone();
+                            let response = observed(&metrics, request, |request| async move {
+                                match builtin_endpoint(request.uri().path(), &readiness, &builtins).await {
+                                    Some(builtin) => builtin,
+                                    None => handle(request).await,
+                                }
+                            })
+                            .await;
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let connection = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service);
+                    let connection = graceful.watch(connection);
+                    tokio::spawn(async move {
+                        let _ = connection.await;
+                    });
+                }
+                () = &mut stop_accepting => break,
+            }
+        }
+        drop(listener);
+        tokio::select! {
+            () = graceful.shutdown() => Ok(()),
+            () = tokio::time::sleep(drain) => Err(StartError::Fatal(format!(
+                "in-flight requests did not finish within the {}ms drain timeout",
+                drain.as_millis()
+            ))),
+        }
+    }
+}
+
 async fn readyz(State(readiness): State<Readiness>) -> Response {
     let (ready, details) = readiness.report().await;
     let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -215,7 +292,19 @@ fn acceptable_id(v: &HeaderValue) -> bool {
 }
 
 /// Request id, span, in-flight gauge, latency metric and one log line per request.
-async fn observe(State(metrics): State<Metrics>, mut request: Request, next: Next) -> Response {
+async fn observe(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
+    observed(&metrics, request, |r| next.run(r)).await
+}
+
+/// What the observe middleware does, for servers that are not an axum `Router` (the gateway's
+/// proxy path): run `handle` with a request id, a span, the in-flight gauge, the per-route
+/// latency metric and a log line. The route label comes from the response's [`RouteLabel`],
+/// else the request's `MatchedPath`.
+pub async fn observed<F, Fut>(metrics: &Metrics, mut request: Request, handle: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let started = Instant::now();
     let id = match request.headers().get(REQUEST_ID) {
         Some(v) if acceptable_id(v) => v.clone(),
@@ -234,7 +323,7 @@ async fn observe(State(metrics): State<Metrics>, mut request: Request, next: Nex
 
     // Decremented on drop: a request whose client goes away is dropped mid-await.
     let in_flight = InFlight::enter(&metrics.in_flight);
-    let mut response = next.run(request).instrument(span.clone()).await;
+    let mut response = handle(request).instrument(span.clone()).await;
     drop(in_flight);
 
     let status = response.status().as_u16();
@@ -254,4 +343,14 @@ async fn observe(State(metrics): State<Metrics>, mut request: Request, next: Nex
     }
     response.headers_mut().insert(REQUEST_ID, id);
     response
+}
+
+/// `/healthz`, `/readyz` and `/metrics` for servers that are not an axum `Router`.
+pub async fn builtin_endpoint(path: &str, readiness: &Readiness, metrics: &Metrics) -> Option<Response> {
+    match path {
+        "/healthz" => Some("ok".into_response()),
+        "/readyz" => Some(readyz(State(readiness.clone())).await),
+        "/metrics" => Some(metrics_text(State(metrics.clone())).await),
+        _ => None,
+    }
 }

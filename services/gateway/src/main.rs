@@ -14,17 +14,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::{HeaderValue, Method, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -84,7 +82,7 @@ struct Upstream {
 struct Gateway {
     routes: Vec<Route>,
     upstreams: HashMap<String, Upstream>,
-    client: Client<HttpConnector, Full<Bytes>>,
+    pools: HashMap<String, Pool>,
     max_body: usize,
     retries: u32,
     upstream_requests: Family<Labels, Counter>,
@@ -120,20 +118,13 @@ async fn start(env: Env) -> Result<(), StartError> {
             state_gauge: breaker_states.get_or_create(&vec![("upstream".into(), route.upstream.clone())]).clone(),
         });
     }
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(2)));
-    let client = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(1024)
-        .build(connector);
     for route in &config.routes {
         tracing::info!(prefix = %route.prefix, upstream = %route.upstream, timeout_ms = route.timeout.as_millis() as u64, "route");
     }
     let gateway = Arc::new(Gateway {
         routes: config.routes,
+        pools: upstreams.keys().map(|u| (u.clone(), Pool::new(u))).collect(),
         upstreams,
-        client,
         max_body: config.max_body,
         retries: config.retries,
         upstream_requests,
@@ -141,8 +132,9 @@ async fn start(env: Env) -> Result<(), StartError> {
     });
     let readiness = Readiness::new();
     let shutdown = Shutdown::on_signals(readiness.clone())?;
-    let app = Router::new().fallback(proxy).with_state(gateway);
-    Server { info: INFO, config: config.server, metrics, readiness, shutdown }.serve(app).await
+    // The proxy path skips the router and middleware layers: it is the hot path.
+    let server = Server { info: INFO, config: config.server, metrics, readiness, shutdown };
+    server.serve_http1(move |request| proxy(gateway.clone(), request)).await
 }
 
 fn is_idempotent(method: &Method) -> bool {
@@ -154,7 +146,7 @@ fn labelled(mut response: Response, route: &str) -> Response {
     response
 }
 
-async fn proxy(State(gw): State<Arc<Gateway>>, request: Request) -> Response {
+async fn proxy(gw: Arc<Gateway>, request: Request) -> Response {
     let path = request.uri().path().to_string();
     let Some(route) = routes::find(&gw.routes, &path) else {
         let problem =
@@ -229,7 +221,7 @@ async fn forward(gw: &Gateway, route: &Route, request: Request) -> Response {
         };
         let remaining = deadline.saturating_duration_since(Instant::now());
         let last = attempt == attempts;
-        match tokio::time::timeout(remaining, gw.client.request(upstream_request)).await {
+        match tokio::time::timeout(remaining, gw.pools[&route.upstream].send(upstream_request)).await {
             Err(_) => {
                 // Never retried: the upstream may still be working on it.
                 upstream.breaker.failure(Instant::now());
@@ -293,4 +285,105 @@ async fn backoff(attempt: u32, deadline: Instant) {
     let wait = Duration::from_millis(25u64 << attempt.min(6).saturating_sub(1));
     let remaining = deadline.saturating_duration_since(Instant::now());
     tokio::time::sleep(wait.min(remaining)).await;
+}
+
+/// Keep-alive HTTP/1 connections to one upstream. Lighter than a general-purpose client pool:
+/// one lock around a short list, no per-request URI or host bookkeeping.
+struct Pool {
+    authority: String,
+    host: HeaderValue,
+    idle: std::sync::Mutex<Vec<SendRequest<Full<Bytes>>>>,
+}
+
+/// Most connections a pool keeps for reuse.
+const POOL_MAX: usize = 1024;
+
+#[derive(Debug)]
+enum SendFailure {
+    /// Never reached the upstream: safe to retry whatever the method.
+    Connect(String),
+    Request(hyper::Error),
+}
+
+impl SendFailure {
+    fn is_connect(&self) -> bool {
+        matches!(self, SendFailure::Connect(_))
+    }
+}
+
+impl std::fmt::Display for SendFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SendFailure::Connect(e) => write!(f, "connect: {e}"),
+            SendFailure::Request(e) => write!(f, "request: {e}"),
+        }
+    }
+}
+
+impl Pool {
+    fn new(upstream: &str) -> Pool {
+        let authority = upstream.trim_start_matches("http://").to_string();
+        let host = HeaderValue::from_str(&authority).unwrap_or_else(|_| HeaderValue::from_static("upstream"));
+        Pool { authority, host, idle: std::sync::Mutex::default() }
+    }
+
+    fn take_ready(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|s| !s.is_closed());
+        let ready = idle.iter().position(|s| s.is_ready())?;
+        Some(idle.swap_remove(ready))
+    }
+
+    fn give_back(&self, sender: SendRequest<Full<Bytes>>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < POOL_MAX {
+            idle.push(sender);
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, SendFailure> {
+        let stream = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&self.authority))
+            .await
+            .map_err(|_| SendFailure::Connect("timed out".into()))?
+            .map_err(|e| SendFailure::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendFailure::Connect(e.to_string()))?;
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(sender)
+    }
+
+    /// Send in origin form with the upstream's Host. A reused connection the upstream closed
+    /// meanwhile gives the request back unsent; it then goes out once more on a fresh one.
+    async fn send(
+        &self,
+        mut request: http::Request<Full<Bytes>>,
+    ) -> Result<http::Response<hyper::body::Incoming>, SendFailure> {
+        let origin_form = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").parse();
+        if let Ok(uri) = origin_form {
+            *request.uri_mut() = uri;
+        }
+        request.headers_mut().insert(header::HOST, self.host.clone());
+        let mut pooled = self.take_ready();
+        loop {
+            let reused = pooled.is_some();
+            let mut sender = match pooled.take() {
+                Some(s) => s,
+                None => self.connect().await?,
+            };
+            match sender.try_send_request(request).await {
+                Ok(response) => {
+                    self.give_back(sender);
+                    return Ok(response);
+                }
+                Err(mut failed) => match failed.take_message() {
+                    Some(unsent) if reused => request = unsent,
+                    _ => return Err(SendFailure::Request(failed.into_error())),
+                },
+            }
+        }
+    }
 }
