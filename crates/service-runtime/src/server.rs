@@ -45,10 +45,6 @@ impl ServerConfig {
 #[derive(Clone, Debug)]
 pub struct RouteLabel(pub String);
 
-/// The request id of the request being handled, in request extensions.
-#[derive(Clone, Debug)]
-pub struct RequestId(pub String);
-
 /// Fires once when the process is asked to stop. Clone it into every loop that must stop.
 #[derive(Clone)]
 pub struct Shutdown {
@@ -314,12 +310,10 @@ where
             id
         }
     };
-    let id_text = id.to_str().unwrap_or_default().to_string();
-    request.extensions_mut().insert(RequestId(id_text.clone()));
     let method = request.method().clone();
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let probe = is_probe(request.uri().path());
-    let span = tracing::info_span!("request", request_id = %id_text, method = %method, path = %request.uri().path());
+    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default(), method = %method, path = %request.uri().path());
 
     // Decremented on drop: a request whose client goes away is dropped mid-await.
     let in_flight = InFlight::enter(&metrics.in_flight);

@@ -77,7 +77,20 @@ impl Config {
 struct Upstream {
     breaker: Breaker,
     state_gauge: Gauge,
+    /// `gateway_upstream_requests` counters, resolved once, indexed by [`Outcome`].
+    outcomes: Vec<Counter>,
 }
+
+#[derive(Clone, Copy)]
+enum Outcome {
+    Ok,
+    Error,
+    Timeout,
+    UpstreamUnavailable,
+    CircuitOpen,
+}
+
+const OUTCOME_LABELS: [&str; 5] = ["ok", "error", "timeout", "upstream_unavailable", "circuit_open"];
 
 struct Gateway {
     routes: Vec<Route>,
@@ -85,7 +98,6 @@ struct Gateway {
     pools: HashMap<String, Pool>,
     max_body: usize,
     retries: u32,
-    upstream_requests: Family<Labels, Counter>,
     retried: Family<Labels, Counter>,
 }
 
@@ -116,6 +128,14 @@ async fn start(env: Env) -> Result<(), StartError> {
         upstreams.entry(route.upstream.clone()).or_insert_with(|| Upstream {
             breaker: Breaker::new(config.breaker_failures, config.breaker_cooldown),
             state_gauge: breaker_states.get_or_create(&vec![("upstream".into(), route.upstream.clone())]).clone(),
+            outcomes: OUTCOME_LABELS
+                .iter()
+                .map(|o| {
+                    let labels =
+                        vec![("upstream".into(), route.upstream.clone()), ("outcome".to_string(), o.to_string())];
+                    upstream_requests.get_or_create(&labels).clone()
+                })
+                .collect(),
         });
     }
     for route in &config.routes {
@@ -127,7 +147,6 @@ async fn start(env: Env) -> Result<(), StartError> {
         upstreams,
         max_body: config.max_body,
         retries: config.retries,
-        upstream_requests,
         retried,
     });
     let readiness = Readiness::new();
@@ -178,19 +197,25 @@ async fn forward(gw: &Gateway, route: &Route, request: Request) -> Response {
             }
         }
     };
-    let path_and_query = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let uri = format!("{}{path_and_query}", route.upstream);
+    // Upstreams get the origin form (`/path?query`) and our Host (set by the pool); hop-by-hop
+    // headers stay on this hop; the caller's Host travels as x-forwarded-host.
+    let origin_form =
+        parts.uri.path_and_query().cloned().map(http::Uri::from).unwrap_or_else(|| http::Uri::from_static("/"));
+    let mut headers = parts.headers;
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::CONTENT_LENGTH);
+    if let Some(host) = headers.remove(header::HOST) {
+        headers.insert(HeaderName::from_static("x-forwarded-host"), host);
+    }
     let attempts = if is_idempotent(&parts.method) { 1 + gw.retries } else { 1 };
-    let count = |outcome: &str| {
-        gw.upstream_requests
-            .get_or_create(&vec![("upstream".into(), route.upstream.clone()), ("outcome".into(), outcome.into())])
-            .inc();
-    };
+    let count = |outcome: Outcome| upstream.outcomes[outcome as usize].inc();
 
     for attempt in 1..=attempts {
         if let Admission::Reject(wait) = upstream.breaker.allow(Instant::now()) {
             upstream.state_gauge.set(upstream.breaker.gauge_value());
-            count("circuit_open");
+            count(Outcome::CircuitOpen);
             let mut response = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "circuit_open", "Upstream unavailable")
                 .detail(format!("{} failed repeatedly; not sending it more traffic for now", route.upstream))
                 .into_response();
@@ -201,32 +226,18 @@ async fn forward(gw: &Gateway, route: &Route, request: Request) -> Response {
             return response;
         }
         upstream.state_gauge.set(upstream.breaker.gauge_value());
-        let mut builder =
-            http::Request::builder().method(parts.method.clone()).uri(&uri).version(http::Version::HTTP_11);
-        for (name, value) in &parts.headers {
-            if !HOP_BY_HOP.contains(&name.as_str()) && name != header::HOST && name != header::CONTENT_LENGTH {
-                builder = builder.header(name, value);
-            }
-        }
-        if let Some(host) = parts.headers.get(header::HOST) {
-            builder = builder.header(HeaderName::from_static("x-forwarded-host"), host);
-        }
-        let upstream_request = match builder.body(Full::new(body.clone())) {
-            Ok(r) => r,
-            Err(e) => {
-                return Problem::new(StatusCode::BAD_REQUEST, "bad_request", "Cannot forward this request")
-                    .detail(e.to_string())
-                    .into_response();
-            }
-        };
-        let remaining = deadline.saturating_duration_since(Instant::now());
         let last = attempt == attempts;
+        let mut upstream_request = http::Request::new(Full::new(body.clone()));
+        *upstream_request.method_mut() = parts.method.clone();
+        *upstream_request.uri_mut() = origin_form.clone();
+        *upstream_request.headers_mut() = if last { std::mem::take(&mut headers) } else { headers.clone() };
+        let remaining = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(remaining, gw.pools[&route.upstream].send(upstream_request)).await {
             Err(_) => {
                 // Never retried: the upstream may still be working on it.
                 upstream.breaker.failure(Instant::now());
                 upstream.state_gauge.set(upstream.breaker.gauge_value());
-                count("timeout");
+                count(Outcome::Timeout);
                 return Problem::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "Upstream timed out")
                     .detail(format!("{} did not answer within {}ms", route.upstream, route.timeout.as_millis()))
                     .into_response();
@@ -234,7 +245,7 @@ async fn forward(gw: &Gateway, route: &Route, request: Request) -> Response {
             Ok(Err(e)) => {
                 upstream.breaker.failure(Instant::now());
                 upstream.state_gauge.set(upstream.breaker.gauge_value());
-                count("error");
+                count(Outcome::Error);
                 // A connect error means the request never reached the upstream: safe to retry.
                 if e.is_connect() && !last {
                     gw.retried.get_or_create(&vec![("route".into(), route.prefix.clone())]).inc();
@@ -258,7 +269,7 @@ async fn forward(gw: &Gateway, route: &Route, request: Request) -> Response {
                 ) {
                     upstream.breaker.failure(Instant::now());
                     upstream.state_gauge.set(upstream.breaker.gauge_value());
-                    count("upstream_unavailable");
+                    count(Outcome::UpstreamUnavailable);
                     if !last {
                         gw.retried.get_or_create(&vec![("route".into(), route.prefix.clone())]).inc();
                         backoff(attempt, deadline).await;
@@ -267,7 +278,7 @@ async fn forward(gw: &Gateway, route: &Route, request: Request) -> Response {
                 } else {
                     upstream.breaker.success();
                     upstream.state_gauge.set(upstream.breaker.gauge_value());
-                    count("ok");
+                    count(Outcome::Ok);
                 }
                 let (mut head, incoming) = response.into_parts();
                 for name in HOP_BY_HOP {
@@ -356,16 +367,12 @@ impl Pool {
         Ok(sender)
     }
 
-    /// Send in origin form with the upstream's Host. A reused connection the upstream closed
+    /// Send (the URI already in origin form) with the upstream's Host. A reused connection the upstream closed
     /// meanwhile gives the request back unsent; it then goes out once more on a fresh one.
     async fn send(
         &self,
         mut request: http::Request<Full<Bytes>>,
     ) -> Result<http::Response<hyper::body::Incoming>, SendFailure> {
-        let origin_form = request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/").parse();
-        if let Ok(uri) = origin_form {
-            *request.uri_mut() = uri;
-        }
         request.headers_mut().insert(header::HOST, self.host.clone());
         let mut pooled = self.take_ready();
         loop {
