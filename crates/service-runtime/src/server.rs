@@ -341,10 +341,12 @@ where
 
 /// `/healthz`, `/readyz` and `/metrics` for servers that are not an axum `Router`.
 pub async fn builtin_endpoint(path: &str, readiness: &Readiness, metrics: &Metrics) -> Option<Response> {
-    match path {
-        "/healthz" => Some("ok".into_response()),
-        "/readyz" => Some(readyz(State(readiness.clone())).await),
-        "/metrics" => Some(metrics_text(State(metrics.clone())).await),
-        _ => None,
-    }
+    let (route, mut response) = match path {
+        "/healthz" => ("/healthz", "ok".into_response()),
+        "/readyz" => ("/readyz", readyz(State(readiness.clone())).await),
+        "/metrics" => ("/metrics", metrics_text(State(metrics.clone())).await),
+        _ => return None,
+    };
+    response.extensions_mut().insert(RouteLabel(route.to_string()));
+    Some(response)
 }

@@ -156,6 +156,23 @@ async fn start(env: Env) -> Result<(), StartError> {
     server.serve_http1(move |request| proxy(gateway.clone(), request)).await
 }
 
+/// Remove the fixed hop-by-hop headers and any header the `Connection` header names.
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
 fn is_idempotent(method: &Method) -> bool {
     matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
 }
@@ -202,9 +219,7 @@ async fn forward(gw: &Gateway, route: &Route, request: Request) -> Response {
     let origin_form =
         parts.uri.path_and_query().cloned().map(http::Uri::from).unwrap_or_else(|| http::Uri::from_static("/"));
     let mut headers = parts.headers;
-    for name in HOP_BY_HOP {
-        headers.remove(name);
-    }
+    strip_hop_by_hop(&mut headers);
     headers.remove(header::CONTENT_LENGTH);
     if let Some(host) = headers.remove(header::HOST) {
         headers.insert(HeaderName::from_static("x-forwarded-host"), host);
@@ -281,9 +296,7 @@ async fn forward(gw: &Gateway, route: &Route, request: Request) -> Response {
                     count(Outcome::Ok);
                 }
                 let (mut head, incoming) = response.into_parts();
-                for name in HOP_BY_HOP {
-                    head.headers.remove(name);
-                }
+                strip_hop_by_hop(&mut head.headers);
                 return Response::from_parts(head, Body::new(incoming));
             }
         }

@@ -33,6 +33,7 @@ async fn echo(
         "upstream": u.name,
         "method": method.as_str(),
         "request_id": headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+        "hop_header": headers.contains_key("x-hop-only"),
         "body_len": body.len(),
     }))
 }
@@ -98,6 +99,10 @@ fn routes_by_longest_prefix_and_forwards_request_ids() {
     assert_eq!(seen["request_id"], "trace-me-1", "the upstream got the caller's id");
     assert_eq!(r.header("x-request-id"), Some("trace-me-1"), "and the caller gets it back");
 
+    let hop = http("GET", &gw.url("/api/x"), &[("Connection", "keep-alive, x-hop-only"), ("x-hop-only", "1")], b"")
+        .expect("GET");
+    assert_eq!(json(&hop)["hop_header"], false, "headers named by Connection stay on this hop");
+
     let r = http("POST", &gw.url("/api/special/x"), &[], b"hello").expect("POST");
     let seen = json(&r);
     assert_eq!((seen["upstream"].as_str(), seen["body_len"].as_u64()), (Some("b"), Some(5)));
@@ -107,7 +112,9 @@ fn routes_by_longest_prefix_and_forwards_request_ids() {
     assert_problem(&http("GET", &gw.url("/elsewhere"), &[], b"").expect("GET"), 404, "no_route");
 
     let metrics = http("GET", &gw.url("/metrics"), &[], b"").expect("metrics").text();
-    assert!(metrics.contains(r#"http_requests_total{route="/api",method="GET",status="200"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"http_requests_total{route="/api",method="GET",status="200"} 2"#), "{metrics}");
+    assert!(metrics.contains(r#"http_requests_total{route="/readyz",method="GET",status="200"}"#), "{metrics}");
+    assert!(!metrics.contains(r#"route="unmatched""#), "every request is labelled: {metrics}");
     assert!(metrics.contains(r#"http_requests_total{route="/api/special",method="POST",status="200"} 1"#), "{metrics}");
     assert!(metrics.contains(r#"http_requests_total{route="no_route",method="GET",status="404"} 1"#), "{metrics}");
 }
