@@ -28,22 +28,29 @@ impl Readiness {
     }
 
     /// Add a dependency check, e.g. `SELECT 1` against Postgres.
-    pub fn with_check<F, Fut>(mut self, name: &str, check: F) -> Readiness
+    pub fn with_check<F, Fut>(self, name: &str, check: F) -> Readiness
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        self.checks.push((name.to_string(), Arc::new(move || Box::pin(check()) as CheckFuture), true));
-        self
+        self.push(name, check, true)
     }
 
     /// A dependency the service degrades without (reported as `degraded: ...`, still ready).
-    pub fn with_soft_check<F, Fut>(mut self, name: &str, check: F) -> Readiness
+    pub fn with_soft_check<F, Fut>(self, name: &str, check: F) -> Readiness
     where
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<(), String>> + Send + 'static,
     {
-        self.checks.push((name.to_string(), Arc::new(move || Box::pin(check()) as CheckFuture), false));
+        self.push(name, check, false)
+    }
+
+    fn push<F, Fut>(mut self, name: &str, check: F, gates_readiness: bool) -> Readiness
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), String>> + Send + 'static,
+    {
+        self.checks.push((name.to_string(), Arc::new(move || Box::pin(check()) as CheckFuture), gates_readiness));
         self
     }
 

@@ -97,8 +97,8 @@ pub struct Server {
 }
 
 impl Server {
-    /// Bind, serve until shutdown, then wait for in-flight requests (bounded by the drain timeout).
-    pub async fn serve(self, app: Router) -> Result<(), StartError> {
+    /// Bind the configured address and say so.
+    async fn listen(&self) -> Result<tokio::net::TcpListener, StartError> {
         let listener = tokio::net::TcpListener::bind(self.config.listen)
             .await
             .map_err(|e| StartError::fatal(&format!("cannot listen on {}", self.config.listen), e))?;
@@ -109,36 +109,40 @@ impl Server {
             addr = %self.config.listen,
             "listening"
         );
-        self.serve_on(listener, app).await
+        Ok(listener)
     }
 
-    pub async fn serve_on(self, listener: tokio::net::TcpListener, app: Router) -> Result<(), StartError> {
+    /// Resolves when the listener should close: a signal, then the shutdown delay.
+    fn stop_accepting(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let (stop, delay) = (self.shutdown.clone(), self.config.shutdown_delay);
+        async move {
+            stop.wait().await;
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Resolves when in-flight work has had its drain timeout after the listener closed.
+    fn drain_deadline(&self) -> impl std::future::Future<Output = StartError> + Send + 'static {
+        let (closed, drain) = (self.stop_accepting(), self.config.drain_timeout);
+        async move {
+            closed.await;
+            tokio::time::sleep(drain).await;
+            drain_expired(drain)
+        }
+    }
+
+    /// Bind, serve until shutdown, then wait for in-flight requests (bounded by the drain timeout).
+    pub async fn serve(self, app: Router) -> Result<(), StartError> {
+        let listener = self.listen().await?;
         let router = app
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz).with_state(self.readiness.clone()))
             .route("/metrics", get(metrics_text).with_state(self.metrics.clone()))
             .layer(middleware::from_fn_with_state(self.metrics.clone(), observe));
-        let drain = self.config.drain_timeout;
-        let delay = self.config.shutdown_delay;
-        let stop = self.shutdown.clone();
-        let stop_accepting = async move {
-            stop.wait().await;
-            tokio::time::sleep(delay).await;
-        };
-        let serving = axum::serve(listener, router).with_graceful_shutdown(stop_accepting);
-        let deadline = {
-            let stop = self.shutdown.clone();
-            async move {
-                stop.wait().await;
-                tokio::time::sleep(delay + drain).await;
-            }
-        };
+        let serving = axum::serve(listener, router).with_graceful_shutdown(self.stop_accepting());
         tokio::select! {
             served = serving => served.map_err(|e| StartError::fatal("server error", e)),
-            () = deadline => Err(StartError::Fatal(format!(
-                "in-flight requests did not finish within the {}ms drain timeout",
-                drain.as_millis()
-            ))),
+            expired = self.drain_deadline() => Err(expired),
         }
     }
 }
@@ -153,23 +157,9 @@ impl Server {
         Fut: std::future::Future<Output = Response> + Send + 'static,
     {
         use hyper_util::rt::TokioIo;
-        let listener = tokio::net::TcpListener::bind(self.config.listen)
-            .await
-            .map_err(|e| StartError::fatal(&format!("cannot listen on {}", self.config.listen), e))?;
-        tracing::info!(
-            service = self.info.name,
-            version = self.info.version,
-            git_sha = crate::GIT_SHA,
-            addr = %self.config.listen,
-            "listening"
-        );
+        let listener = self.listen().await?;
         let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-        let (delay, drain) = (self.config.shutdown_delay, self.config.drain_timeout);
-        let stop = self.shutdown.clone();
-        let stop_accepting = async move {
-            stop.wait().await;
-            tokio::time::sleep(delay).await;
-        };
+        let stop_accepting = self.stop_accepting();
         tokio::pin!(stop_accepting);
         let (metrics, readiness) = (self.metrics.clone(), self.readiness.clone());
         loop {
@@ -212,12 +202,14 @@ impl Server {
         drop(listener);
         tokio::select! {
             () = graceful.shutdown() => Ok(()),
-            () = tokio::time::sleep(drain) => Err(StartError::Fatal(format!(
-                "in-flight requests did not finish within the {}ms drain timeout",
-                drain.as_millis()
-            ))),
+            // The listener is already closed here: only the drain timeout is left.
+            () = tokio::time::sleep(self.config.drain_timeout) => Err(drain_expired(self.config.drain_timeout)),
         }
     }
+}
+
+fn drain_expired(drain: Duration) -> StartError {
+    StartError::Fatal(format!("in-flight requests did not finish within the {}ms drain timeout", drain.as_millis()))
 }
 
 async fn readyz(State(readiness): State<Readiness>) -> Response {
