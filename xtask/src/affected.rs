@@ -88,7 +88,20 @@ fn owner<'a>(ws: &'a Workspace, file: &str) -> Option<&'a str> {
         .map(|m| m.name.as_str())
 }
 
+/// Which dependency edges carry a change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reach {
+    /// Everything that builds or tests against it (dev-dependencies, binaries tests start).
+    Tests,
+    /// Only what links it into a binary: what an image rebuild must cover.
+    Binaries,
+}
+
 pub fn compute(ws: &Workspace, changed: &[String]) -> Affected {
+    compute_reach(ws, changed, Reach::Tests)
+}
+
+pub fn compute_reach(ws: &Workspace, changed: &[String], reach: Reach) -> Affected {
     let mut affected = Affected::default();
     if let Some(file) = changed.iter().find(|f| is_root_trigger(f)) {
         affected.everything_because = Some(file.clone());
@@ -109,7 +122,11 @@ pub fn compute(ws: &Workspace, changed: &[String]) -> Affected {
         affected.packages.insert(name, Why::Changed { files });
     }
     for name in direct.keys() {
-        for dependent in ws.reverse_deps(name) {
+        let dependents = match reach {
+            Reach::Tests => ws.reverse_deps(name),
+            Reach::Binaries => ws.binary_dependents(name),
+        };
+        for dependent in dependents {
             affected.packages.entry(dependent).or_insert_with(|| Why::DependsOn { package: name.clone() });
         }
     }
@@ -150,6 +167,15 @@ mod tests {
         let a = picked(&["services/api/src/main.rs"]);
         assert_eq!(a.names(), ["api", "gateway"]);
         assert_eq!(a.packages["gateway"], Why::DependsOn { package: "api".into() });
+    }
+
+    #[test]
+    fn binaries_are_reached_only_through_what_they_link() {
+        let changed = |f: &str| compute_reach(&fixture(), &[f.to_string()], Reach::Binaries).names();
+        // The gateway runs the api but does not link it; testkit is only a dev-dependency.
+        assert_eq!(changed("services/api/src/main.rs"), ["api"]);
+        assert_eq!(changed("crates/testkit/src/lib.rs"), ["testkit"]);
+        assert_eq!(changed("crates/util/src/lib.rs"), ["api", "kit", "util", "worker"]);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 mod affected;
 mod commands;
 mod git;
+mod oci;
 mod plan;
 mod runner;
 mod secrets;
@@ -70,6 +71,7 @@ pub enum Command {
     Lint(commands::lint::Args),
     Test(commands::test::Args),
     Build(commands::build::Args),
+    Image(commands::image::Args),
     Deny(commands::deny::Args),
     Secrets(commands::secrets::Args),
     Doctor(commands::doctor::Args),

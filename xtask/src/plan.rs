@@ -33,6 +33,10 @@ pub enum Internal {
     StartTestDeps { dir: PathBuf, pg_port: u16, redis_port: u16 },
     /// Stop them again and remove their data.
     StopTestDeps { dir: PathBuf },
+    /// Write one service's image tar from its static binary.
+    AssembleImage(Box<crate::commands::image::AssembleImage>),
+    /// Merge this build's image records into the build manifest (`images.json`).
+    RecordImages(Box<crate::commands::image::RecordImages>),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -160,6 +164,12 @@ impl Internal {
                 dir.display()
             ),
             Internal::StopTestDeps { dir } => format!("stop the test postgres and redis, remove {}", dir.display()),
+            Internal::AssembleImage(a) => {
+                format!("write {} from {} (uid 65532, port {})", a.tar.display(), a.binary.display(), a.port)
+            }
+            Internal::RecordImages(r) => {
+                format!("merge {} image record(s) into {}", r.records.len(), r.manifest.display())
+            }
         }
     }
 }

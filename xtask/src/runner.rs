@@ -306,6 +306,8 @@ fn run_internal(step: &Step, task: &Internal, log: &mut dyn Write) -> StepResult
             crate::commands::test_deps::start(dir, *pg_port, *redis_port, log)
         }
         Internal::StopTestDeps { dir } => crate::commands::test_deps::stop(dir, log),
+        Internal::AssembleImage(a) => crate::commands::image::assemble(a, log),
+        Internal::RecordImages(r) => crate::commands::image::record(r, log),
     };
     match outcome {
         Ok(()) => passed(step, started.elapsed()),

@@ -82,6 +82,15 @@ pub const CARGO_DENY: Tool = Tool {
     needed_by: &["deny", "ci"],
     install_hint: "cargo xtask setup (installs the version pinned in xtask/tools.toml)",
 };
+pub const CARGO_AUDITABLE: Tool = Tool {
+    name: "cargo-auditable",
+    binary: "cargo-auditable",
+    version_args: &["auditable", "--version"],
+    source: Source::CargoInstall,
+    minimum: None,
+    needed_by: &["image build (embeds the crate list scanners read; required when CI is set)"],
+    install_hint: "cargo xtask setup (installs the version pinned in xtask/tools.toml)",
+};
 pub const GIT: Tool = Tool {
     name: "git",
     binary: "git",
@@ -156,6 +165,16 @@ pub const REDIS: Tool = Tool {
     install_hint: "cargo xtask setup (apt-get install redis-server)",
 };
 
+pub const DOCKER_REGISTRY: Tool = Tool {
+    name: "docker-registry",
+    binary: "docker-registry",
+    version_args: &["--version"],
+    source: Source::Apt("docker-registry"),
+    minimum: Some("2.8"),
+    needed_by: &["test (image push and pull against a real local registry)"],
+    install_hint: "cargo xtask setup (apt-get install docker-registry)",
+};
+
 /// Every tool `doctor` reports on, in the order it prints them.
 pub const ALL: &[&Tool] = &[
     &CARGO,
@@ -163,6 +182,7 @@ pub const ALL: &[&Tool] = &[
     &CLIPPY,
     &NEXTEST,
     &CARGO_DENY,
+    &CARGO_AUDITABLE,
     &GIT,
     &TRIVY,
     &PYTHON,
@@ -170,6 +190,7 @@ pub const ALL: &[&Tool] = &[
     &REDIS,
     &DOCKER,
     &DOCKER_COMPOSE,
+    &DOCKER_REGISTRY,
     &KUBECTL,
 ];
 

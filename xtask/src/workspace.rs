@@ -20,11 +20,15 @@ pub struct Member {
     pub dir: PathBuf,
     /// Other workspace members this one depends on (any kind: normal, dev, build).
     pub deps: BTreeSet<String>,
+    /// The subset of `deps` that ends up in its binaries (normal and build, not dev).
+    pub build_deps: BTreeSet<String>,
     /// Workspace binaries this member runs (services it `needs`, or its tests `starts`): a
     /// change to them affects it even without a Cargo dependency.
     pub runs: BTreeSet<String>,
     pub has_binary: bool,
     pub has_lib: bool,
+    /// `package.repository`: where the source lives (an image's `org.opencontainers.image.source`).
+    pub repository: Option<String>,
     pub service: Option<ServiceMeta>,
 }
 
@@ -76,6 +80,13 @@ impl Workspace {
                 .filter(|d| d.path.is_some() && names.contains(&d.name))
                 .map(|d| d.name.clone())
                 .collect();
+            let build_deps = pkg
+                .dependencies
+                .iter()
+                .filter(|d| d.path.is_some() && names.contains(&d.name))
+                .filter(|d| d.kind != cargo_metadata::DependencyKind::Development)
+                .map(|d| d.name.clone())
+                .collect();
             let has_binary = pkg.targets.iter().any(|t| t.is_bin());
             let has_lib = pkg.targets.iter().any(|t| t.is_lib());
             let rel_manifest = dir.join("Cargo.toml");
@@ -97,7 +108,9 @@ impl Workspace {
                     version: pkg.version.to_string(),
                     dir,
                     deps,
+                    build_deps,
                     runs,
+                    repository: pkg.repository.clone(),
                     has_binary,
                     has_lib,
                     service,
@@ -128,11 +141,21 @@ impl Workspace {
 
     /// Members that depend on `name`, directly or through other members.
     pub fn reverse_deps(&self, name: &str) -> BTreeSet<String> {
+        self.dependents(name, |m, n| m.deps.contains(n) || m.runs.contains(n))
+    }
+
+    /// Members whose built binaries contain `name` (normal and build dependencies only): what an
+    /// image rebuild must cover, narrower than what tests must cover.
+    pub fn binary_dependents(&self, name: &str) -> BTreeSet<String> {
+        self.dependents(name, |m, n| m.build_deps.contains(n))
+    }
+
+    fn dependents(&self, name: &str, edge: impl Fn(&Member, &str) -> bool) -> BTreeSet<String> {
         let mut found = BTreeSet::new();
         let mut queue = vec![name.to_string()];
         while let Some(current) = queue.pop() {
             for m in self.members.values() {
-                if (m.deps.contains(&current) || m.runs.contains(&current)) && found.insert(m.name.clone()) {
+                if edge(m, &current) && found.insert(m.name.clone()) {
                     queue.push(m.name.clone());
                 }
             }

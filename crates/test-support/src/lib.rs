@@ -248,7 +248,13 @@ pub struct Link {
 
 impl Link {
     pub fn to(target: SocketAddr) -> Link {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind link");
+        Link::on([127, 0, 0, 1].into(), target)
+    }
+
+    /// A link listening on another local address, e.g. the Docker bridge's gateway so that a
+    /// container can reach a loopback-only test server through it.
+    pub fn on(bind: std::net::IpAddr, target: SocketAddr) -> Link {
+        let listener = TcpListener::bind((bind, 0)).unwrap_or_else(|e| panic!("bind a link on {bind}: {e}"));
         let port = listener.local_addr().expect("addr").port();
         let down = Arc::new(AtomicBool::new(false));
         let open: Arc<Mutex<Vec<TcpStream>>> = Arc::default();

@@ -49,7 +49,7 @@ pub struct Args {
     pub advisory_db: Option<PathBuf>,
 }
 
-fn default_base(ctx: &Ctx) -> String {
+pub fn default_base(ctx: &Ctx) -> String {
     if let Ok(base) = std::env::var("GITHUB_BASE_REF")
         && !base.is_empty()
     {

@@ -5,6 +5,7 @@ pub mod ci;
 pub mod deny;
 pub mod doctor;
 pub mod fmt;
+pub mod image;
 pub mod lint;
 pub mod secrets;
 pub mod setup;
@@ -25,6 +26,7 @@ pub fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Lint(args) => ctx.execute(&lint::plan(ctx, &args.selection.resolve(&ctx.workspace()?)?)),
         Command::Test(args) => ctx.execute(&test::plan(ctx, &ctx.workspace()?, &args)?),
         Command::Build(args) => ctx.execute(&build::plan(ctx, &ctx.workspace()?, &args)?),
+        Command::Image(args) => image::run(ctx, &args),
         Command::Deny(args) => ctx.execute(&deny::plan(ctx, &args)?),
         Command::Secrets(args) => secrets::run(ctx, &args),
         Command::Doctor(args) => doctor::run(ctx, &args),

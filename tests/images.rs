@@ -1,0 +1,291 @@
+//! End-to-end tests of `cargo xtask image build` against the real Docker engine and a real
+//! registry (Debian's `docker-registry`, on 127.0.0.1): every service image loads, runs as uid
+//! 65532, turns healthy through its own HEALTHCHECK and answers on a 127.0.0.1-published port;
+//! rebuilds are byte-identical; a push pulls back by digest.
+//!
+//! These tests share Docker's image store, so nextest runs them one at a time (the `docker`
+//! test group in .config/nextest.toml).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use test_support::{Link, eventually, free_port, http};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn xtask(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("GITHUB_ACTIONS")
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("xtask binary runs")
+}
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().unwrap_or_else(|e| {
+        panic!("docker is not on PATH ({e}); install Docker Engine 20.10+ (apt-get install docker.io)")
+    })
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(out.status.success(), "docker {}: {}", args.join(" "), text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
+}
+
+fn build_manifest() -> serde_json::Value {
+    let path = target_dir().join("xtask/images.json");
+    serde_json::from_slice(&std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        .expect("images.json is JSON")
+}
+
+fn build_images(extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["image", "build"];
+    args.extend(extra);
+    let out = xtask(&args);
+    assert!(out.status.success(), "cargo xtask {}:\n{}\n{}", args.join(" "), text(&out.stdout), text(&out.stderr));
+    build_manifest()
+}
+
+/// A container removed when the test ends, pass or fail.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = docker(&["rm", "-f", &self.0]);
+    }
+}
+
+/// A user-defined bridge network of the test's own, removed at the end. Its gateway is the
+/// host's address on it: containers reach host services through it.
+struct Network {
+    name: String,
+    gateway: IpAddr,
+}
+
+impl Network {
+    fn create() -> Network {
+        let name = format!("xtask-images-{}", std::process::id());
+        let _ = docker(&["network", "rm", &name]);
+        docker_ok(&["network", "create", &name]);
+        let gateway = docker_ok(&["network", "inspect", &name, "--format", "{{(index .IPAM.Config 0).Gateway}}"]);
+        let gateway = gateway.parse().unwrap_or_else(|e| panic!("network {name} gateway {gateway:?}: {e}"));
+        Network { name, gateway }
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let _ = docker(&["network", "rm", &self.name]);
+    }
+}
+
+fn url_target(url: &str) -> SocketAddr {
+    let rest = url.split_once("://").expect("scheme").1;
+    let authority = rest.split('/').next().expect("authority");
+    let host_port = authority.rsplit_once('@').map_or(authority, |(_, hp)| hp);
+    host_port.parse().expect("test servers listen on an IP:port")
+}
+
+/// Point a URL of a loopback test server at a link the containers can reach.
+fn through(url: &str, link: &Link, gateway: IpAddr) -> String {
+    let target = url_target(url);
+    url.replacen(&target.to_string(), &format!("{gateway}:{}", link.port), 1)
+}
+
+#[test]
+fn every_service_image_runs_as_nonroot_turns_healthy_and_answers_on_loopback() {
+    let manifest = build_images(&[]);
+    let images = manifest["images"].as_object().expect("images");
+    assert_eq!(images.keys().collect::<Vec<_>>(), ["api", "gateway", "worker"]);
+
+    // The API and worker need Postgres and Redis at start-up: the test servers listen on
+    // loopback only, so links on the bridge gateway carry the containers' connections to them.
+    let network = Network::create();
+    let gateway_ip = network.gateway;
+    let db_url = test_support::fresh_database("images");
+    let redis = test_support::redis_url();
+    let db_link = Link::on(gateway_ip, url_target(&db_url));
+    let redis_link = Link::on(gateway_ip, url_target(&redis));
+    let env: Vec<(&str, String)> = vec![
+        ("DATABASE_URL", through(&db_url, &db_link, gateway_ip)),
+        ("REDIS_URL", through(&redis, &redis_link, gateway_ip)),
+        ("GATEWAY_ROUTES", "/v1/jobs=http://127.0.0.1:9".to_string()),
+    ];
+
+    for (service, record) in images {
+        let image = record["image"].as_str().expect("image");
+        let id = docker_ok(&["image", "inspect", "--format", "{{.Id}}", image]);
+        assert_eq!(id, record["id"], "docker's image ID is the config digest xtask wrote");
+        let labels: serde_json::Value =
+            serde_json::from_str(&docker_ok(&["image", "inspect", "--format", "{{json .Config.Labels}}", image]))
+                .expect("labels");
+        assert_eq!(labels["org.opencontainers.image.title"], service.as_str());
+        assert_eq!(labels["org.opencontainers.image.revision"], record["revision"]);
+        assert_eq!(labels["org.opencontainers.image.created"], record["created"]);
+        for key in ["source", "version"] {
+            let value = labels[format!("org.opencontainers.image.{key}")].as_str().unwrap_or_default();
+            assert!(!value.is_empty(), "{image} lacks org.opencontainers.image.{key}");
+        }
+        assert_eq!(docker_ok(&["image", "inspect", "--format", "{{.Config.User}}", image]), "65532:65532");
+
+        let name = format!("xtask-image-test-{service}-{}", std::process::id());
+        let _ = docker(&["rm", "-f", &name]);
+        let port = docker_ok(&[
+            "image",
+            "inspect",
+            "--format",
+            "{{range $p, $_ := .Config.ExposedPorts}}{{$p}}{{end}}",
+            image,
+        ]);
+        let mut args: Vec<String> =
+            ["run", "-d", "--name", &name, "--network", &network.name, "--health-interval", "1s", "-p"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        args.push(format!("127.0.0.1::{}", port.trim_end_matches("/tcp")));
+        for (k, v) in &env {
+            args.extend(["-e".to_string(), format!("{k}={v}")]);
+        }
+        args.push(image.to_string());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        docker_ok(&args);
+        let container = Container(name);
+
+        let status = eventually(&format!("{image} to report healthy"), Duration::from_secs(60), || {
+            let status =
+                docker_ok(&["inspect", "--format", "{{.State.Status}} {{.State.Health.Status}}", &container.0]);
+            assert!(
+                !status.starts_with("exited"),
+                "{image} exited; logs:\n{}",
+                text(&docker(&["logs", &container.0]).stderr)
+            );
+            (status == "running healthy").then_some(status)
+        });
+        assert_eq!(status, "running healthy");
+
+        let pid = docker_ok(&["inspect", "--format", "{{.State.Pid}}", &container.0]);
+        let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+        let uid_line = proc_status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
+        assert!(uid_line.split_whitespace().skip(1).all(|u| u == "65532"), "{image} runs as {uid_line}");
+
+        let published = docker_ok(&["port", &container.0, &port]);
+        let published = published.lines().next().expect("a published address");
+        assert!(published.starts_with("127.0.0.1:"), "{image} published on {published}, not loopback");
+        let health = http("GET", &format!("http://{published}/healthz"), &[], b"").expect("GET /healthz");
+        assert_eq!(health.status, 200, "{image} /healthz: {}", health.text());
+    }
+}
+
+fn sha256_of(path: &str) -> String {
+    let out = Command::new("sha256sum").arg(path).output().expect("sha256sum runs");
+    text(&out.stdout).split_whitespace().next().expect("a digest").to_string()
+}
+
+#[test]
+fn two_builds_of_one_commit_write_byte_identical_tars() {
+    let first = build_images(&["--no-load"]);
+    let mut digests = Vec::new();
+    for record in first["images"].as_object().expect("images").values() {
+        let tar = record["tar"].as_str().expect("tar");
+        assert_eq!(sha256_of(tar), record["tar_sha256"], "the record describes the tar on disk");
+        digests.push((tar.to_string(), sha256_of(tar)));
+        std::fs::remove_file(tar).expect("remove the tar before rebuilding");
+    }
+    build_images(&["--no-load"]);
+    for (tar, digest) in digests {
+        assert_eq!(sha256_of(&tar), digest, "{tar} changed between two builds of one commit");
+    }
+}
+
+/// Debian's `docker-registry` on a free loopback port, with its storage in a temp dir.
+struct Registry {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("docker-registry cannot start ({e}); install it with `cargo xtask setup` (apt: docker-registry)")
+            });
+        let registry = Registry { child, port, _dir: dir };
+        eventually("the registry to answer /v2/", Duration::from_secs(20), || {
+            http("GET", &format!("http://127.0.0.1:{port}/v2/"), &[], b"").ok().filter(|r| r.status == 200)
+        });
+        registry
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_pushed_image_pulls_back_by_its_recorded_digest() {
+    let registry = Registry::start();
+    let address = format!("127.0.0.1:{}", registry.port);
+    let manifest = build_images(&["--service", "gateway", "--push", &address]);
+    let record = &manifest["images"]["gateway"];
+    let pinned = record["pushed"].as_str().expect("the push recorded a digest").to_string();
+    assert!(pinned.starts_with(&format!("{address}/gateway@sha256:")), "{pinned}");
+
+    // Forget every local name of the image, then pull it back by digest alone.
+    let image = record["image"].as_str().expect("image");
+    let tag = image.split_once(':').expect("name:tag").1;
+    docker_ok(&["rmi", "-f", &format!("{address}/gateway:{tag}"), image]);
+    let gone = docker(&["image", "inspect", &pinned]);
+    assert!(!gone.status.success(), "the image should be gone before the pull");
+    docker_ok(&["pull", &pinned]);
+    let id = docker_ok(&["image", "inspect", "--format", "{{.Id}}", &pinned]);
+    assert_eq!(id, record["id"], "the pulled image is the one xtask built");
+    // Put the local tag back for whoever uses the image next.
+    docker_ok(&["tag", &pinned, image]);
+}
+
+#[test]
+fn a_bad_registry_is_refused_before_anything_builds() {
+    let out = xtask(&["image", "build", "--push", "http://127.0.0.1:5000"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--push") && err.contains("without a scheme"), "{err}");
+}
