@@ -9,6 +9,7 @@ mod git;
 mod oci;
 mod plan;
 mod runner;
+mod scan;
 mod secrets;
 mod summary;
 #[cfg(test)]
@@ -52,7 +53,7 @@ pub struct Cli {
     /// Print the plan (every command, its environment and directory) and run nothing.
     #[arg(long, global = true)]
     pub dry_run: bool,
-    /// `human` for people; `json` prints the plan or the result as JSON on stdout.
+    /// `human` for people; `json` prints the plan or the result as JSON on stdout; `sarif` (scan only).
     #[arg(long, global = true, value_enum, default_value = "human")]
     pub format: Format,
     /// Run every step even after one fails, then report all failures.
@@ -73,6 +74,7 @@ pub enum Command {
     Build(commands::build::Args),
     Image(commands::image::Args),
     Deny(commands::deny::Args),
+    Scan(commands::scan::Args),
     Secrets(commands::secrets::Args),
     Doctor(commands::doctor::Args),
     Setup(commands::setup::Args),
@@ -97,7 +99,7 @@ impl Ctx {
     pub fn execute(&self, plan: &plan::Plan) -> anyhow::Result<ExitCode> {
         if self.dry_run {
             match self.ui.format {
-                Format::Json => println!("{}", serde_json::to_string_pretty(plan)?),
+                Format::Json | Format::Sarif => println!("{}", serde_json::to_string_pretty(plan)?),
                 Format::Human => print!("{}", plan.render_human()),
             }
             return Ok(ExitCode::SUCCESS);
@@ -162,6 +164,10 @@ fn main() -> ExitCode {
             };
         }
     };
+    if cli.format == Format::Sarif && !matches!(cli.command, Command::Scan(_)) {
+        eprintln!("error: --format sarif is only for `cargo xtask scan`; use human or json (see `cargo xtask --help`)");
+        return ExitCode::from(EXIT_USAGE);
+    }
     let ctx = Ctx {
         root: project_root(),
         ui: Ui::from_env(cli.format, cli.verbose),

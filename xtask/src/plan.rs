@@ -37,6 +37,16 @@ pub enum Internal {
     AssembleImage(Box<crate::commands::image::AssembleImage>),
     /// Merge this build's image records into the build manifest (`images.json`).
     RecordImages(Box<crate::commands::image::RecordImages>),
+    /// Run a scanner and keep its report stream in a file.
+    Capture(Box<crate::commands::scan::Capture>),
+    /// Find (or fetch) trivy's vulnerability DB and record whether it is there.
+    ProbeVulnDb(Box<crate::commands::scan::VulnDb>),
+    /// One trivy scan, with vulnerability scanning only when the DB is there.
+    Trivy(Box<crate::commands::scan::TrivyRun>),
+    /// The built-in secret rules into a findings file.
+    SecretScan { repo: PathBuf, out: PathBuf },
+    /// Merge every scanner's report, apply the ignore file, gate, write JSON and SARIF.
+    ScanReport(Box<crate::commands::scan::ReportTask>),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -170,6 +180,35 @@ impl Internal {
             Internal::RecordImages(r) => {
                 format!("merge {} image record(s) into {}", r.records.len(), r.manifest.display())
             }
+            Internal::Capture(c) => {
+                let mut line = shell_line(&BTreeMap::new(), display_program(&c.program), &c.args);
+                if let Some(p) = &c.stdout_to {
+                    line.push_str(&format!(" > {}", p.display()));
+                }
+                if let Some(p) = &c.stderr_to {
+                    line.push_str(&format!(" 2> {}", p.display()));
+                }
+                line
+            }
+            Internal::ProbeVulnDb(p) => format!(
+                "look for {}/db/trivy.db{}",
+                p.cache_dir.display(),
+                if p.try_download { ", else trivy image --download-db-only" } else { " (offline)" }
+            ),
+            Internal::Trivy(t) => format!(
+                "trivy {} (scanners: {}{})",
+                t.args.join(" "),
+                if t.scanners.is_empty() { "default".to_string() } else { t.scanners.join(",") },
+                if t.wants_vuln { ", +vuln when the DB is there" } else { "" }
+            ),
+            Internal::SecretScan { repo, out } => {
+                format!("built-in secret rules over git ls-files in {} > {}", repo.display(), out.display())
+            }
+            Internal::ScanReport(r) => format!(
+                "merge {} report(s), apply .scan-ignore.toml, write {}/report.{{json,sarif}}",
+                r.inputs.len(),
+                r.out_dir.display()
+            ),
         }
     }
 }

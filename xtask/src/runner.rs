@@ -20,6 +20,8 @@ use crate::summary::{RunReport, Status, StepResult};
 pub enum Format {
     Human,
     Json,
+    /// SARIF 2.1.0 (only `cargo xtask scan`).
+    Sarif,
 }
 
 /// How to talk to the person (or machine) on the other end.
@@ -154,7 +156,7 @@ pub fn run(plan: &Plan, ui: &Ui, opts: &Options) -> RunReport {
 /// Print the report the way the user asked for it.
 pub fn print_report(ui: &Ui, report: &RunReport) {
     match ui.format {
-        Format::Json => println!("{}", serde_json::to_string_pretty(report).unwrap_or_default()),
+        Format::Json | Format::Sarif => println!("{}", serde_json::to_string_pretty(report).unwrap_or_default()),
         Format::Human => {
             ui.info("");
             print!("{}", crate::summary::render_table(report, &|s, t| ui.paint_status(s, t)));
@@ -308,6 +310,11 @@ fn run_internal(step: &Step, task: &Internal, log: &mut dyn Write) -> StepResult
         Internal::StopTestDeps { dir } => crate::commands::test_deps::stop(dir, log),
         Internal::AssembleImage(a) => crate::commands::image::assemble(a, log),
         Internal::RecordImages(r) => crate::commands::image::record(r, log),
+        Internal::Capture(c) => crate::commands::scan::capture(c, log),
+        Internal::ProbeVulnDb(p) => crate::commands::scan::probe_vuln_db(p, log),
+        Internal::Trivy(t) => crate::commands::scan::run_trivy(t, log),
+        Internal::SecretScan { repo, out } => crate::commands::scan::secret_scan(repo, out, log),
+        Internal::ScanReport(r) => crate::commands::scan::report(r, log),
     };
     match outcome {
         Ok(()) => passed(step, started.elapsed()),

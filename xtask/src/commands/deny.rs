@@ -51,6 +51,32 @@ impl Default for Args {
 const SIBLING_SNAPSHOT: &str = "../shared/advisory-db";
 
 pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
+    let (mut plan, cargo_args) = steps(ctx, args)?;
+    let offline = cargo_args.iter().any(|a| a == "--offline");
+    let mut step = Step::cargo(
+        "deny",
+        if offline {
+            "cargo-deny against the local advisory-db snapshot"
+        } else {
+            "cargo-deny: advisories, bans, licenses, sources"
+        },
+        cargo_args,
+        &ctx.root,
+    )
+    .requiring(&CARGO_DENY);
+    if let Some(db) = plan.steps.iter().find_map(|s| match &s.action {
+        crate::plan::Action::Internal(Internal::PrepareAdvisoryDb { source, .. }) => Some(source.clone()),
+        _ => None,
+    }) {
+        step = step.reproduced_by(&format!("cargo xtask deny --offline --advisory-db {}", db.display()));
+    }
+    plan.push(step);
+    Ok(plan)
+}
+
+/// The preparation steps (advisory-db checkout, crate fetch) and the `cargo deny ...` arguments,
+/// shared by `deny` and `scan` (which asks for JSON).
+pub fn steps(ctx: &Ctx, args: &Args) -> Result<(Plan, Vec<String>)> {
     let mut plan = Plan::new("deny");
     let mut advisory_db = args.advisory_db.clone();
     let sibling = ctx.root.join(SIBLING_SNAPSHOT);
@@ -64,11 +90,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     if !offline {
         let mut cargo_args = vec!["deny", "--workspace", "--all-features", "check", "--show-stats"];
         cargo_args.extend(CHECKS);
-        plan.push(
-            Step::cargo("deny", "cargo-deny: advisories, bans, licenses, sources", cargo_args, &ctx.root)
-                .requiring(&CARGO_DENY),
-        );
-        return Ok(plan);
+        return Ok((plan, cargo_args.into_iter().map(String::from).collect()));
     }
     let Some(source) = &advisory_db else {
         return Err(UsageError(
@@ -123,12 +145,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     let mut cargo_args =
         vec!["deny", "--offline", "--workspace", "--all-features", "--config", &config, "check", "--show-stats"];
     cargo_args.extend(CHECKS);
-    plan.push(
-        Step::cargo("deny", "cargo-deny against the local advisory-db snapshot", cargo_args, &ctx.root)
-            .requiring(&CARGO_DENY)
-            .reproduced_by(&format!("cargo xtask deny --offline --advisory-db {}", source.display())),
-    );
-    Ok(plan)
+    Ok((plan, cargo_args.into_iter().map(String::from).collect()))
 }
 
 /// When and from which commit a snapshot was taken.
@@ -181,7 +198,7 @@ fn snapshot_of(source: &Path) -> Result<Snapshot> {
 }
 
 /// Days since the Unix epoch, now.
-fn today() -> i64 {
+pub fn today() -> i64 {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
     (secs / 86_400) as i64
 }

@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod fmt;
 pub mod image;
 pub mod lint;
+pub mod scan;
 pub mod secrets;
 pub mod setup;
 pub mod test;
@@ -27,6 +28,7 @@ pub fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Test(args) => ctx.execute(&test::plan(ctx, &ctx.workspace()?, &args)?),
         Command::Build(args) => ctx.execute(&build::plan(ctx, &ctx.workspace()?, &args)?),
         Command::Image(args) => image::run(ctx, &args),
+        Command::Scan(args) => scan::run(ctx, &args),
         Command::Deny(args) => ctx.execute(&deny::plan(ctx, &args)?),
         Command::Secrets(args) => secrets::run(ctx, &args),
         Command::Doctor(args) => doctor::run(ctx, &args),
