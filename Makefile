@@ -1,6 +1,6 @@
 # Muscle memory only: every target is exactly one `cargo xtask` command, so `make X` and
 # `cargo xtask X` never differ. `make help` lists what xtask can do.
-.PHONY: help ci test lint fmt fmt-check build release deny secrets doctor setup workflows
+.PHONY: help ci test lint fmt fmt-check build release deny secrets image scan doctor setup workflows
 .DEFAULT_GOAL := help
 
 help:
@@ -23,6 +23,10 @@ deny:
 	cargo xtask deny
 secrets:
 	cargo xtask secrets
+image:
+	cargo xtask image build
+scan:
+	cargo xtask scan
 doctor:
 	cargo xtask doctor
 setup:

@@ -131,66 +131,123 @@ fn every_service_image_runs_as_nonroot_turns_healthy_and_answers_on_loopback() {
     ];
 
     for (service, record) in images {
-        let image = record["image"].as_str().expect("image");
-        let id = docker_ok(&["image", "inspect", "--format", "{{.Id}}", image]);
-        assert_eq!(id, record["id"], "docker's image ID is the config digest xtask wrote");
-        let labels: serde_json::Value =
-            serde_json::from_str(&docker_ok(&["image", "inspect", "--format", "{{json .Config.Labels}}", image]))
-                .expect("labels");
-        assert_eq!(labels["org.opencontainers.image.title"], service.as_str());
-        assert_eq!(labels["org.opencontainers.image.revision"], record["revision"]);
-        assert_eq!(labels["org.opencontainers.image.created"], record["created"]);
-        for key in ["source", "version"] {
-            let value = labels[format!("org.opencontainers.image.{key}")].as_str().unwrap_or_default();
-            assert!(!value.is_empty(), "{image} lacks org.opencontainers.image.{key}");
+        assert_runs_healthy_as_nonroot(service, record, &network, &env);
+    }
+}
+
+/// Labels, user, HEALTHCHECK-driven health, the process's real uid, and `/healthz` on a
+/// 127.0.0.1-published port: what every service image must do.
+fn assert_runs_healthy_as_nonroot(
+    service: &str,
+    record: &serde_json::Value,
+    network: &Network,
+    env: &[(&str, String)],
+) {
+    let image = record["image"].as_str().expect("image");
+    let id = docker_ok(&["image", "inspect", "--format", "{{.Id}}", image]);
+    assert_eq!(id, record["id"], "docker's image ID is the one recorded");
+    let labels: serde_json::Value =
+        serde_json::from_str(&docker_ok(&["image", "inspect", "--format", "{{json .Config.Labels}}", image]))
+            .expect("labels");
+    assert_eq!(labels["org.opencontainers.image.title"], service);
+    assert_eq!(labels["org.opencontainers.image.revision"], record["revision"]);
+    assert_eq!(labels["org.opencontainers.image.created"], record["created"]);
+    for key in ["source", "version"] {
+        let value = labels[format!("org.opencontainers.image.{key}")].as_str().unwrap_or_default();
+        assert!(!value.is_empty(), "{image} lacks org.opencontainers.image.{key}");
+    }
+    assert_eq!(docker_ok(&["image", "inspect", "--format", "{{.Config.User}}", image]), "65532:65532");
+
+    let name = format!("xtask-image-test-{service}-{}", std::process::id());
+    let _ = docker(&["rm", "-f", &name]);
+    let port =
+        docker_ok(&["image", "inspect", "--format", "{{range $p, $_ := .Config.ExposedPorts}}{{$p}}{{end}}", image]);
+    let mut args: Vec<String> =
+        ["run", "-d", "--name", &name, "--network", &network.name, "--health-interval", "1s", "-p"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    args.push(format!("127.0.0.1::{}", port.trim_end_matches("/tcp")));
+    for (k, v) in env {
+        args.extend(["-e".to_string(), format!("{k}={v}")]);
+    }
+    args.push(image.to_string());
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    docker_ok(&args);
+    let container = Container(name);
+
+    let status = eventually(&format!("{image} to report healthy"), Duration::from_secs(60), || {
+        let status = docker_ok(&["inspect", "--format", "{{.State.Status}} {{.State.Health.Status}}", &container.0]);
+        assert!(
+            !status.starts_with("exited"),
+            "{image} exited; logs:\n{}",
+            text(&docker(&["logs", &container.0]).stderr)
+        );
+        (status == "running healthy").then_some(status)
+    });
+    assert_eq!(status, "running healthy");
+
+    let pid = docker_ok(&["inspect", "--format", "{{.State.Pid}}", &container.0]);
+    let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
+    let uid_line = proc_status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
+    assert!(uid_line.split_whitespace().skip(1).all(|u| u == "65532"), "{image} runs as {uid_line}");
+
+    let published = docker_ok(&["port", &container.0, &port]);
+    let published = published.lines().next().expect("a published address");
+    assert!(published.starts_with("127.0.0.1:"), "{image} published on {published}, not loopback");
+    let health = http("GET", &format!("http://{published}/healthz"), &[], b"").expect("GET /healthz");
+    assert_eq!(health.status, 200, "{image} /healthz: {}", health.text());
+}
+
+/// The docker builder (infra/docker/Dockerfile, cargo-chef) with a builder image assembled
+/// here: debootstrapped Debian plus this machine's toolchain (no Rust image can be pulled).
+#[test]
+fn the_docker_builder_with_a_locally_made_builder_image_makes_a_healthy_image() {
+    let out = xtask(&["image", "builder"]);
+    assert!(out.status.success(), "cargo xtask image builder:\n{}", text(&out.stderr));
+    let manifest = build_images(&["--builder", "docker", "--service", "gateway"]);
+    let record = &manifest["images"]["gateway"];
+    assert_eq!(record["builder"], "docker");
+    let network = Network::create();
+    let env = [("GATEWAY_ROUTES", "/v1/jobs=http://127.0.0.1:9".to_string())];
+    assert_runs_healthy_as_nonroot("gateway", record, &network, &env);
+}
+
+/// The scan's image part on real images: a CycloneDX SBOM per image listing the crates that
+/// cargo-auditable embedded, and the image configs pass trivy's checks.
+#[test]
+fn scanning_the_images_writes_an_sbom_listing_their_crates() {
+    let manifest = build_images(&["--no-load"]);
+    let out = xtask(&[
+        "scan",
+        "--skip",
+        "deny",
+        "--skip",
+        "secrets",
+        "--skip",
+        "fs",
+        "--skip",
+        "config",
+        "--offline",
+        "--format",
+        "json",
+    ]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", text(&out.stdout), text(&out.stderr)));
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    for service in manifest["images"].as_object().expect("images").keys() {
+        let scanner =
+            report["scanners"].as_array().expect("scanners").iter().find(|s| s["source"] == format!("image:{service}"));
+        assert!(scanner.is_some_and(|s| s["status"].as_str().unwrap_or("").starts_with("ok")), "{report:#}");
+        let sbom_path = target_dir().join(format!("xtask/sbom/{service}.cdx.json"));
+        let sbom: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&sbom_path).expect("sbom written")).expect("json");
+        assert_eq!(sbom["bomFormat"], "CycloneDX");
+        let names: Vec<&str> =
+            sbom["components"].as_array().expect("components").iter().filter_map(|c| c["name"].as_str()).collect();
+        for krate in ["tokio", "service-runtime"] {
+            assert!(names.contains(&krate), "{service}'s SBOM lacks {krate}: cargo-auditable data missing? {names:?}");
         }
-        assert_eq!(docker_ok(&["image", "inspect", "--format", "{{.Config.User}}", image]), "65532:65532");
-
-        let name = format!("xtask-image-test-{service}-{}", std::process::id());
-        let _ = docker(&["rm", "-f", &name]);
-        let port = docker_ok(&[
-            "image",
-            "inspect",
-            "--format",
-            "{{range $p, $_ := .Config.ExposedPorts}}{{$p}}{{end}}",
-            image,
-        ]);
-        let mut args: Vec<String> =
-            ["run", "-d", "--name", &name, "--network", &network.name, "--health-interval", "1s", "-p"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        args.push(format!("127.0.0.1::{}", port.trim_end_matches("/tcp")));
-        for (k, v) in &env {
-            args.extend(["-e".to_string(), format!("{k}={v}")]);
-        }
-        args.push(image.to_string());
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        docker_ok(&args);
-        let container = Container(name);
-
-        let status = eventually(&format!("{image} to report healthy"), Duration::from_secs(60), || {
-            let status =
-                docker_ok(&["inspect", "--format", "{{.State.Status}} {{.State.Health.Status}}", &container.0]);
-            assert!(
-                !status.starts_with("exited"),
-                "{image} exited; logs:\n{}",
-                text(&docker(&["logs", &container.0]).stderr)
-            );
-            (status == "running healthy").then_some(status)
-        });
-        assert_eq!(status, "running healthy");
-
-        let pid = docker_ok(&["inspect", "--format", "{{.State.Pid}}", &container.0]);
-        let proc_status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("process status");
-        let uid_line = proc_status.lines().find(|l| l.starts_with("Uid:")).expect("Uid line");
-        assert!(uid_line.split_whitespace().skip(1).all(|u| u == "65532"), "{image} runs as {uid_line}");
-
-        let published = docker_ok(&["port", &container.0, &port]);
-        let published = published.lines().next().expect("a published address");
-        assert!(published.starts_with("127.0.0.1:"), "{image} published on {published}, not loopback");
-        let health = http("GET", &format!("http://{published}/healthz"), &[], b"").expect("GET /healthz");
-        assert_eq!(health.status, 200, "{image} /healthz: {}", health.text());
     }
 }
 

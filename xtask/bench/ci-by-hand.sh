@@ -28,3 +28,7 @@ rm -rf "$deps"
 cargo fetch --locked
 cargo deny --offline --workspace --all-features --config "$target"/xtask/deny/deny-offline.toml check --show-stats advisories bans licenses sources
 cargo build --workspace --locked --release
+
+# The image stage's compile; writing the image tars and the trivy scans have no by-hand
+# equivalent short of Dockerfiles, so the by-hand baseline stops here.
+CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' cargo auditable build --release --locked --target x86_64-unknown-linux-gnu -p api -p gateway -p worker

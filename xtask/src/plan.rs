@@ -37,6 +37,10 @@ pub enum Internal {
     AssembleImage(Box<crate::commands::image::AssembleImage>),
     /// Merge this build's image records into the build manifest (`images.json`).
     RecordImages(Box<crate::commands::image::RecordImages>),
+    /// Debootstrap a Debian root file system.
+    Debootstrap(Box<crate::commands::image::Debootstrap>),
+    /// Turn the root fs plus this machine's toolchain into the docker builder's image.
+    ImportBuilder(Box<crate::commands::image::ImportBuilder>),
     /// Run a scanner and keep its report stream in a file.
     Capture(Box<crate::commands::scan::Capture>),
     /// Find (or fetch) trivy's vulnerability DB and record whether it is there.
@@ -180,6 +184,19 @@ impl Internal {
             Internal::RecordImages(r) => {
                 format!("merge {} image record(s) into {}", r.records.len(), r.manifest.display())
             }
+            Internal::Debootstrap(d) => format!(
+                "debootstrap --variant=minbase --include={} {} {} {}",
+                d.include.join(","),
+                d.suite,
+                d.dir.display(),
+                d.mirror
+            ),
+            Internal::ImportBuilder(b) => format!(
+                "copy {} (bin, lib) and cargo-chef into {}, then tar | docker import - {}",
+                b.sysroot.display(),
+                b.dir.display(),
+                b.tag
+            ),
             Internal::Capture(c) => {
                 let mut line = shell_line(&BTreeMap::new(), display_program(&c.program), &c.args);
                 if let Some(p) = &c.stdout_to {

@@ -310,6 +310,8 @@ fn run_internal(step: &Step, task: &Internal, log: &mut dyn Write) -> StepResult
         Internal::StopTestDeps { dir } => crate::commands::test_deps::stop(dir, log),
         Internal::AssembleImage(a) => crate::commands::image::assemble(a, log),
         Internal::RecordImages(r) => crate::commands::image::record(r, log),
+        Internal::Debootstrap(d) => crate::commands::image::debootstrap(d, log),
+        Internal::ImportBuilder(b) => crate::commands::image::import_builder(b, log),
         Internal::Capture(c) => crate::commands::scan::capture(c, log),
         Internal::ProbeVulnDb(p) => crate::commands::scan::probe_vuln_db(p, log),
         Internal::Trivy(t) => crate::commands::scan::run_trivy(t, log),

@@ -260,3 +260,36 @@ fn tests_that_start_other_binaries_declare_it() {
         }
     }
 }
+
+/// The BuildKit Dockerfile is the legacy one plus cache mounts: nothing else may drift.
+#[test]
+fn the_buildkit_dockerfile_differs_only_in_cache_mounts() {
+    let instructions = |file: &str| -> Vec<String> {
+        read(file)
+            .lines()
+            .filter(|l| !l.trim_start().starts_with('#'))
+            .map(|l| {
+                let mut line = l.trim().to_string();
+                while let Some(start) = line.find("--mount=") {
+                    let end = line[start..].find(' ').map_or(line.len(), |e| start + e + 1);
+                    line.replace_range(start..end, "");
+                }
+                line.trim_end_matches('\\').trim().to_string()
+            })
+            .filter(|l| !l.is_empty())
+            .collect()
+    };
+    let legacy = instructions("infra/docker/Dockerfile");
+    let buildkit = instructions("infra/docker/Dockerfile.buildkit");
+    assert!(legacy.iter().all(|l| !l.contains("--mount")), "the legacy builder rejects RUN --mount");
+    assert!(read("infra/docker/Dockerfile.buildkit").contains("--mount=type=cache"), "no cache mounts");
+    // `RUN --mount... \` becomes a bare `RUN` line; join it to the command that follows.
+    let joined: Vec<String> = buildkit.iter().fold(Vec::new(), |mut acc, l| {
+        match acc.last_mut() {
+            Some(last) if last == "RUN" => *last = format!("RUN {l}"),
+            _ => acc.push(l.clone()),
+        }
+        acc
+    });
+    assert_eq!(legacy, joined, "infra/docker/Dockerfile and Dockerfile.buildkit drifted apart");
+}

@@ -175,6 +175,16 @@ pub const DOCKER_REGISTRY: Tool = Tool {
     install_hint: "cargo xtask setup (apt-get install docker-registry)",
 };
 
+pub const DEBOOTSTRAP: Tool = Tool {
+    name: "debootstrap",
+    binary: "debootstrap",
+    version_args: &["--version"],
+    source: Source::Apt("debootstrap"),
+    minimum: Some("1.0"),
+    needed_by: &["image builder", "dev base (offline dependency images)"],
+    install_hint: "cargo xtask setup (apt-get install debootstrap)",
+};
+
 /// Every tool `doctor` reports on, in the order it prints them.
 pub const ALL: &[&Tool] = &[
     &CARGO,
@@ -191,6 +201,7 @@ pub const ALL: &[&Tool] = &[
     &DOCKER,
     &DOCKER_COMPOSE,
     &DOCKER_REGISTRY,
+    &DEBOOTSTRAP,
     &KUBECTL,
 ];
 

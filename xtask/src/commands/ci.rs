@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::commands::{build, deny, fmt, lint, secrets, test};
+use crate::commands::{build, deny, fmt, image, lint, scan, secrets, test};
 use crate::plan::Plan;
-use crate::tools::NEXTEST;
+use crate::tools::{DOCKER, NEXTEST, TRIVY};
 use crate::{Ctx, UsageError, affected};
 
 /// One stage of `ci` and the granular command that is its CI job.
@@ -21,18 +21,30 @@ pub struct Stage {
     pub about: &'static str,
     /// The job runs `cargo xtask setup` first (its step needs a pinned tool).
     pub needs_setup: bool,
+    /// Commands (after `cargo xtask`) the job runs first because a fresh runner lacks their
+    /// output; locally the earlier stage already made it (the scan needs the images).
+    pub prepare: &'static [&'static str],
 }
 
 pub const STAGES: &[Stage] = &[
-    Stage { name: "secrets", command: "secrets", about: "Secret scan", needs_setup: true },
-    Stage { name: "fmt", command: "fmt --check", about: "Formatting", needs_setup: false },
-    Stage { name: "lint", command: "lint", about: "Clippy", needs_setup: false },
-    Stage { name: "test", command: "test", about: "Tests", needs_setup: true },
-    Stage { name: "deny", command: "deny", about: "Dependency policy (cargo-deny)", needs_setup: true },
-    Stage { name: "build", command: "build --release", about: "Release build", needs_setup: false },
+    Stage { name: "secrets", command: "secrets", about: "Secret scan", needs_setup: true, prepare: &[] },
+    Stage { name: "fmt", command: "fmt --check", about: "Formatting", needs_setup: false, prepare: &[] },
+    Stage { name: "lint", command: "lint", about: "Clippy", needs_setup: false, prepare: &[] },
+    Stage { name: "test", command: "test", about: "Tests", needs_setup: true, prepare: &[] },
+    Stage { name: "deny", command: "deny", about: "Dependency policy (cargo-deny)", needs_setup: true, prepare: &[] },
+    Stage { name: "build", command: "build --release", about: "Release build", needs_setup: false, prepare: &[] },
+    Stage { name: "image", command: "image build", about: "Container images", needs_setup: true, prepare: &[] },
+    // deny and secrets are stages of their own; the scan adds trivy's scans, SBOMs and the gate.
+    Stage {
+        name: "scan",
+        command: "scan --skip deny --skip secrets",
+        about: "Security scan (trivy, SBOMs)",
+        needs_setup: true,
+        prepare: &["image build --no-load"],
+    },
 ];
 
-/// Run what CI runs: secrets, fmt --check, lint, test, deny and a release build.
+/// Run what CI runs: secrets, fmt --check, lint, test, deny, a release build, images and the scan.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
     /// Lint and test only the packages affected by changes since --base (and what depends on them).
@@ -47,6 +59,11 @@ pub struct Args {
     /// Check advisories against this local advisory-db copy instead of fetching it.
     #[arg(long, value_name = "PATH", env = "XTASK_ADVISORY_DB")]
     pub advisory_db: Option<PathBuf>,
+}
+
+/// `CI` is set (as GitHub Actions and .ci/run set it): missing tools fail instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
 }
 
 pub fn default_base(ctx: &Ctx) -> String {
@@ -101,6 +118,30 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             "test" => test::plan_for(ctx, &ws, &packages, None, NEXTEST.locate().is_some())?,
             "deny" => deny::plan(ctx, &deny::Args { advisory_db: args.advisory_db.clone(), ..deny::Args::default() })?,
             "build" => build::plan(ctx, &ws, &build::Args { release: true, ..build::Args::default() })?,
+            "image" | "scan" if !in_ci() && DOCKER.locate().is_none() => {
+                plan.notes.push(format!("stage {} skipped: docker not found ({})", stage.name, DOCKER.install_hint));
+                continue;
+            }
+            "scan" if !in_ci() && TRIVY.locate().is_none() => {
+                plan.notes.push(format!("stage scan skipped: trivy not found ({})", TRIVY.install_hint));
+                continue;
+            }
+            // Under CI a missing docker fails the step with the install hint (it `requires` docker).
+            "image" => image::plan(
+                ctx,
+                &ws,
+                &image::BuildArgs { changed: args.changed, base: args.base.clone(), ..Default::default() },
+            )?,
+            "scan" => scan::plan(
+                ctx,
+                &scan::Args {
+                    skip: vec![scan::Scan::Deny, scan::Scan::Secrets],
+                    advisory_db: args.advisory_db.clone(),
+                    require_vuln_db: std::env::var("XTASK_REQUIRE_VULN_DB")
+                        .is_ok_and(|v| ["1", "true", "yes", "on"].contains(&v.trim().to_ascii_lowercase().as_str())),
+                    ..Default::default()
+                },
+            )?,
             other => unreachable!("stage {other} has no plan"),
         };
         plan.extend(part);

@@ -39,9 +39,24 @@ pub struct Args {
 pub enum ImageCommand {
     /// Build service images (host build + xtask-written tars), load them into Docker, record digests.
     Build(BuildArgs),
+    /// Make the docker builder's image offline: Debian (debootstrap) + this machine's Rust + cargo-chef.
+    Builder(BuilderArgs),
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BuilderArgs {
+    /// Tag of the builder image (default: xtask-rust-builder:<rustc version>).
+    #[arg(long, value_name = "IMAGE")]
+    pub tag: Option<String>,
+    /// Debian mirror for debootstrap.
+    #[arg(long, value_name = "URL", default_value = "http://deb.debian.org/debian")]
+    pub mirror: String,
+    /// Make the Debian root file system again even if a finished one is cached.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Builder {
     /// Compile on this machine, write the image tars in xtask (fast, reproducible).
@@ -67,9 +82,10 @@ pub struct BuildArgs {
     /// Where the change starts (default: origin/main, else main); see `cargo xtask ci --changed`.
     #[arg(long, value_name = "REF", requires = "changed")]
     pub base: Option<String>,
-    /// The image the docker builder compiles in (must have Rust and cargo-chef).
-    #[arg(long, value_name = "IMAGE", default_value = "rust:1.95-bookworm")]
-    pub builder_image: String,
+    /// The image the docker builder compiles in (Rust + cargo-chef); default: the one
+    /// `cargo xtask image builder` made, else rust:<version>-bookworm from Docker Hub.
+    #[arg(long, value_name = "IMAGE")]
+    pub builder_image: Option<String>,
     /// Write the tars only: no `docker load`, no push (no Docker needed).
     #[arg(long, conflicts_with = "push")]
     pub no_load: bool,
@@ -78,6 +94,7 @@ pub struct BuildArgs {
 pub fn run(ctx: &Ctx, args: &Args) -> Result<std::process::ExitCode> {
     match &args.command {
         ImageCommand::Build(build) => ctx.execute(&plan(ctx, &ctx.workspace()?, build)?),
+        ImageCommand::Builder(builder) => ctx.execute(&builder_plan(ctx, &ctx.workspace()?, builder)?),
     }
 }
 
@@ -157,13 +174,15 @@ pub struct ImageRecord {
     pub created: String,
     /// Docker's image ID: the config digest.
     pub id: String,
-    /// Digest of the OCI manifest inside the tar.
-    pub manifest_digest: String,
+    /// Digest of the OCI manifest inside the tar (host builder only).
+    pub manifest_digest: Option<String>,
     pub tar: PathBuf,
     pub tar_sha256: String,
-    pub binary_size: u64,
-    /// The compressed layer: what pulling the image costs.
-    pub layer_size: u64,
+    pub binary_size: Option<u64>,
+    /// The compressed layer: what pulling the image costs (host builder only).
+    pub layer_size: Option<u64>,
+    #[serde(default)]
+    pub builder: Builder,
     /// Set by `--push`: `<registry>/<service>@sha256:...`, what deploy pins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed: Option<String>,
@@ -207,6 +226,16 @@ pub struct RecordImages {
     /// Images were loaded into Docker: check that Docker's image ID is ours.
     pub loaded: bool,
     pub registry: Option<String>,
+    /// Images `docker build` made (no record file: Docker is the source of truth).
+    pub docker_built: Vec<DockerBuilt>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct DockerBuilt {
+    pub service: String,
+    pub image: String,
+    pub tar: PathBuf,
+    pub revision: Revision,
 }
 
 fn services_to_build(ctx: &Ctx, ws: &Workspace, args: &BuildArgs, plan: &mut Plan) -> Result<Vec<String>> {
@@ -301,7 +330,7 @@ fn host_steps(
     let mut cargo_args: Vec<String> = Vec::new();
     if auditable {
         cargo_args.push("auditable".into());
-    } else if std::env::var_os("CI").is_some() {
+    } else if crate::commands::ci::in_ci() {
         return Err(anyhow::anyhow!(
             "cargo-auditable not found on PATH (CI images must carry their dependency list for scanners); install: {}",
             CARGO_AUDITABLE.install_hint
@@ -388,18 +417,53 @@ fn host_steps(
             );
         }
     }
-    plan.push(record_step(ws, records, !args.no_load, args.push.clone()));
+    plan.push(record_step(ws, records, !args.no_load, args.push.clone(), Vec::new()));
     Ok(())
 }
 
-fn record_step(ws: &Workspace, records: Vec<PathBuf>, loaded: bool, registry: Option<String>) -> Step {
+fn record_step(
+    ws: &Workspace,
+    records: Vec<PathBuf>,
+    loaded: bool,
+    registry: Option<String>,
+    docker_built: Vec<DockerBuilt>,
+) -> Step {
     let manifest = manifest_path(ws);
     Step::internal(
         "image:record",
         &format!("record tags and digests in {}", manifest.display()),
-        Internal::RecordImages(Box::new(RecordImages { records, manifest, loaded, registry })),
+        Internal::RecordImages(Box::new(RecordImages { records, manifest, loaded, registry, docker_built })),
         "cargo xtask image build",
     )
+}
+
+/// The Docker client that can drive BuildKit here, if any: `docker` with buildx, or a 20.10
+/// client (BuildKit built in; newer clients need the buildx plugin for it).
+fn buildkit_client() -> Option<String> {
+    if std::env::var("DOCKER_BUILDKIT").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let works =
+        |program: &str, args: &[&str]| clean_command(program).args(args).output().is_ok_and(|o| o.status.success());
+    if works("docker", &["buildx", "version"]) {
+        return Some("docker".into());
+    }
+    let legacy_client = "/usr/bin/docker";
+    let version = clean_command(legacy_client).args(["version", "--format", "{{.Client.Version}}"]).output().ok()?;
+    String::from_utf8_lossy(&version.stdout).starts_with("20.").then(|| legacy_client.to_string())
+}
+
+pub fn rust_version() -> Result<String> {
+    let out = clean_command("rustc").arg("--version").output().context("running rustc --version")?;
+    crate::tools::parse_version(&String::from_utf8_lossy(&out.stdout)).context("rustc printed no version")
+}
+
+pub fn default_builder_tag() -> Result<String> {
+    Ok(format!("xtask-rust-builder:{}", rust_version()?))
+}
+
+fn image_exists(reference: &str) -> bool {
+    clean_command("docker").args(["image", "inspect", reference]).output().is_ok_and(|o| o.status.success())
 }
 
 fn docker_steps(
@@ -410,8 +474,248 @@ fn docker_steps(
     revision: &Revision,
     plan: &mut Plan,
 ) -> Result<()> {
-    let _ = (ctx, ws, args, services, revision, plan);
-    Err(UsageError("--builder docker is not available yet".into()).into())
+    let builder_image = match &args.builder_image {
+        Some(image) => image.clone(),
+        None => {
+            let local = default_builder_tag()?;
+            if image_exists(&local) {
+                local
+            } else {
+                plan.notes.push(format!(
+                    "no local builder image {local}: using rust:{}-bookworm from Docker Hub (offline: run `cargo xtask image builder`)",
+                    rust_version()?
+                ));
+                format!("rust:{}-bookworm", rust_version()?)
+            }
+        }
+    };
+    let (program, dockerfile, buildkit) = match buildkit_client() {
+        Some(program) => (program, "infra/docker/Dockerfile.buildkit", "1"),
+        None => ("docker".to_string(), "infra/docker/Dockerfile", "0"),
+    };
+    plan.notes.push(if buildkit == "1" {
+        format!("docker builder: BuildKit through {program}, cache mounts for the registry and target dir")
+    } else {
+        "docker builder: legacy builder (no BuildKit client here): layer caching only".to_string()
+    });
+    let mut built = Vec::new();
+    for service in services {
+        let meta = ws.members[service].service.as_ref().context("service metadata")?;
+        let image = format!("{service}:{}", revision.tag);
+        let build_args = [
+            ("BUILDER_IMAGE", builder_image.clone()),
+            ("SERVICE", service.clone()),
+            ("PORT", meta.port.to_string()),
+            ("REVISION", revision.sha.clone()),
+            ("CREATED", revision.created.clone()),
+            ("VERSION", ws.members[service].version.clone()),
+            ("SOURCE", source_of(ctx, ws, service)),
+        ];
+        let mut docker_args: Vec<String> =
+            vec!["build".into(), "-f".into(), dockerfile.into(), "--target".into(), "runtime".into()];
+        for (k, v) in build_args {
+            docker_args.extend(["--build-arg".into(), format!("{k}={v}")]);
+        }
+        docker_args.extend(["-t".into(), image.clone(), ".".into()]);
+        plan.push(
+            Step::exec(
+                &format!("image:docker-build:{service}"),
+                &format!("docker build {image} ({dockerfile})"),
+                &program,
+                docker_args,
+                &ctx.root,
+            )
+            .with_env("DOCKER_BUILDKIT", buildkit)
+            .requiring(&DOCKER),
+        );
+        let tar = output_dir(ws).join("images").join(format!("{service}.tar"));
+        plan.push(
+            Step::exec(
+                &format!("image:save:{service}"),
+                &format!("docker save {image} (for scans)"),
+                "docker",
+                ["save", "-o", &tar.display().to_string(), &image],
+                &ctx.root,
+            )
+            .requiring(&DOCKER),
+        );
+        if let Some(registry) = &args.push {
+            let remote = format!("{registry}/{image}");
+            plan.push(
+                Step::exec(
+                    &format!("image:tag:{service}"),
+                    &format!("tag {remote}"),
+                    "docker",
+                    ["tag", &image, &remote],
+                    &ctx.root,
+                )
+                .requiring(&DOCKER),
+            );
+            plan.push(
+                Step::exec(
+                    &format!("image:push:{service}"),
+                    &format!("push {remote}"),
+                    "docker",
+                    ["push", &remote],
+                    &ctx.root,
+                )
+                .requiring(&DOCKER),
+            );
+        }
+        built.push(DockerBuilt { service: service.clone(), image, tar, revision: revision.clone() });
+    }
+    plan.push(record_step(ws, Vec::new(), true, args.push.clone(), built));
+    Ok(())
+}
+
+/// Debootstrap a Debian root file system (once; cached with a marker file).
+#[derive(Clone, Debug, Serialize)]
+pub struct Debootstrap {
+    pub dir: PathBuf,
+    pub suite: String,
+    pub mirror: String,
+    pub include: Vec<String>,
+}
+
+/// Put this machine's toolchain, cargo-chef and CA bundle into the root fs, then `docker import` it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImportBuilder {
+    pub dir: PathBuf,
+    pub sysroot: PathBuf,
+    pub cargo_chef: PathBuf,
+    pub tag: String,
+}
+
+const ROOTFS_MARKER: &str = ".xtask-rootfs-complete";
+
+pub fn builder_plan(ctx: &Ctx, ws: &Workspace, args: &BuilderArgs) -> Result<Plan> {
+    let mut plan = Plan::new("image builder");
+    let tag = match &args.tag {
+        Some(t) => t.clone(),
+        None => default_builder_tag()?,
+    };
+    let dir = output_dir(ws).join("rootfs/rust-builder");
+    if args.fresh || !dir.join(ROOTFS_MARKER).is_file() {
+        plan.push(
+            Step::internal(
+                "builder:debootstrap",
+                "Debian bookworm with gcc and libc6-dev (static glibc) via debootstrap",
+                Internal::Debootstrap(Box::new(Debootstrap {
+                    dir: dir.clone(),
+                    suite: "bookworm".into(),
+                    mirror: args.mirror.clone(),
+                    include: ["gcc", "libc6-dev", "ca-certificates"].map(String::from).to_vec(),
+                })),
+                "cargo xtask image builder --fresh",
+            )
+            .requiring(&crate::tools::DEBOOTSTRAP),
+        );
+    } else {
+        plan.notes.push(format!("reusing the Debian root fs in {} (--fresh to remake it)", dir.display()));
+    }
+    let pin = crate::tools::pins().cargo.get("cargo-chef").cloned().context("xtask/tools.toml pins cargo-chef")?;
+    let chef_root = output_dir(ws).join(format!("tools/cargo-chef-{pin}"));
+    let cargo_chef = chef_root.join("bin/cargo-chef");
+    if !cargo_chef.is_file() {
+        plan.push(Step::cargo(
+            "builder:cargo-chef",
+            &format!("install cargo-chef {pin} for the builder image"),
+            ["install", "--locked", &format!("cargo-chef@{pin}"), "--root", &chef_root.display().to_string()],
+            &ctx.root,
+        ));
+    }
+    let sysroot = clean_command("rustc").args(["--print", "sysroot"]).output().context("rustc --print sysroot")?;
+    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    plan.push(
+        Step::internal(
+            "builder:import",
+            &format!("add Rust {} and cargo-chef, docker import {tag}", rust_version()?),
+            Internal::ImportBuilder(Box::new(ImportBuilder { dir, sysroot, cargo_chef, tag })),
+            "cargo xtask image builder",
+        )
+        .requiring(&DOCKER),
+    );
+    Ok(plan)
+}
+
+pub fn debootstrap(task: &Debootstrap, log: &mut dyn std::io::Write) -> Result<()> {
+    if task.dir.exists() {
+        std::fs::remove_dir_all(&task.dir)
+            .with_context(|| format!("removing the unfinished {}", task.dir.display()))?;
+    }
+    std::fs::create_dir_all(&task.dir)?;
+    let program = crate::tools::DEBOOTSTRAP.require()?;
+    let include = format!("--include={}", task.include.join(","));
+    let args = ["--variant=minbase", include.as_str(), task.suite.as_str()];
+    writeln!(log, "$ {} {} {} {}", program.display(), args.join(" "), task.dir.display(), task.mirror)?;
+    let out =
+        clean_command(&program).args(args).arg(&task.dir).arg(&task.mirror).output().context("running debootstrap")?;
+    if !out.status.success() {
+        log.write_all(&out.stdout)?;
+        log.write_all(&out.stderr)?;
+        bail!("debootstrap failed (it needs root and a reachable Debian mirror; see above)");
+    }
+    std::fs::write(task.dir.join(ROOTFS_MARKER), b"")?;
+    writeln!(log, "root fs ready in {}", task.dir.display())?;
+    Ok(())
+}
+
+fn run_checked(cmd: &mut std::process::Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+pub fn import_builder(task: &ImportBuilder, log: &mut dyn std::io::Write) -> Result<()> {
+    let rust = task.dir.join("usr/local/rust");
+    if rust.exists() {
+        std::fs::remove_dir_all(&rust)?;
+    }
+    std::fs::create_dir_all(&rust)?;
+    std::fs::create_dir_all(task.dir.join("usr/local/cargo/bin"))?;
+    // The toolchain without its documentation (bin/ and lib/ are what cargo and rustc need).
+    run_checked(
+        clean_command("cp").arg("-a").arg(task.sysroot.join("bin")).arg(task.sysroot.join("lib")).arg(&rust),
+        "copying the toolchain",
+    )?;
+    std::fs::copy(&task.cargo_chef, task.dir.join("usr/local/cargo/bin/cargo-chef")).context("copying cargo-chef")?;
+    // Trust what this machine trusts (a company proxy's CA, say), or cargo cannot reach crates.io.
+    let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+    if bundle.is_file() {
+        std::fs::copy(bundle, task.dir.join("etc/ssl/certs/ca-certificates.crt")).context("copying CA bundle")?;
+    }
+    writeln!(log, "$ tar -C {} -c . | docker import - {}", task.dir.display(), task.tag)?;
+    let mut tar = clean_command("tar")
+        .arg("-C")
+        .arg(&task.dir)
+        .args(["--exclude", ROOTFS_MARKER, "-c", "."])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running tar")?;
+    let stdin = tar.stdout.take().context("tar's stdout")?;
+    let out = clean_command("docker")
+        .args([
+            "import",
+            "--change",
+            "ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+            "--change",
+            "ENV CARGO_HOME=/usr/local/cargo",
+            "--change",
+            "WORKDIR /src",
+            "-",
+            &task.tag,
+        ])
+        .stdin(stdin)
+        .output()
+        .context("running docker import")?;
+    let tar_ok = tar.wait()?.success();
+    if !out.status.success() || !tar_ok {
+        bail!("docker import failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    writeln!(log, "builder image {} ({})", task.tag, String::from_utf8_lossy(&out.stdout).trim())?;
+    Ok(())
 }
 
 /// An ELF with a `PT_INTERP` program header needs a dynamic loader, which scratch does not have.
@@ -475,11 +779,12 @@ pub fn assemble(task: &AssembleImage, log: &mut dyn std::io::Write) -> Result<()
         dirty: task.revision.dirty,
         created: task.revision.created.clone(),
         id: digests.config.clone(),
-        manifest_digest: digests.manifest.clone(),
+        manifest_digest: Some(digests.manifest.clone()),
         tar: task.tar.clone(),
         tar_sha256: oci::sha256_hex(&tar),
-        binary_size: binary.len() as u64,
-        layer_size: digests.layer_size,
+        binary_size: Some(binary.len() as u64),
+        layer_size: Some(digests.layer_size),
+        builder: Builder::Host,
         pushed: None,
     };
     write_atomically(&task.record, &serde_json::to_vec_pretty(&record)?)?;
@@ -488,8 +793,8 @@ pub fn assemble(task: &AssembleImage, log: &mut dyn std::io::Write) -> Result<()
         "{}: {} (binary {} KiB, layer {} KiB, id {})",
         record.image,
         task.tar.display(),
-        record.binary_size / 1024,
-        record.layer_size / 1024,
+        binary.len() / 1024,
+        digests.layer_size / 1024,
         &record.id[..19]
     )?;
     Ok(())
@@ -507,6 +812,17 @@ fn docker_inspect(reference: &str, format: &str) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
+/// `<registry>/<service>@sha256:...` from Docker's record of the push.
+fn pushed_digest(registry: &str, record: &ImageRecord) -> Result<String> {
+    let repository = format!("{registry}/{}", record.service);
+    let digests = docker_inspect(&record.image, "{{json .RepoDigests}}")?;
+    let digests: Vec<String> = serde_json::from_str(&digests).context("parsing RepoDigests")?;
+    digests
+        .into_iter()
+        .find(|d| d.split_once('@').is_some_and(|(repo, _)| repo == repository))
+        .with_context(|| format!("{} has no digest in {repository} after the push", record.image))
+}
+
 /// The internal step: merge this build's records into `images.json` (checked against Docker).
 pub fn record(task: &RecordImages, log: &mut dyn std::io::Write) -> Result<()> {
     let mut manifest = BuildManifest::read(&task.manifest)?;
@@ -521,15 +837,32 @@ pub fn record(task: &RecordImages, log: &mut dyn std::io::Write) -> Result<()> {
             }
         }
         if let Some(registry) = &task.registry {
-            let repository = format!("{registry}/{}", record.service);
-            let digests = docker_inspect(&record.image, "{{json .RepoDigests}}")?;
-            let digests: Vec<String> = serde_json::from_str(&digests).context("parsing RepoDigests")?;
-            let pinned = digests
-                .into_iter()
-                .find(|d| d.split_once('@').is_some_and(|(repo, _)| repo == repository))
-                .with_context(|| format!("{} has no digest in {repository} after the push", record.image))?;
+            let pinned = pushed_digest(registry, &record)?;
             writeln!(log, "{}: pushed as {pinned}", record.image)?;
             record.pushed = Some(pinned);
+        }
+        manifest.images.insert(record.service.clone(), record);
+    }
+    for built in &task.docker_built {
+        let id = docker_inspect(&built.image, "{{.Id}}")?;
+        let tar = std::fs::read(&built.tar).with_context(|| format!("reading {}", built.tar.display()))?;
+        let mut record = ImageRecord {
+            service: built.service.clone(),
+            image: built.image.clone(),
+            revision: built.revision.sha.clone(),
+            dirty: built.revision.dirty,
+            created: built.revision.created.clone(),
+            id,
+            manifest_digest: None,
+            tar: built.tar.clone(),
+            tar_sha256: oci::sha256_hex(&tar),
+            binary_size: None,
+            layer_size: None,
+            builder: Builder::Docker,
+            pushed: None,
+        };
+        if let Some(registry) = &task.registry {
+            record.pushed = Some(pushed_digest(registry, &record)?);
         }
         manifest.images.insert(record.service.clone(), record);
     }

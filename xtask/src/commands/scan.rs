@@ -48,7 +48,7 @@ pub struct Args {
     #[arg(long, default_value = "HIGH,CRITICAL")]
     pub severity: String,
     /// Fail when trivy has no vulnerability DB instead of reporting vulnerability scans as not run.
-    #[arg(long)]
+    #[arg(long, env = "XTASK_REQUIRE_VULN_DB")]
     pub require_vuln_db: bool,
     /// Never try to download trivy's vulnerability DB; use it only if it is already cached.
     #[arg(long)]
@@ -234,7 +234,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     let mut inputs = Vec::new();
     let mut not_run = Vec::new();
     let vuln_state = out.join("vuln-db.json");
-    let in_ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false");
+    let in_ci = crate::commands::ci::in_ci();
     let trivy_needed = [Scan::Fs, Scan::Config, Scan::Images].iter().any(|s| !skip.contains(s));
     if trivy_needed && TRIVY.locate().is_none() && in_ci {
         return Err(anyhow::anyhow!("CI is set but trivy is not installed; install: {}", TRIVY.install_hint));

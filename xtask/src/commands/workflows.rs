@@ -31,6 +31,8 @@ pub fn render_ci_workflow() -> String {
          permissions:\n  contents: read\n\
          concurrency:\n  group: ci-${{ github.ref }}\n  cancel-in-progress: true\n\
          env:\n  CARGO_TERM_COLOR: always\n  CARGO_INCREMENTAL: \"0\"\n  NEXTEST_PROFILE: ci\n\
+         \x20 # Runners can download trivy's vulnerability DB: a scan without it fails here.\n\
+         \x20 XTASK_REQUIRE_VULN_DB: \"true\"\n\
          jobs:\n",
     );
     for stage in STAGES {
@@ -47,6 +49,9 @@ pub fn render_ci_workflow() -> String {
         );
         if stage.needs_setup {
             y.push_str("      - run: cargo xtask setup\n");
+        }
+        for command in stage.prepare {
+            let _ = writeln!(y, "      - run: cargo xtask {command}");
         }
         let _ = writeln!(y, "      - run: cargo xtask {}", stage.command);
     }

@@ -65,8 +65,17 @@ pub fn parse_day(text: &str) -> Option<i64> {
 }
 
 pub fn parse(text: &str, file: &str) -> Result<Vec<Entry>, UsageError> {
-    let parsed: File = toml::from_str(text)
-        .map_err(|e| UsageError(format!("{file}: {}", e.to_string().lines().next().unwrap_or("invalid TOML"))))?;
+    let parsed: File = toml::from_str(text).map_err(|e| {
+        // toml's message is a where-line, a source excerpt, then what is wrong: keep the first and last.
+        let message = e.to_string();
+        let lines: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+        let what = match (lines.first(), lines.last()) {
+            (Some(first), Some(last)) if first != last => format!("{first}: {last}"),
+            (Some(first), _) => first.to_string(),
+            _ => "invalid TOML".to_string(),
+        };
+        UsageError(format!("{file}: {what}"))
+    })?;
     let mut entries = Vec::new();
     for (i, raw) in parsed.ignore.into_iter().enumerate() {
         let at = format!("{file}: entry {}", i + 1);
