@@ -47,6 +47,8 @@ pub enum Internal {
     ProbeVulnDb(Box<crate::commands::scan::VulnDb>),
     /// One trivy scan, with vulnerability scanning only when the DB is there.
     Trivy(Box<crate::commands::scan::TrivyRun>),
+    /// trivy image and an SBOM for every image the build manifest records.
+    ScanImages(Box<crate::commands::scan::ImageScans>),
     /// The built-in secret rules into a findings file.
     SecretScan { repo: PathBuf, out: PathBuf },
     /// Merge every scanner's report, apply the ignore file, gate, write JSON and SARIF.
@@ -217,6 +219,11 @@ impl Internal {
                 t.args.join(" "),
                 if t.scanners.is_empty() { "default".to_string() } else { t.scanners.join(",") },
                 if t.wants_vuln { ", +vuln when the DB is there" } else { "" }
+            ),
+            Internal::ScanImages(i) => format!(
+                "for each image in {}: trivy image --input TAR (secrets, image config, +vuln with a DB) and --format cyclonedx > {}/SERVICE.cdx.json",
+                i.manifest.display(),
+                i.sbom_dir.display()
             ),
             Internal::SecretScan { repo, out } => {
                 format!("built-in secret rules over git ls-files in {} > {}", repo.display(), out.display())

@@ -315,6 +315,7 @@ fn run_internal(step: &Step, task: &Internal, log: &mut dyn Write) -> StepResult
         Internal::Capture(c) => crate::commands::scan::capture(c, log),
         Internal::ProbeVulnDb(p) => crate::commands::scan::probe_vuln_db(p, log),
         Internal::Trivy(t) => crate::commands::scan::run_trivy(t, log),
+        Internal::ScanImages(i) => crate::commands::scan::scan_images(i, log),
         Internal::SecretScan { repo, out } => crate::commands::scan::secret_scan(repo, out, log),
         Internal::ScanReport(r) => crate::commands::scan::report(r, log),
     };

@@ -129,6 +129,26 @@ pub enum InputFormat {
     Trivy {
         prefix: String,
     },
+    /// The list of per-image trivy reports `scan:images` wrote (one input per image).
+    ImageIndex,
+}
+
+/// Scan every image the build manifest records, when the step runs.
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageScans {
+    pub manifest: PathBuf,
+    pub out: PathBuf,
+    pub sbom_dir: PathBuf,
+    pub vuln_state: PathBuf,
+    /// Under CI, no recorded image is a failure (the image stage should have made them).
+    pub require_images: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct IndexedReport {
+    source: String,
+    path: PathBuf,
+    prefix: String,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -341,74 +361,35 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     let mut image_sources = BTreeMap::new();
     if !skip.contains(&Scan::Images) {
         let ws = ctx.workspace()?;
-        let manifest_path = image::manifest_path(&ws);
-        let manifest = BuildManifest::read(&manifest_path)?;
-        if manifest.images.is_empty() {
-            if in_ci {
-                return Err(UsageError(format!(
-                    "CI is set but no images are recorded in {}; run `cargo xtask image build` first",
-                    manifest_path.display()
-                ))
-                .into());
-            }
-            plan.notes.push("scan: no images built yet, image scans not run (run `cargo xtask image build`)".into());
-            not_run.push(ScannerStatus {
-                source: "images".into(),
-                status: "not run: no images in target/xtask/images.json (run `cargo xtask image build`)".into(),
-                findings: 0,
-            });
+        for (name, _) in ws.services() {
+            image_sources.insert(name.clone(), ws.members[name].dir.join("Cargo.toml").display().to_string());
         }
-        let sbom_dir = image::output_dir(&ws).join("sbom");
-        for (service, record) in &manifest.images {
-            if let Some(m) = ws.members.get(service) {
-                image_sources.insert(service.clone(), m.dir.join("Cargo.toml").display().to_string());
-            }
-            if !trivy {
-                not_run.push(skipped_trivy(&format!("image:{service}")));
-                continue;
-            }
-            let tar = record.tar.display().to_string();
-            let path = out.join(format!("image-{service}.json"));
-            let mut args = vec!["image".to_string()];
-            args.extend(trivy_common());
-            args.extend(["--image-config-scanners".into(), "misconfig,secret".into()]);
-            args.extend(["--input".into(), tar.clone(), "--output".into(), path.display().to_string()]);
-            plan.push(trivy_step(
-                &format!("scan:image:{service}"),
-                &format!("trivy image {}: secrets, image config, crate vulnerabilities with a DB", record.image),
-                TrivyRun {
-                    args,
-                    scanners: vec!["secret".into()],
-                    wants_vuln: true,
-                    vuln_state: vuln_state.clone(),
-                    out: path.clone(),
-                    cwd: ctx.root.clone(),
-                },
-                "cargo xtask scan --skip deny --skip secrets --skip fs --skip config",
-            ));
+        if trivy {
+            // Which images exist is read when the step runs: in `ci` the image stage makes them.
+            let manifest = image::manifest_path(&ws);
+            plan.push(
+                Step::internal(
+                    "scan:images",
+                    &format!("trivy image + CycloneDX SBOM for every image in {}", manifest.display()),
+                    Internal::ScanImages(Box::new(ImageScans {
+                        manifest,
+                        out: out.clone(),
+                        sbom_dir: image::output_dir(&ws).join("sbom"),
+                        vuln_state: vuln_state.clone(),
+                        require_images: in_ci,
+                    })),
+                    "cargo xtask scan --skip deny --skip secrets --skip fs --skip config",
+                )
+                .requiring(&TRIVY),
+            );
             inputs.push(Input {
-                source: format!("image:{service}"),
-                format: InputFormat::Trivy { prefix: format!("{}:", record.image) },
-                path,
+                source: "images".into(),
+                format: InputFormat::ImageIndex,
+                path: out.join("images-index.json"),
                 vuln: true,
             });
-            let sbom = sbom_dir.join(format!("{service}.cdx.json"));
-            let sbom_args: Vec<String> =
-                ["image", "--quiet", "--format", "cyclonedx", "--input", &tar].map(String::from).to_vec();
-            plan.push(capture_step(
-                &format!("scan:sbom:{service}"),
-                &format!("CycloneDX SBOM of {} into {}", record.image, sbom.display()),
-                Capture {
-                    program: trivy_program(),
-                    args: sbom_args,
-                    cwd: ctx.root.clone(),
-                    stdout_to: Some(sbom),
-                    stderr_to: None,
-                    accept: vec![0],
-                },
-                "cargo xtask scan",
-                &[&TRIVY],
-            ));
+        } else {
+            not_run.push(skipped_trivy("images"));
         }
     }
     for s in &skip {
@@ -672,6 +653,55 @@ pub fn run_trivy(task: &TrivyRun, log: &mut dyn std::io::Write) -> Result<()> {
     Ok(())
 }
 
+pub fn scan_images(task: &ImageScans, log: &mut dyn std::io::Write) -> Result<()> {
+    let index_path = task.out.join("images-index.json");
+    remove_stale(&index_path)?;
+    ensure_parent(&index_path)?;
+    let manifest = BuildManifest::read(&task.manifest)?;
+    if manifest.images.is_empty() {
+        let hint = format!("no images recorded in {}; run `cargo xtask image build` first", task.manifest.display());
+        if task.require_images {
+            bail!("CI is set but {hint}");
+        }
+        writeln!(log, "warning: {hint}; image scans not run")?;
+    }
+    std::fs::create_dir_all(&task.sbom_dir)?;
+    let mut index = Vec::new();
+    for (service, record) in &manifest.images {
+        let tar = record.tar.display().to_string();
+        let path = task.out.join(format!("image-{service}.json"));
+        let mut args = vec!["image".to_string()];
+        args.extend(trivy_common());
+        args.extend(["--image-config-scanners".into(), "misconfig,secret".into()]);
+        args.extend(["--input".into(), tar.clone(), "--output".into(), path.display().to_string()]);
+        let run = TrivyRun {
+            args,
+            scanners: vec!["secret".into()],
+            wants_vuln: true,
+            vuln_state: task.vuln_state.clone(),
+            out: path.clone(),
+            cwd: task.out.clone(),
+        };
+        run_trivy(&run, log).with_context(|| format!("scanning {}", record.image))?;
+        index.push(IndexedReport { source: format!("image:{service}"), path, prefix: format!("{}:", record.image) });
+
+        let sbom = task.sbom_dir.join(format!("{service}.cdx.json"));
+        let capture_sbom = Capture {
+            program: trivy_program(),
+            args: ["image", "--quiet", "--format", "cyclonedx", "--input", &tar].map(String::from).to_vec(),
+            cwd: task.out.clone(),
+            stdout_to: Some(sbom.clone()),
+            stderr_to: None,
+            accept: vec![0],
+        };
+        writeln!(log, "$ {} > {}", capture_sbom.args.join(" "), sbom.display())?;
+        capture(&capture_sbom, log).with_context(|| format!("SBOM of {}", record.image))?;
+        writeln!(log, "{}: scanned; SBOM in {}", record.image, sbom.display())?;
+    }
+    std::fs::write(&index_path, serde_json::to_vec_pretty(&index)?)?;
+    Ok(())
+}
+
 pub fn secret_scan(repo: &Path, out: &Path, log: &mut dyn std::io::Write) -> Result<()> {
     remove_stale(out)?;
     ensure_parent(out)?;
@@ -707,12 +737,33 @@ pub fn secret_scan(repo: &Path, out: &Path, log: &mut dyn std::io::Write) -> Res
     Ok(())
 }
 
+/// Expand the image index into one input per image (so each has its own scanner line).
+fn expand(input: &Input) -> Vec<Input> {
+    let InputFormat::ImageIndex = input.format else { return vec![input.clone()] };
+    let index: Option<Vec<IndexedReport>> =
+        std::fs::read(&input.path).ok().and_then(|bytes| serde_json::from_slice(&bytes).ok());
+    match index {
+        Some(reports) => reports
+            .into_iter()
+            .map(|r| Input {
+                source: r.source,
+                format: InputFormat::Trivy { prefix: r.prefix },
+                path: r.path,
+                vuln: true,
+            })
+            .collect(),
+        // No index: the step failed; reading the missing file reports it as such.
+        None => vec![Input { format: InputFormat::Findings, ..input.clone() }],
+    }
+}
+
 fn read_input(input: &Input) -> Result<Vec<Finding>> {
     let text = std::fs::read_to_string(&input.path)
         .with_context(|| format!("no report at {} (its step failed or did not run)", input.path.display()))?;
     match &input.format {
         InputFormat::DenyNdjson => scan::deny::findings(&text),
         InputFormat::Findings => serde_json::from_str(&text).context("reading the findings file"),
+        InputFormat::ImageIndex => bail!("image index read as a report"),
         InputFormat::Trivy { prefix } => {
             let report = scan::trivy::parse(&text)?;
             Ok(scan::trivy::findings(&report, &input.source, &|t| format!("{prefix}{t}")))
@@ -724,7 +775,8 @@ pub fn report(task: &ReportTask, log: &mut dyn std::io::Write) -> Result<()> {
     let vuln = read_vuln_state(&task.vuln_state);
     let mut scanners = task.not_run.clone();
     let mut findings = Vec::new();
-    for input in &task.inputs {
+    for input in task.inputs.iter().flat_map(expand) {
+        let input = &input;
         match read_input(input) {
             Ok(found) => {
                 let status = if input.vuln && input.source != "deny" && !vuln.available {
