@@ -75,6 +75,7 @@ pub enum Command {
     Image(commands::image::Args),
     Deny(commands::deny::Args),
     Scan(commands::scan::Args),
+    Dev(commands::dev::Args),
     Secrets(commands::secrets::Args),
     Doctor(commands::doctor::Args),
     Setup(commands::setup::Args),

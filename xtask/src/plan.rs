@@ -41,6 +41,10 @@ pub enum Internal {
     Debootstrap(Box<crate::commands::image::Debootstrap>),
     /// Turn the root fs plus this machine's toolchain into the docker builder's image.
     ImportBuilder(Box<crate::commands::image::ImportBuilder>),
+    /// `tar | docker import` a finished root file system.
+    ImportRootfs(Box<crate::commands::image::ImportRootfs>),
+    /// Start the dev stack and wait until it is healthy.
+    DevUp(Box<crate::commands::dev::DevUp>),
     /// Run a scanner and keep its report stream in a file.
     Capture(Box<crate::commands::scan::Capture>),
     /// Find (or fetch) trivy's vulnerability DB and record whether it is there.
@@ -198,6 +202,14 @@ impl Internal {
                 b.sysroot.display(),
                 b.dir.display(),
                 b.tag
+            ),
+            Internal::ImportRootfs(r) => format!("tar -C {} -c . | docker import - {}", r.dir.display(), r.tag),
+            Internal::DevUp(u) => format!(
+                "check ports {}, {} up --detach {}, wait for health (at most {}s)",
+                u.ports.iter().map(|p| p.2.to_string()).collect::<Vec<_>>().join(","),
+                u.compose.program.join(" "),
+                u.services.join(" "),
+                u.timeout_secs
             ),
             Internal::Capture(c) => {
                 let mut line = shell_line(&BTreeMap::new(), display_program(&c.program), &c.args);

@@ -312,6 +312,8 @@ fn run_internal(step: &Step, task: &Internal, log: &mut dyn Write) -> StepResult
         Internal::RecordImages(r) => crate::commands::image::record(r, log),
         Internal::Debootstrap(d) => crate::commands::image::debootstrap(d, log),
         Internal::ImportBuilder(b) => crate::commands::image::import_builder(b, log),
+        Internal::ImportRootfs(r) => crate::commands::image::import_rootfs(r, log),
+        Internal::DevUp(u) => crate::commands::dev::up(u, log),
         Internal::Capture(c) => crate::commands::scan::capture(c, log),
         Internal::ProbeVulnDb(p) => crate::commands::scan::probe_vuln_db(p, log),
         Internal::Trivy(t) => crate::commands::scan::run_trivy(t, log),

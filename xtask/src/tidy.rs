@@ -293,3 +293,32 @@ fn the_buildkit_dockerfile_differs_only_in_cache_mounts() {
     });
     assert_eq!(legacy, joined, "infra/docker/Dockerfile and Dockerfile.buildkit drifted apart");
 }
+
+/// Every service is in the dev stack: a compose entry whose health check is its own
+/// `healthcheck` subcommand, a Prometheus scrape job, and a Grafana dashboard. And the stack
+/// publishes nothing beyond loopback.
+#[test]
+fn every_service_is_in_the_dev_stack_with_health_metrics_and_a_dashboard() {
+    let compose = read("infra/compose/docker-compose.yml");
+    let prometheus = read("infra/monitoring/prometheus.yml");
+    let ws = crate::workspace::Workspace::load(&project_root()).expect("workspace");
+    for (name, meta) in ws.services() {
+        assert!(compose.contains(&format!("\n  {name}:\n")), "infra/compose: no `{name}` service");
+        assert!(
+            compose.contains(&format!("\"/usr/local/bin/{name}\", \"healthcheck\"")),
+            "infra/compose: {name}'s health check must run its own `healthcheck` subcommand"
+        );
+        assert!(
+            compose.contains(&format!(":{}\"]", meta.port)),
+            "infra/compose: {name} must publish port {}",
+            meta.port
+        );
+        assert!(prometheus.contains(&format!("\"{name}:{}\"", meta.port)), "prometheus.yml does not scrape {name}");
+        let dashboard = project_root().join(format!("infra/monitoring/grafana/dashboards/{name}.json"));
+        assert!(dashboard.is_file(), "no Grafana dashboard for {name} at {}", dashboard.display());
+    }
+    for line in compose.lines().filter(|l| l.contains("ports:")) {
+        assert!(line.contains("\"127.0.0.1:"), "infra/compose publishes beyond loopback: {}", line.trim());
+    }
+    assert!(!compose.contains("privileged"), "no privileged containers in the dev stack");
+}

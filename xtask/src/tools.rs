@@ -85,7 +85,8 @@ pub const CARGO_DENY: Tool = Tool {
 pub const CARGO_AUDITABLE: Tool = Tool {
     name: "cargo-auditable",
     binary: "cargo-auditable",
-    version_args: &["auditable", "--version"],
+    // It has no version flag (`cargo auditable --version` is cargo's): ask `cargo install --list`.
+    version_args: &[],
     source: Source::CargoInstall,
     minimum: None,
     needed_by: &["image build (embeds the crate list scanners read; required when CI is set)"],
@@ -267,6 +268,14 @@ impl Tool {
     }
 
     pub fn version(&self, path: &PathBuf) -> Result<String> {
+        if self.version_args.is_empty() {
+            let out = Command::new(crate::cargo_program())
+                .args(["install", "--list"])
+                .output()
+                .context("running cargo install --list")?;
+            return installed_version(&String::from_utf8_lossy(&out.stdout), self.name)
+                .with_context(|| format!("{} is not in `cargo install --list`", self.name));
+        }
         let out = Command::new(path)
             .args(self.version_args)
             .output()
@@ -314,6 +323,11 @@ fn newest_postgres_bin(binary: &str) -> Option<PathBuf> {
         .collect();
     candidates.sort();
     candidates.pop().map(|(_, p)| p)
+}
+
+/// `NAME vX.Y.Z:` from `cargo install --list`.
+fn installed_version(list: &str, name: &str) -> Option<String> {
+    list.lines().find_map(|l| l.strip_prefix(&format!("{name} v"))?.split(':').next().map(str::to_string))
 }
 
 /// The first thing that looks like a version number (`v1.32.4-dispatcher` gives `1.32.4`).
@@ -369,6 +383,14 @@ mod tests {
         );
         assert_eq!(parse_version("pg_ctl (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)").as_deref(), Some("15.18"));
         assert_eq!(parse_version("no digits here"), None);
+    }
+
+    #[test]
+    fn tools_without_a_version_flag_are_read_from_cargo_install_list() {
+        let list = "cargo-auditable v0.7.7:\n    cargo-auditable\ncargo-deny v0.20.2:\n    cargo-deny\n";
+        assert_eq!(installed_version(list, "cargo-auditable").as_deref(), Some("0.7.7"));
+        assert_eq!(installed_version(list, "cargo-deny").as_deref(), Some("0.20.2"));
+        assert_eq!(installed_version(list, "cargo-chef"), None);
     }
 
     #[test]

@@ -586,7 +586,7 @@ pub struct ImportBuilder {
     pub tag: String,
 }
 
-const ROOTFS_MARKER: &str = ".xtask-rootfs-complete";
+pub const ROOTFS_MARKER: &str = ".xtask-rootfs-complete";
 
 pub fn builder_plan(ctx: &Ctx, ws: &Workspace, args: &BuilderArgs) -> Result<Plan> {
     let mut plan = Plan::new("image builder");
@@ -655,6 +655,11 @@ pub fn debootstrap(task: &Debootstrap, log: &mut dyn std::io::Write) -> Result<(
         log.write_all(&out.stderr)?;
         bail!("debootstrap failed (it needs root and a reachable Debian mirror; see above)");
     }
+    // As Debian's own container images do: packages installed later in a container build must
+    // not try to start their services (there is no init to start them under).
+    let policy = task.dir.join("usr/sbin/policy-rc.d");
+    std::fs::write(&policy, "#!/bin/sh\n# Never start services while building container images.\nexit 101\n")?;
+    std::fs::set_permissions(&policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     std::fs::write(task.dir.join(ROOTFS_MARKER), b"")?;
     writeln!(log, "root fs ready in {}", task.dir.display())?;
     Ok(())
@@ -686,6 +691,34 @@ pub fn import_builder(task: &ImportBuilder, log: &mut dyn std::io::Write) -> Res
     if bundle.is_file() {
         std::fs::copy(bundle, task.dir.join("etc/ssl/certs/ca-certificates.crt")).context("copying CA bundle")?;
     }
+    import_rootfs(
+        &ImportRootfs {
+            dir: task.dir.clone(),
+            tag: task.tag.clone(),
+            changes: vec![
+                "ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+                    .into(),
+                "ENV CARGO_HOME=/usr/local/cargo".into(),
+                "WORKDIR /src".into(),
+            ],
+        },
+        log,
+    )
+}
+
+/// A root file system directory turned into an image (`tar | docker import`).
+#[derive(Clone, Debug, Serialize)]
+pub struct ImportRootfs {
+    pub dir: PathBuf,
+    pub tag: String,
+    /// Dockerfile instructions applied on import (`ENV ...`, `WORKDIR ...`).
+    pub changes: Vec<String>,
+}
+
+pub fn import_rootfs(task: &ImportRootfs, log: &mut dyn std::io::Write) -> Result<()> {
+    if !task.dir.join(ROOTFS_MARKER).is_file() {
+        bail!("{} is not a finished root file system (its debootstrap step did not complete)", task.dir.display());
+    }
     writeln!(log, "$ tar -C {} -c . | docker import - {}", task.dir.display(), task.tag)?;
     let mut tar = clean_command("tar")
         .arg("-C")
@@ -695,26 +728,17 @@ pub fn import_builder(task: &ImportBuilder, log: &mut dyn std::io::Write) -> Res
         .spawn()
         .context("running tar")?;
     let stdin = tar.stdout.take().context("tar's stdout")?;
-    let out = clean_command("docker")
-        .args([
-            "import",
-            "--change",
-            "ENV PATH=/usr/local/cargo/bin:/usr/local/rust/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "--change",
-            "ENV CARGO_HOME=/usr/local/cargo",
-            "--change",
-            "WORKDIR /src",
-            "-",
-            &task.tag,
-        ])
-        .stdin(stdin)
-        .output()
-        .context("running docker import")?;
+    let mut import = clean_command("docker");
+    import.arg("import");
+    for change in &task.changes {
+        import.args(["--change", change]);
+    }
+    let out = import.args(["-", &task.tag]).stdin(stdin).output().context("running docker import")?;
     let tar_ok = tar.wait()?.success();
     if !out.status.success() || !tar_ok {
         bail!("docker import failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    writeln!(log, "builder image {} ({})", task.tag, String::from_utf8_lossy(&out.stdout).trim())?;
+    writeln!(log, "image {} ({})", task.tag, String::from_utf8_lossy(&out.stdout).trim())?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod ci;
 pub mod deny;
+pub mod dev;
 pub mod doctor;
 pub mod fmt;
 pub mod image;
@@ -29,6 +30,7 @@ pub fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Build(args) => ctx.execute(&build::plan(ctx, &ctx.workspace()?, &args)?),
         Command::Image(args) => image::run(ctx, &args),
         Command::Scan(args) => scan::run(ctx, &args),
+        Command::Dev(args) => dev::run(ctx, &args),
         Command::Deny(args) => ctx.execute(&deny::plan(ctx, &args)?),
         Command::Secrets(args) => secrets::run(ctx, &args),
         Command::Doctor(args) => doctor::run(ctx, &args),
@@ -254,5 +256,61 @@ mod plan_tests {
         assert!(plan.notes.iter().any(|n| n.contains("stage test skipped")));
         let msg = usage_error(ci::plan(&ctx, &ci::Args { skip: vec!["tests".into()], ..Default::default() }));
         assert!(msg.contains("no such stage") && msg.contains("test"), "{msg}");
+    }
+
+    #[test]
+    fn image_build_links_statically_for_an_explicit_target_then_writes_loads_and_records() {
+        let ctx = crate::test_ctx();
+        let ws = ctx.workspace().expect("workspace");
+        let args = image::BuildArgs { services: vec!["gateway".into()], ..Default::default() };
+        let plan = image::plan(&ctx, &ws, &args).expect("plan");
+        let compile = plan.steps.iter().find(|s| s.name == "image:compile").expect("compile step");
+        let crate::plan::Action::Exec { args: cargo, env, .. } = &compile.action else { panic!("exec") };
+        assert!(cargo.windows(2).any(|w| w == ["--target", image::TARGET]), "{cargo:?}");
+        assert!(cargo.contains(&"--locked".to_string()) && cargo.contains(&"--release".to_string()));
+        // Target-scoped, so build scripts and proc-macros stay dynamic (plain RUSTFLAGS would break them).
+        assert_eq!(
+            env.get("CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS").map(String::as_str),
+            Some("-C target-feature=+crt-static")
+        );
+        assert!(!env.contains_key("RUSTFLAGS"));
+        assert_eq!(names(&plan)[1..], ["image:assemble:gateway", "image:load:gateway", "image:record"]);
+
+        let pushed = image::plan(
+            &ctx,
+            &ws,
+            &image::BuildArgs { push: Some("127.0.0.1:5000".into()), no_load: false, ..args.clone() },
+        )
+        .expect("plan");
+        assert!(names(&pushed).contains(&"image:push:gateway"));
+        assert_eq!(
+            argv(&pushed, "image:push:gateway")[1],
+            format!("127.0.0.1:5000/gateway:{}", image::Revision::of(&ctx.root).expect("rev").tag)
+        );
+        let offline = image::plan(&ctx, &ws, &image::BuildArgs { no_load: true, ..args }).expect("plan");
+        assert!(!names(&offline).iter().any(|n| n.starts_with("image:load")), "--no-load needs no docker");
+    }
+
+    #[test]
+    fn scan_plans_every_scanner_then_one_report_that_always_runs() {
+        let ctx = crate::test_ctx();
+        let plan = scan::plan(&ctx, &scan::Args::default()).expect("plan");
+        let steps = names(&plan);
+        for wanted in ["scan:deny", "scan:secrets", "scan:trivy-fs", "scan:trivy-config", "scan:images", "scan:report"]
+        {
+            assert!(steps.contains(&wanted), "{wanted} missing from {steps:?}");
+        }
+        assert_eq!(plan.steps.last().expect("steps").name, "scan:report", "one report, after every scanner");
+        let only_secrets = scan::plan(
+            &ctx,
+            &scan::Args {
+                skip: vec![scan::Scan::Deny, scan::Scan::Fs, scan::Scan::Config, scan::Scan::Images],
+                ..Default::default()
+            },
+        )
+        .expect("plan");
+        assert_eq!(names(&only_secrets), ["scan:secrets", "scan:report"]);
+        let msg = usage_error(scan::plan(&ctx, &scan::Args { severity: "HIGH,SEVERE".into(), ..Default::default() }));
+        assert!(msg.contains("SEVERE"), "{msg}");
     }
 }

@@ -396,24 +396,21 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         plan.notes.push(format!("scan: {s:?} skipped (--skip)").to_lowercase());
     }
 
-    plan.push(
-        Step::internal(
-            "scan:report",
-            &format!("merge, apply {}, gate on {}", ignore::FILE_NAME, gate_text(&gate)),
-            Internal::ScanReport(Box::new(ReportTask {
-                repo,
-                out_dir: out,
-                inputs,
-                gate,
-                require_vuln_db: args.require_vuln_db,
-                vuln_state,
-                not_run,
-                image_sources,
-            })),
-            "cargo xtask scan",
-        )
-        .always(),
-    );
+    plan.push(Step::internal(
+        "scan:report",
+        &format!("merge, apply {}, gate on {}", ignore::FILE_NAME, gate_text(&gate)),
+        Internal::ScanReport(Box::new(ReportTask {
+            repo,
+            out_dir: out,
+            inputs,
+            gate,
+            require_vuln_db: args.require_vuln_db,
+            vuln_state,
+            not_run,
+            image_sources,
+        })),
+        "cargo xtask scan",
+    ));
     Ok(plan)
 }
 
@@ -863,7 +860,7 @@ pub fn render_table(report: &ScanReport) -> String {
     } else {
         let w_src = report.findings.iter().map(|f| f.source.len()).max().unwrap_or(6).max(6);
         let w_id = report.findings.iter().map(|f| f.id.len()).max().unwrap_or(2).max(2);
-        let _ = writeln!(out, "  {:<9} {:<w_src$} {:<w_id$} {}", "severity", "source", "id", "where / what");
+        let _ = writeln!(out, "  {:<9} {:<w_src$} {:<w_id$} where / what", "severity", "source", "id");
         for f in &report.findings {
             let gate = if report.gate.contains(&f.severity) { "" } else { " (below gate)" };
             let _ = writeln!(

@@ -1,0 +1,182 @@
+//! End-to-end tests of `cargo xtask dev` against the real Docker engine and the real compose
+//! (docker-compose 1.29 here, or the v2 plugin): from no containers, `dev up --offline` brings
+//! the whole stack to healthy, a job goes through the gateway to the worker and back out of the
+//! API, Prometheus scrapes every service, and `dev down` leaves nothing running. Failures are
+//! clear: a service that never turns healthy fails `up` with its logs; a taken port is named.
+//!
+//! Each test runs its own compose project on free loopback ports, so they never meet a
+//! developer's stack; they share Docker's image store, so nextest runs them one at a time.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use test_support::{eventually, free_port, http};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A compose project of the test's own, on free ports; `dev reset --yes` when dropped.
+struct Stack {
+    project: String,
+    ports: Vec<(&'static str, u16)>,
+}
+
+impl Stack {
+    fn new(name: &str) -> Stack {
+        let project = format!("xtask-test-{name}-{}", std::process::id());
+        let ports = [
+            "GATEWAY_PORT",
+            "API_PORT",
+            "WORKER_PORT",
+            "PROMETHEUS_PORT",
+            "GRAFANA_PORT",
+            "POSTGRES_PORT",
+            "REDIS_PORT",
+        ]
+        .into_iter()
+        .map(|var| (var, free_port()))
+        .collect();
+        Stack { project, ports }
+    }
+
+    fn port(&self, var: &str) -> u16 {
+        self.ports.iter().find(|(v, _)| *v == var).map(|(_, p)| *p).expect("known port variable")
+    }
+
+    fn xtask(&self, args: &[&str]) -> Output {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        cmd.args(args)
+            .arg("--project")
+            .arg(&self.project)
+            .current_dir(root())
+            .env_remove("GITHUB_ACTIONS")
+            .env("NO_COLOR", "1");
+        for (var, port) in &self.ports {
+            cmd.env(var, port.to_string());
+        }
+        cmd.output().expect("xtask binary runs")
+    }
+
+    fn containers(&self) -> Vec<String> {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "--all",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", self.project),
+                "--format",
+                "{{.Names}}",
+            ])
+            .output()
+            .expect("docker ps");
+        text(&out.stdout).lines().map(str::to_string).collect()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.xtask(&["dev", "reset", "--yes"]);
+    }
+}
+
+fn json(bytes: &[u8]) -> serde_json::Value {
+    serde_json::from_slice(bytes).unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(bytes)))
+}
+
+#[test]
+fn dev_up_offline_runs_the_whole_stack_end_to_end_and_down_removes_it() {
+    let stack = Stack::new("e2e");
+    assert!(stack.containers().is_empty());
+    let up = stack.xtask(&["dev", "up", "--offline", "--timeout", "300"]);
+    assert!(up.status.success(), "dev up failed:\n{}\n{}", text(&up.stdout), text(&up.stderr));
+    let said = text(&up.stderr);
+    assert!(said.contains("is healthy after"), "{said}");
+    assert!(said.contains(&format!("http://127.0.0.1:{}", stack.port("GATEWAY_PORT"))), "prints the URLs: {said}");
+
+    let status = stack.xtask(&["dev", "status", "--format", "json"]);
+    let status = json(&status.stdout);
+    let states = status.as_array().expect("containers");
+    for service in ["postgres", "redis", "api", "worker", "gateway", "prometheus"] {
+        let c =
+            states.iter().find(|c| c["service"] == service).unwrap_or_else(|| panic!("{service} missing: {status:#}"));
+        assert_eq!(c["state"], "running", "{c}");
+        assert_eq!(c["health"], "healthy", "{c}");
+        assert!(c["ports"].as_str().unwrap_or("").contains("127.0.0.1:"), "{service} must publish on loopback: {c}");
+        assert!(!c["ports"].as_str().unwrap_or("").contains("0.0.0.0"), "{service} publishes beyond loopback: {c}");
+    }
+
+    // A job submitted through the gateway is run by the worker and visible through the API.
+    let gateway = format!("http://127.0.0.1:{}", stack.port("GATEWAY_PORT"));
+    let created = http(
+        "POST",
+        &format!("{gateway}/v1/jobs"),
+        &[("content-type", "application/json")],
+        br#"{"kind":"hash","input":"dev stack","iterations":1000}"#,
+    )
+    .expect("POST through the gateway");
+    assert!(created.status == 201 || created.status == 202, "{} {}", created.status, created.text());
+    let id = json(&created.body)["id"].as_str().expect("job id").to_string();
+    let api = format!("http://127.0.0.1:{}", stack.port("API_PORT"));
+    let done = eventually("the worker to finish the job", Duration::from_secs(60), || {
+        let job = http("GET", &format!("{api}/v1/jobs/{id}"), &[], b"").ok()?;
+        let body = json(&job.body);
+        (body["status"] == "succeeded").then_some(body)
+    });
+    assert!(done["result"].is_object() || done["result"].is_string(), "{done:#}");
+
+    // Prometheus scrapes every service and finds it up.
+    let prometheus = format!("http://127.0.0.1:{}", stack.port("PROMETHEUS_PORT"));
+    eventually("every service target up in Prometheus", Duration::from_secs(60), || {
+        let targets = http("GET", &format!("{prometheus}/api/v1/targets"), &[], b"").ok()?;
+        let targets = json(&targets.body);
+        let active = targets["data"]["activeTargets"].as_array()?.clone();
+        let up = |job: &str| active.iter().any(|t| t["labels"]["job"] == job && t["health"] == "up");
+        ["gateway", "api", "worker"].iter().all(|j| up(j)).then_some(())
+    });
+
+    // Re-running up on a running stack changes nothing and is quick to say so.
+    let again = stack.xtask(&["dev", "up", "--offline"]);
+    assert!(again.status.success(), "{}", text(&again.stderr));
+
+    let down = stack.xtask(&["dev", "down"]);
+    assert!(down.status.success(), "{}", text(&down.stderr));
+    assert!(stack.containers().is_empty(), "dev down left containers: {:?}", stack.containers());
+}
+
+#[test]
+fn a_service_that_never_turns_healthy_fails_up_with_its_logs() {
+    let stack = Stack::new("unhealthy");
+    let override_dir = tempfile::tempdir().expect("tempdir");
+    let file = override_dir.path().join("broken.yml");
+    // The api runs, but its health check calls a subcommand that does not exist: never healthy.
+    std::fs::write(
+        &file,
+        "services:\n  api:\n    healthcheck:\n      test: [\"CMD\", \"/usr/local/bin/api\", \"no-such-check\"]\n      retries: 3\n",
+    )
+    .expect("write override");
+    let up = stack.xtask(&["dev", "up", "--offline", "--deps-only", "--timeout", "120"]);
+    assert!(up.status.success(), "deps first: {}", text(&up.stderr));
+    let up = stack.xtask(&["dev", "up", "--offline", "--timeout", "120", "--file", file.to_str().expect("utf-8")]);
+    assert_eq!(up.status.code(), Some(1), "{}", text(&up.stderr));
+    let said = text(&up.stderr);
+    assert!(said.contains("api") && said.contains("last log lines"), "names the service and shows its logs: {said}");
+    assert!(said.contains("no-such-check"), "shows the failing health check's output: {said}");
+}
+
+#[test]
+fn a_taken_port_is_refused_by_name_before_anything_starts() {
+    let stack = Stack::new("port");
+    let taken = std::net::TcpListener::bind(("127.0.0.1", stack.port("REDIS_PORT"))).expect("hold the port");
+    let up = stack.xtask(&["dev", "up", "--offline", "--deps-only"]);
+    assert_eq!(up.status.code(), Some(2), "{}", text(&up.stderr));
+    let err = text(&up.stderr);
+    let port = taken.local_addr().expect("addr").port();
+    assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("REDIS_PORT"), "{err}");
+    assert!(stack.containers().is_empty(), "nothing may start: {:?}", stack.containers());
+}

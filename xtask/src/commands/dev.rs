@@ -1,0 +1,702 @@
+//! `cargo xtask dev up|down|status|logs|reset|urls|base`: the local stack in infra/compose.
+//!
+//! `up` builds the service images (incrementally: only what changed recompiles), starts the
+//! compose project, waits until every container is healthy while showing who is up and who is
+//! waiting, and prints the URLs. A container that never turns healthy fails `up` with its last
+//! log lines; the rest keeps running for inspection. `--offline` adds the override that builds
+//! Postgres, Redis and Prometheus from a local Debian base (`dev base`) instead of pulling them.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+
+use crate::commands::image;
+use crate::plan::{Internal, Plan, Step};
+use crate::runner::{Format, clean_command};
+use crate::tools::{DEBOOTSTRAP, DOCKER};
+use crate::{Ctx, UsageError};
+
+pub const COMPOSE_DIR: &str = "infra/compose";
+pub const COMPOSE_FILE: &str = "infra/compose/docker-compose.yml";
+pub const OFFLINE_FILE: &str = "infra/compose/docker-compose.offline.yml";
+pub const BASE_IMAGE: &str = "xtask-debian-base:bookworm";
+/// Dependencies the offline override builds (the rest are our images or need a registry).
+const OFFLINE_BUILT: &[&str] = &["postgres", "redis", "prometheus"];
+/// What `--deps-only` starts: what `cargo xtask test` needs.
+const DEPS_ONLY: &[&str] = &["postgres", "redis"];
+
+/// Every published port: (compose service, variable naming the host port, default, container port, what it is).
+pub const PORTS: &[(&str, &str, u16, &str)] = &[
+    ("gateway", "GATEWAY_PORT", 8080, "gateway"),
+    ("api", "API_PORT", 8081, "api"),
+    ("worker", "WORKER_PORT", 8082, "worker"),
+    ("prometheus", "PROMETHEUS_PORT", 9090, "Prometheus"),
+    ("grafana", "GRAFANA_PORT", 3000, "Grafana (observability profile)"),
+    ("postgres", "POSTGRES_PORT", 5432, "Postgres"),
+    ("redis", "REDIS_PORT", 6379, "Redis"),
+];
+
+/// Run the local stack: services, Postgres, Redis, Prometheus (Grafana under a profile).
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Compose project name: several stacks can run side by side.
+    #[arg(long, global = true, value_name = "NAME", default_value = "xtask-dev", env = "XTASK_DEV_PROJECT")]
+    pub project: String,
+    #[command(subcommand)]
+    pub command: DevCommand,
+}
+
+#[derive(clap::Subcommand, Debug, Clone)]
+pub enum DevCommand {
+    /// Build what changed, start the stack, wait until every container is healthy, print URLs.
+    Up(UpArgs),
+    /// Stop and remove the containers (data volumes are kept).
+    Down,
+    /// Every container of the stack: state, health, ports.
+    Status,
+    /// Show (or follow) the logs of one service or all.
+    Logs(LogsArgs),
+    /// Remove the containers and the data volumes (asks first).
+    Reset(ResetArgs),
+    /// Print the URLs of the stack.
+    Urls,
+    /// Make the local Debian base image the offline override builds on (debootstrap).
+    Base(BaseArgs),
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct UpArgs {
+    /// Build Postgres, Redis and Prometheus locally from Debian packages instead of pulling them.
+    #[arg(long)]
+    pub offline: bool,
+    /// Only Postgres and Redis (what the tests need).
+    #[arg(long)]
+    pub deps_only: bool,
+    /// Also start Grafana (upstream image: needs a registry).
+    #[arg(long)]
+    pub observability: bool,
+    /// Seconds to wait for every container to be healthy.
+    #[arg(long, value_name = "SECONDS", default_value_t = 180)]
+    pub timeout: u64,
+    /// Extra compose file layered on top (repeatable), e.g. local overrides.
+    #[arg(long = "file", value_name = "FILE")]
+    pub files: Vec<PathBuf>,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LogsArgs {
+    /// Only this compose service (e.g. api, postgres).
+    pub service: Option<String>,
+    /// Keep printing new lines.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Lines of history per container.
+    #[arg(long, default_value_t = 100)]
+    pub tail: usize,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ResetArgs {
+    /// Do not ask.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct BaseArgs {
+    /// Debian mirror for debootstrap.
+    #[arg(long, value_name = "URL", default_value = "http://deb.debian.org/debian")]
+    pub mirror: String,
+    /// Remake the root file system even if a finished one is cached.
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+/// `docker compose` (v2 plugin) when it exists, else `docker-compose` (v1.29).
+pub fn compose_program() -> Result<Vec<String>> {
+    let v2 = clean_command("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success());
+    if v2 {
+        return Ok(vec!["docker".into(), "compose".into()]);
+    }
+    if crate::tools::DOCKER_COMPOSE.locate().is_some() {
+        return Ok(vec!["docker-compose".into()]);
+    }
+    bail!(
+        "neither `docker compose` (v2) nor `docker-compose` (v1.29) is installed; install: {}",
+        crate::tools::DOCKER_COMPOSE.install_hint
+    )
+}
+
+/// The `KEY=value` lines of infra/compose/.env (process variables win, as in compose).
+pub fn env_values(root: &Path) -> BTreeMap<String, String> {
+    let mut values = BTreeMap::new();
+    let text = std::fs::read_to_string(root.join(COMPOSE_DIR).join(".env"))
+        .or_else(|_| std::fs::read_to_string(root.join(COMPOSE_DIR).join(".env.example")))
+        .unwrap_or_default();
+    for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+        if let Some((k, v)) = line.split_once('=') {
+            values.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+        }
+    }
+    for (k, v) in std::env::vars() {
+        if values.contains_key(&k) || PORTS.iter().any(|p| p.1 == k) {
+            values.insert(k, v);
+        }
+    }
+    values
+}
+
+fn port_of(values: &BTreeMap<String, String>, var: &str, default: u16) -> Result<u16> {
+    match values.get(var) {
+        None => Ok(default),
+        Some(v) => v
+            .parse()
+            .map_err(|_| UsageError(format!("{var}={v} is not a port number; fix it in {COMPOSE_DIR}/.env")).into()),
+    }
+}
+
+/// The compose command line for this project: program, project, files, env file.
+#[derive(Clone, Debug, Serialize)]
+pub struct Compose {
+    pub program: Vec<String>,
+    pub project: String,
+    pub files: Vec<PathBuf>,
+    pub env_file: PathBuf,
+    /// Variables compose interpolates that xtask decides (IMAGE_TAG).
+    pub env: BTreeMap<String, String>,
+    pub cwd: PathBuf,
+}
+
+impl Compose {
+    pub fn new(ctx: &Ctx, project: &str, offline: bool, extra: &[PathBuf]) -> Result<Compose> {
+        validate_project(project)?;
+        let mut files = vec![ctx.root.join(COMPOSE_FILE)];
+        if offline {
+            files.push(ctx.root.join(OFFLINE_FILE));
+        }
+        for f in extra {
+            let path = if f.is_absolute() { f.clone() } else { std::env::current_dir()?.join(f) };
+            if !path.is_file() {
+                return Err(UsageError(format!("--file {}: no such compose file", f.display())).into());
+            }
+            files.push(path);
+        }
+        let tag = image::Revision::of(&ctx.root).map(|r| r.tag).unwrap_or_else(|_| "unknown".into());
+        Ok(Compose {
+            program: compose_program()?,
+            project: project.to_string(),
+            files,
+            env_file: ctx.root.join(COMPOSE_DIR).join(".env"),
+            env: BTreeMap::from([("IMAGE_TAG".to_string(), tag)]),
+            cwd: ctx.root.clone(),
+        })
+    }
+
+    /// Arguments after the program for one compose subcommand.
+    pub fn args(&self, sub: &[&str]) -> Vec<String> {
+        let mut args: Vec<String> = self.program[1..].to_vec();
+        args.extend(["--project-name".into(), self.project.clone()]);
+        for f in &self.files {
+            args.extend(["--file".into(), f.display().to_string()]);
+        }
+        args.extend(["--env-file".into(), self.env_file.display().to_string()]);
+        args.extend(sub.iter().map(|s| s.to_string()));
+        args
+    }
+
+    pub fn step(&self, name: &str, description: &str, sub: &[&str]) -> Step {
+        let mut step = Step::exec(name, description, &self.program[0], self.args(sub), &self.cwd).requiring(&DOCKER);
+        for (k, v) in &self.env {
+            step = step.with_env(k, v);
+        }
+        step
+    }
+
+    pub fn command(&self, sub: &[&str]) -> Command {
+        let mut cmd = clean_command(&self.program[0]);
+        cmd.args(self.args(sub)).envs(&self.env).current_dir(&self.cwd);
+        cmd
+    }
+}
+
+fn validate_project(project: &str) -> Result<()> {
+    let ok = !project.is_empty()
+        && project.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && project.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(UsageError(format!(
+            "--project {project}: use lowercase letters, digits, '-' and '_' (compose project names)"
+        ))
+        .into())
+    }
+}
+
+pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
+    match &args.command {
+        DevCommand::Up(up) => ctx.execute(&up_plan(ctx, &args.project, up)?),
+        DevCommand::Base(base) => ctx.execute(&base_plan(ctx, base)?),
+        DevCommand::Down => {
+            let compose = Compose::new(ctx, &args.project, false, &[])?;
+            let mut plan = Plan::new("dev down");
+            plan.push(compose.step(
+                "dev:down",
+                "stop and remove the containers (volumes kept)",
+                &["down", "--remove-orphans"],
+            ));
+            ctx.execute(&plan)
+        }
+        DevCommand::Reset(reset) => {
+            if !reset.yes {
+                confirm_reset(&args.project)?;
+            }
+            let compose = Compose::new(ctx, &args.project, false, &[])?;
+            let mut plan = Plan::new("dev reset");
+            plan.push(compose.step(
+                "dev:reset",
+                "remove the containers and the data volumes",
+                &["down", "--volumes", "--remove-orphans"],
+            ));
+            ctx.execute(&plan)
+        }
+        DevCommand::Status => status(ctx, &args.project),
+        DevCommand::Logs(logs) => {
+            let compose = Compose::new(ctx, &args.project, false, &[])?;
+            let tail = logs.tail.to_string();
+            let mut sub = vec!["logs", "--tail", tail.as_str()];
+            if logs.follow {
+                sub.push("--follow");
+            }
+            if let Some(s) = &logs.service {
+                sub.push(s);
+            }
+            let status = compose.command(&sub).status().context("running compose logs")?;
+            Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_FAILED) })
+        }
+        DevCommand::Urls => {
+            print!("{}", urls(&env_values(&ctx.root))?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn confirm_reset(project: &str) -> Result<()> {
+    let question = format!("This deletes the data volumes (Postgres, Redis, Prometheus) of dev stack `{project}`.");
+    if !std::io::stdin().is_terminal() {
+        return Err(UsageError(format!("{question} Pass --yes to confirm (no terminal to ask on)")).into());
+    }
+    eprint!("{question} Type `yes` to go on: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        return Err(UsageError("reset cancelled; nothing was removed".into()).into());
+    }
+    Ok(())
+}
+
+pub fn urls(values: &BTreeMap<String, String>) -> Result<String> {
+    let mut out = String::new();
+    for (service, var, default, what) in PORTS {
+        let port = port_of(values, var, *default)?;
+        let url = match *service {
+            "postgres" => format!(
+                "postgres://{}@127.0.0.1:{port}/{}",
+                values.get("POSTGRES_USER").map_or("postgres", String::as_str),
+                values.get("POSTGRES_DB").map_or("jobs", String::as_str)
+            ),
+            "redis" => format!("redis://127.0.0.1:{port}"),
+            _ => format!("http://127.0.0.1:{port}"),
+        };
+        out.push_str(&format!("  {what:<32} {url}\n"));
+    }
+    Ok(out)
+}
+
+/// The base image the offline override builds on: minimal Debian bookworm, made with debootstrap.
+pub fn base_plan(ctx: &Ctx, args: &BaseArgs) -> Result<Plan> {
+    let ws = ctx.workspace()?;
+    let mut plan = Plan::new("dev base");
+    let dir = image::output_dir(&ws).join("rootfs/debian-base");
+    if args.fresh || !dir.join(image::ROOTFS_MARKER).is_file() {
+        plan.push(
+            Step::internal(
+                "dev:debootstrap",
+                "minimal Debian bookworm via debootstrap",
+                Internal::Debootstrap(Box::new(image::Debootstrap {
+                    dir: dir.clone(),
+                    suite: "bookworm".into(),
+                    mirror: args.mirror.clone(),
+                    include: vec!["ca-certificates".into()],
+                })),
+                "cargo xtask dev base --fresh",
+            )
+            .requiring(&DEBOOTSTRAP),
+        );
+    }
+    plan.push(
+        Step::internal(
+            "dev:base-import",
+            &format!("docker import {BASE_IMAGE}"),
+            Internal::ImportRootfs(Box::new(image::ImportRootfs {
+                dir,
+                tag: BASE_IMAGE.into(),
+                changes: vec!["ENV DEBIAN_FRONTEND=noninteractive".into()],
+            })),
+            "cargo xtask dev base",
+        )
+        .requiring(&DOCKER),
+    );
+    Ok(plan)
+}
+
+fn image_exists(reference: &str) -> bool {
+    clean_command("docker").args(["image", "inspect", reference]).output().is_ok_and(|o| o.status.success())
+}
+
+/// What `dev up` waits for, fixed at plan time.
+#[derive(Clone, Debug, Serialize)]
+pub struct DevUp {
+    pub compose: Compose,
+    pub services: Vec<String>,
+    /// (service, variable, host port) of every port this `up` publishes.
+    pub ports: Vec<(String, String, u16)>,
+    pub timeout_secs: u64,
+    pub urls: String,
+}
+
+pub fn up_plan(ctx: &Ctx, project: &str, args: &UpArgs) -> Result<Plan> {
+    if !ctx.root.join(COMPOSE_DIR).join(".env").is_file() {
+        let example = ctx.root.join(COMPOSE_DIR).join(".env.example");
+        let env = ctx.root.join(COMPOSE_DIR).join(".env");
+        // Copying a template is not a side effect worth a dry run: the plan needs its values.
+        if !ctx.dry_run {
+            std::fs::copy(&example, &env)
+                .with_context(|| format!("copying {} to {}", example.display(), env.display()))?;
+            eprintln!("note: created {COMPOSE_DIR}/.env from .env.example (local values; untracked)");
+        }
+    }
+    let compose = Compose::new(ctx, project, args.offline, &args.files)?;
+    let mut plan = Plan::new("dev up");
+    let mut services: Vec<String> = if args.deps_only {
+        DEPS_ONLY.iter().map(|s| s.to_string()).collect()
+    } else {
+        ["postgres", "redis", "api", "worker", "gateway", "prometheus"].map(String::from).to_vec()
+    };
+    if args.observability {
+        if args.deps_only {
+            return Err(UsageError("--observability and --deps-only do not go together".into()).into());
+        }
+        services.push("grafana".into());
+        if args.offline {
+            plan.notes.push("grafana has no Debian package: the observability profile pulls grafana/grafana".into());
+        }
+    }
+    if !args.deps_only {
+        let ws = ctx.workspace()?;
+        plan.extend(image::plan(ctx, &ws, &image::BuildArgs::default())?);
+    }
+    if args.offline {
+        if !image_exists(BASE_IMAGE) {
+            plan.notes.push(format!("no {BASE_IMAGE} yet: making it first (debootstrap, about a minute)"));
+            plan.extend(base_plan(ctx, &BaseArgs { mirror: "http://deb.debian.org/debian".into(), fresh: false })?);
+        }
+        let built: Vec<&str> = OFFLINE_BUILT.iter().copied().filter(|s| services.iter().any(|x| x == s)).collect();
+        let mut sub = vec!["build"];
+        sub.extend(&built);
+        plan.push(compose.step(
+            "dev:build-deps",
+            &format!("build {} from Debian packages on {BASE_IMAGE}", built.join(", ")),
+            &sub,
+        ));
+    }
+    let values = env_values(&ctx.root);
+    let mut ports = Vec::new();
+    for (service, var, default, _) in PORTS {
+        if services.iter().any(|s| s == service) {
+            ports.push((service.to_string(), var.to_string(), port_of(&values, var, *default)?));
+        }
+    }
+    let mut sub = vec!["up", "--detach", "--remove-orphans"];
+    let names: Vec<&str> = services.iter().map(String::as_str).collect();
+    sub.extend(&names);
+    let mut compose_up = compose.clone();
+    if args.observability {
+        compose_up.env.insert("COMPOSE_PROFILES".into(), "observability".into());
+    }
+    // A taken port is a configuration problem: say so before building or starting anything.
+    let wanted: Vec<(String, String, u16)> = ports.clone();
+    if !ctx.dry_run {
+        let running = containers(project)?;
+        check_ports(&wanted, &running)?;
+    }
+    let up = DevUp {
+        compose: compose_up,
+        services: services.clone(),
+        ports,
+        timeout_secs: args.timeout,
+        urls: urls(&values)?,
+    };
+    plan.push(
+        Step::internal(
+            "dev:up",
+            &format!("start {} and wait until healthy (at most {}s)", services.join(", "), args.timeout),
+            Internal::DevUp(Box::new(up)),
+            "cargo xtask dev up",
+        )
+        .requiring(&DOCKER),
+    );
+    Ok(plan)
+}
+
+/// One container of the project as `docker ps` reports it.
+#[derive(Clone, Debug, Serialize)]
+pub struct ContainerState {
+    pub service: String,
+    pub name: String,
+    /// created, running, exited, ...
+    pub state: String,
+    /// healthy, unhealthy, starting, or "-" without a health check.
+    pub health: String,
+    pub ports: String,
+}
+
+pub fn containers(project: &str) -> Result<Vec<ContainerState>> {
+    let out = clean_command("docker")
+        .args([
+            "ps",
+            "--all",
+            "--filter",
+            &format!("label=com.docker.compose.project={project}"),
+            "--format",
+            "{{.Label \"com.docker.compose.service\"}}\t{{.Names}}\t{{.State}}\t{{.Status}}\t{{.Ports}}",
+        ])
+        .output()
+        .context("running docker ps")?;
+    if !out.status.success() {
+        bail!("docker ps: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    let mut list: Vec<ContainerState> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|line| {
+            let mut parts = line.split('\t');
+            let (service, name, state, status) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+            let health = if status.contains("(healthy)") {
+                "healthy"
+            } else if status.contains("(unhealthy)") {
+                "unhealthy"
+            } else if status.contains("health: starting") {
+                "starting"
+            } else {
+                "-"
+            };
+            Some(ContainerState {
+                service: service.to_string(),
+                name: name.to_string(),
+                state: state.to_string(),
+                health: health.to_string(),
+                ports: parts.next().unwrap_or("").to_string(),
+            })
+        })
+        .collect();
+    list.sort_by(|a, b| a.service.cmp(&b.service));
+    Ok(list)
+}
+
+fn status(ctx: &Ctx, project: &str) -> Result<ExitCode> {
+    validate_project(project)?;
+    let list = containers(project)?;
+    match ctx.ui.format {
+        Format::Json | Format::Sarif => println!("{}", serde_json::to_string_pretty(&list)?),
+        Format::Human => {
+            if list.is_empty() {
+                println!("dev stack `{project}`: no containers (start it with `cargo xtask dev up`)");
+            } else {
+                println!("{:<12} {:<36} {:<10} {:<10} ports", "service", "container", "state", "health");
+                for c in &list {
+                    println!("{:<12} {:<36} {:<10} {:<10} {}", c.service, c.name, c.state, c.health, c.ports);
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Refuse before starting anything when a port is taken by something other than this stack.
+fn check_ports(ports: &[(String, String, u16)], running: &[ContainerState]) -> Result<()> {
+    for (service, var, port) in ports {
+        let ours = running.iter().any(|c| &c.service == service && c.state == "running");
+        if ours {
+            continue;
+        }
+        if std::net::TcpListener::bind(("127.0.0.1", *port)).is_err() {
+            return Err(UsageError(format!(
+                "port 127.0.0.1:{port} ({var}, for {service}) is already in use; stop what holds it or set {var} in {COMPOSE_DIR}/.env"
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
+fn is_ready(c: &ContainerState) -> bool {
+    c.state == "running" && (c.health == "healthy" || c.health == "-")
+}
+
+fn has_failed(c: &ContainerState) -> bool {
+    c.health == "unhealthy" || matches!(c.state.as_str(), "exited" | "dead")
+}
+
+fn summary_line(task: &DevUp, list: &[ContainerState], elapsed: Duration) -> String {
+    let mut ready = Vec::new();
+    let mut waiting = Vec::new();
+    for s in &task.services {
+        match list.iter().find(|c| &c.service == s) {
+            Some(c) if is_ready(c) => ready.push(s.clone()),
+            Some(c) => {
+                waiting.push(format!("{s} ({})", if c.health == "-" { c.state.as_str() } else { c.health.as_str() }))
+            }
+            None => waiting.push(format!("{s} (not created)")),
+        }
+    }
+    format!(
+        "{:>3}s  healthy: {}  |  waiting: {}",
+        elapsed.as_secs(),
+        if ready.is_empty() { "-".to_string() } else { ready.join(", ") },
+        if waiting.is_empty() { "-".to_string() } else { waiting.join(", ") }
+    )
+}
+
+fn last_logs(project: &str, c: &ContainerState, log: &mut dyn std::io::Write) -> Result<()> {
+    writeln!(log, "---- {} ({}; {} {}): last log lines ----", c.service, c.name, c.state, c.health)?;
+    let out = clean_command("docker").args(["logs", "--tail", "30", &c.name]).output()?;
+    log.write_all(&out.stdout)?;
+    log.write_all(&out.stderr)?;
+    let health = clean_command("docker")
+        .args([
+            "inspect",
+            "--format",
+            "{{if .State.Health}}{{range .State.Health.Log}}{{.Output}}{{end}}{{end}}",
+            &c.name,
+        ])
+        .output()?;
+    let health = String::from_utf8_lossy(&health.stdout);
+    if !health.trim().is_empty() {
+        writeln!(log, "---- {}: health check output ----\n{}", c.service, health.trim())?;
+    }
+    writeln!(
+        log,
+        "(the stack is left running: `cargo xtask dev status --project {project}`, `cargo xtask dev logs {}`)",
+        c.service
+    )?;
+    Ok(())
+}
+
+/// The internal step: compose up (in its own process group, so Ctrl-C here never interrupts it
+/// half-way), then wait for health with a progress line, then print the URLs.
+pub fn up(task: &DevUp, log: &mut dyn std::io::Write) -> Result<()> {
+    use std::os::unix::process::CommandExt;
+    let project = &task.compose.project;
+    check_ports(&task.ports, &containers(project)?)?;
+    let mut sub = vec!["up", "--detach", "--remove-orphans"];
+    sub.extend(task.services.iter().map(String::as_str));
+    writeln!(
+        log,
+        "$ {}",
+        crate::plan::shell_line(&task.compose.env, &task.compose.program[0], &task.compose.args(&sub))
+    )?;
+    let output_path = std::env::temp_dir().join(format!("xtask-dev-up-{}-{}.log", project, std::process::id()));
+    let output = std::fs::File::create(&output_path)?;
+    let mut child = task
+        .compose
+        .command(&sub)
+        .stdin(Stdio::null())
+        .stdout(output.try_clone()?)
+        .stderr(output)
+        .process_group(0)
+        .spawn()
+        .context("starting compose")?;
+
+    let started = Instant::now();
+    let timeout = Duration::from_secs(task.timeout_secs);
+    let tty = std::io::stderr().is_terminal();
+    let mut last_line = String::new();
+    let mut last_print = Instant::now() - Duration::from_secs(60);
+    let mut compose_done: Option<bool> = None;
+    loop {
+        if compose_done.is_none()
+            && let Some(status) = child.try_wait()?
+        {
+            compose_done = Some(status.success());
+            let text = std::fs::read_to_string(&output_path).unwrap_or_default();
+            if !status.success() {
+                log.write_all(text.as_bytes())?;
+            }
+        }
+        let list = containers(project)?;
+        let line = summary_line(task, &list, started.elapsed());
+        let changed = line.split_once("healthy:").map(|p| p.1) != last_line.split_once("healthy:").map(|p| p.1);
+        if tty {
+            eprint!("\r\x1b[2K  {line}");
+        } else if changed || last_print.elapsed() >= Duration::from_secs(5) {
+            writeln!(log, "  {line}")?;
+            last_print = Instant::now();
+        }
+        last_line = line;
+        let expected: Vec<&ContainerState> =
+            task.services.iter().filter_map(|s| list.iter().find(|c| &c.service == s)).collect();
+        let all_ready = expected.len() == task.services.len() && expected.iter().all(|c| is_ready(c));
+        let failed: Vec<&ContainerState> = expected.iter().copied().filter(|c| has_failed(c)).collect();
+        let timed_out = started.elapsed() >= timeout;
+        let finished =
+            (all_ready && compose_done == Some(true)) || !failed.is_empty() || compose_done == Some(false) || timed_out;
+        if tty && finished {
+            eprintln!();
+        }
+        if all_ready && compose_done == Some(true) {
+            let _ = std::fs::remove_file(&output_path);
+            writeln!(log, "dev stack `{project}` is healthy after {}s:", started.elapsed().as_secs())?;
+            write!(log, "{}", task.urls)?;
+            return Ok(());
+        }
+        if finished {
+            if compose_done.is_none() {
+                // compose is still waiting on a dependency's health; let it go on by itself.
+                writeln!(log, "(compose is still running in the background; its output: {})", output_path.display())?;
+            }
+            let culprits: Vec<&ContainerState> = if failed.is_empty() {
+                expected.iter().copied().filter(|c| !is_ready(c)).collect()
+            } else {
+                failed.clone()
+            };
+            for c in &culprits {
+                last_logs(project, c, log)?;
+            }
+            let missing: Vec<&String> =
+                task.services.iter().filter(|s| !list.iter().any(|c| &c.service == *s)).collect();
+            let names: Vec<&str> = culprits.iter().map(|c| c.service.as_str()).collect();
+            let why = if !failed.is_empty() {
+                format!("{} failed its health check or exited", names.join(", "))
+            } else if timed_out {
+                format!("not healthy within {}s: {}", task.timeout_secs, names.join(", "))
+            } else {
+                format!(
+                    "compose up failed (see above){}",
+                    if names.is_empty() { String::new() } else { format!("; not healthy: {}", names.join(", ")) }
+                )
+            };
+            let missing = if missing.is_empty() {
+                String::new()
+            } else {
+                format!("; never created: {}", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
+            };
+            bail!("{why}{missing}");
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
