@@ -132,10 +132,10 @@ pub const DOCKER_COMPOSE: Tool = Tool {
     name: "docker-compose",
     binary: "docker-compose",
     version_args: &["--version"],
-    source: Source::System,
+    source: Source::Apt("docker-compose"),
     minimum: Some("1.29"),
-    needed_by: &["dev (or the docker compose v2 plugin)"],
-    install_hint: "apt-get install docker-compose, or install the docker compose v2 plugin",
+    needed_by: &["dev (or the docker compose v2 plugin)", "test (the dev stack's tests)"],
+    install_hint: "cargo xtask setup (apt-get install docker-compose), or install the docker compose v2 plugin",
 };
 pub const KUBECTL: Tool = Tool {
     name: "kubectl",

@@ -183,6 +183,9 @@ pub struct ImageRecord {
     pub layer_size: Option<u64>,
     #[serde(default)]
     pub builder: Builder,
+    /// Digest of everything the tar was made from (host builder): equal means the tar is current.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inputs: Option<String>,
     /// Set by `--push`: `<registry>/<service>@sha256:...`, what deploy pins.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pushed: Option<String>,
@@ -784,6 +787,30 @@ pub fn assemble(task: &AssembleImage, log: &mut dyn std::io::Write) -> Result<()
             task.binary.display()
         );
     }
+    // Everything the tar is made of: when none of it changed, the tar on disk is already right
+    // (the writer is deterministic), so an unchanged service costs a hash, not a gzip.
+    let inputs = format!(
+        "sha256:{}",
+        oci::sha256_hex(
+            format!(
+                "{}\n{}\n{}\n{}\n{}",
+                oci::sha256_hex(&binary),
+                task.revision.tag,
+                task.revision.created,
+                task.port,
+                serde_json::to_string(&labels(task))?
+            )
+            .as_bytes()
+        )
+    );
+    if let Some(previous) =
+        std::fs::read(&task.record).ok().and_then(|b| serde_json::from_slice::<ImageRecord>(&b).ok())
+        && previous.inputs.as_deref() == Some(inputs.as_str())
+        && std::fs::read(&task.tar).is_ok_and(|t| oci::sha256_hex(&t) == previous.tar_sha256)
+    {
+        writeln!(log, "{}: unchanged since the last build; {} is current", previous.image, task.tar.display())?;
+        return Ok(());
+    }
     let spec = ImageSpec {
         name: task.service.clone(),
         tag: task.revision.tag.clone(),
@@ -809,6 +836,7 @@ pub fn assemble(task: &AssembleImage, log: &mut dyn std::io::Write) -> Result<()
         binary_size: Some(binary.len() as u64),
         layer_size: Some(digests.layer_size),
         builder: Builder::Host,
+        inputs: Some(inputs),
         pushed: None,
     };
     write_atomically(&task.record, &serde_json::to_vec_pretty(&record)?)?;
@@ -883,6 +911,7 @@ pub fn record(task: &RecordImages, log: &mut dyn std::io::Write) -> Result<()> {
             binary_size: None,
             layer_size: None,
             builder: Builder::Docker,
+            inputs: None,
             pushed: None,
         };
         if let Some(registry) = &task.registry {
