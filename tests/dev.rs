@@ -180,3 +180,52 @@ fn a_taken_port_is_refused_by_name_before_anything_starts() {
     assert!(err.contains(&format!("127.0.0.1:{port}")) && err.contains("REDIS_PORT"), "{err}");
     assert!(stack.containers().is_empty(), "nothing may start: {:?}", stack.containers());
 }
+
+/// Ctrl-C reaches xtask's process group (as a terminal sends it); compose runs in a group of its
+/// own, so it finishes what it started and the stack ends up whole, not half-created.
+#[test]
+fn ctrl_c_while_waiting_stops_xtask_and_leaves_a_consistent_stack() {
+    use std::os::unix::process::CommandExt;
+    let stack = Stack::new("ctrlc");
+    let log = tempfile::NamedTempFile::new().expect("log file");
+    // A background job inherits SIGINT as ignored (shells do that, and CI runners are often one);
+    // `env --default-signal` gives xtask the disposition a terminal's foreground job has.
+    let mut cmd = Command::new("env");
+    cmd.args([
+        "--default-signal=INT",
+        env!("CARGO_BIN_EXE_xtask"),
+        "dev",
+        "up",
+        "--offline",
+        "--project",
+        &stack.project,
+    ])
+    .current_dir(root())
+    .env("NO_COLOR", "1")
+    .stdout(std::process::Stdio::null())
+    .stderr(log.reopen().expect("log"))
+    .process_group(0);
+    for (var, port) in &stack.ports {
+        cmd.env(var, port.to_string());
+    }
+    let mut child = cmd.spawn().expect("xtask starts");
+    eventually("dev up to start waiting for health", Duration::from_secs(300), || {
+        std::fs::read_to_string(log.path()).ok().filter(|t| t.contains("waiting:")).map(|_| ())
+    });
+    let pgid = child.id().to_string();
+    let killed = Command::new("kill").args(["-INT", "--", &format!("-{pgid}")]).status().expect("kill runs");
+    assert!(killed.success());
+    let status = eventually("xtask to stop after Ctrl-C", Duration::from_secs(10), || child.try_wait().ok().flatten());
+    assert!(!status.success(), "interrupted, so not a success: {status:?}");
+
+    // Whatever compose had started, it completes: every service ends up running and healthy.
+    eventually("the stack to settle whole after the interrupt", Duration::from_secs(120), || {
+        let out = stack.xtask(&["dev", "status", "--format", "json"]);
+        let list = json(&out.stdout);
+        let list = list.as_array()?.clone();
+        let all = ["postgres", "redis", "api", "worker", "gateway", "prometheus"]
+            .iter()
+            .all(|s| list.iter().any(|c| c["service"] == *s && c["state"] == "running" && c["health"] == "healthy"));
+        all.then_some(())
+    });
+}
