@@ -140,6 +140,13 @@ fn dev_up_offline_runs_the_whole_stack_end_to_end_and_down_removes_it() {
         ["gateway", "api", "worker"].iter().all(|j| up(j)).then_some(())
     });
 
+    // Logs of one service, and the URLs, without starting anything.
+    let logs = stack.xtask(&["dev", "logs", "api", "--tail", "20"]);
+    assert!(logs.status.success(), "{}", text(&logs.stderr));
+    assert!(text(&logs.stdout).contains("api"), "{}", text(&logs.stdout));
+    let urls = stack.xtask(&["dev", "urls"]);
+    assert!(text(&urls.stdout).contains(&format!("http://127.0.0.1:{}", stack.port("PROMETHEUS_PORT"))));
+
     // Re-running up on a running stack changes nothing and is quick to say so.
     let again = stack.xtask(&["dev", "up", "--offline"]);
     assert!(again.status.success(), "{}", text(&again.stderr));
@@ -167,6 +174,16 @@ fn a_service_that_never_turns_healthy_fails_up_with_its_logs() {
     let said = text(&up.stderr);
     assert!(said.contains("api") && said.contains("last log lines"), "names the service and shows its logs: {said}");
     assert!(said.contains("no-such-check"), "shows the failing health check's output: {said}");
+}
+
+#[test]
+fn reset_without_a_terminal_needs_yes_and_removes_nothing() {
+    let stack = Stack::new("reset");
+    let out = stack.xtask(&["dev", "reset"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("--yes") && err.contains("data volumes"), "{err}");
 }
 
 #[test]
