@@ -110,7 +110,7 @@ impl Copy {
 }
 
 #[test]
-fn our_own_dockerfiles_have_no_high_or_critical_misconfigurations() {
+fn our_own_dockerfiles_and_rendered_overlays_have_no_high_or_critical_misconfigurations() {
     require_tool("trivy");
     let copy = Copy::new();
     let out = copy.scan(&["--format", "json"]);
@@ -126,6 +126,16 @@ fn our_own_dockerfiles_have_no_high_or_critical_misconfigurations() {
         raw["Results"].as_array().expect("results").iter().filter_map(|r| r["Target"].as_str()).collect();
     assert!(targets.contains(&"docker/Dockerfile"), "{targets:?}");
     assert!(targets.contains(&"docker/Dockerfile.buildkit"), "{targets:?}");
+    assert!(!targets.iter().any(|t| t.starts_with("k8s")), "overlays are scanned rendered, not raw: {targets:?}");
+    let k8s: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(copy.target.path().join("xtask/scan/trivy-k8s.json")).expect("rendered overlays report"),
+    )
+    .expect("json");
+    let rendered: Vec<&str> =
+        k8s["Results"].as_array().expect("results").iter().filter_map(|r| r["Target"].as_str()).collect();
+    for env in ["dev", "staging", "prod"] {
+        assert!(rendered.contains(&format!("{env}.yaml").as_str()), "{env} overlay not scanned: {rendered:?}");
+    }
     assert!(report["vuln_db"].as_str().expect("vuln_db").starts_with("not run"), "offline here: {report:#}");
 }
 

@@ -322,3 +322,42 @@ fn every_service_is_in_the_dev_stack_with_health_metrics_and_a_dashboard() {
     }
     assert!(!compose.contains("privileged"), "no privileged containers in the dev stack");
 }
+
+/// Every service has a kustomize base whose probes and port agree with its metadata.
+#[test]
+fn every_service_has_a_k8s_base_that_agrees_with_its_metadata() {
+    let ws = crate::workspace::Workspace::load(&project_root()).expect("workspace");
+    let bases = read("infra/k8s/base/kustomization.yaml");
+    for (name, meta) in ws.services() {
+        let deployment = read(&format!("infra/k8s/base/{name}/deployment.yaml"));
+        assert!(bases.contains(&format!("  - {name}\n")), "infra/k8s/base/kustomization.yaml lacks {name}");
+        assert!(
+            deployment.contains(&format!("containerPort: {}", meta.port)),
+            "{name}: containerPort != {}",
+            meta.port
+        );
+        assert!(deployment.contains(&format!("path: {}", meta.health)), "{name}: no probe on {}", meta.health);
+        assert!(
+            deployment.contains(&format!("readinessProbe:\n            httpGet: {{path: {}", meta.ready)),
+            "{name}: readiness must probe {}",
+            meta.ready
+        );
+        for required in [
+            "runAsNonRoot: true",
+            "readOnlyRootFilesystem: true",
+            "allowPrivilegeEscalation: false",
+            "drop: [ALL]",
+            "RuntimeDefault",
+            "limits:",
+            "startupProbe:",
+        ] {
+            assert!(deployment.contains(required), "{name}: deployment lacks `{required}`");
+        }
+        for kind in ["service", "serviceaccount", "configmap", "pdb", "hpa", "networkpolicy"] {
+            assert!(
+                project_root().join(format!("infra/k8s/base/{name}/{kind}.yaml")).is_file(),
+                "{name}: no {kind}.yaml"
+            );
+        }
+    }
+}
