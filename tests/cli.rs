@@ -1,12 +1,10 @@
 //! End-to-end tests of the real `cargo xtask` binary: exit codes, one-line errors, JSON output,
 //! and the secret and dependency scans against real git, trivy and cargo-deny.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
+mod common;
+use common::{require_tool, root, text};
 
 fn xtask(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -18,18 +16,6 @@ fn xtask(args: &[&str]) -> Output {
         .env("NO_COLOR", "1")
         .output()
         .expect("xtask binary runs")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-/// A tool the test cannot do without: missing means a loud failure that says how to install it.
-fn require_tool(name: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|dir| dir.join(name).is_file()))
-        .unwrap_or(false);
-    assert!(found, "{name} is not on PATH; install the pinned tools with `cargo xtask setup`");
 }
 
 #[test]

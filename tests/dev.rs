@@ -7,19 +7,13 @@
 //! Each test runs its own compose project on free loopback ports, so they never meet a
 //! developer's stack; they share Docker's image store, so nextest runs them one at a time.
 
-use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use test_support::{eventually, free_port, http};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
+mod common;
+use common::{root, text};
 
 /// A compose project of the test's own, on free ports; `dev reset --yes` when dropped.
 struct Stack {

@@ -2,23 +2,11 @@
 //! package) and real kubectl/kustomize: our own infra is clean, planted problems in a temporary
 //! copy fail the gate, and the ignore file needs a reason and an unexpired date.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn require_tool(name: &str) {
-    let found = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|dir| dir.join(name).is_file()))
-        .unwrap_or(false);
-    assert!(found, "{name} is not on PATH; install the pinned tools with `cargo xtask setup`");
-}
+mod common;
+use common::{require_tool, root, text};
 
 fn xtask_in(target_dir: &Path, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_xtask"))
@@ -29,6 +17,8 @@ fn xtask_in(target_dir: &Path, args: &[&str]) -> Output {
         .env("NO_COLOR", "1")
         // Each test writes its reports in its own place, so parallel tests never read each other's.
         .env("CARGO_TARGET_DIR", target_dir)
+        // trivy's own cache too: empty, so no vulnerability DB on any machine (scans run --offline).
+        .env("TRIVY_CACHE_DIR", target_dir.join("trivy-cache"))
         .output()
         .expect("xtask binary runs")
 }
@@ -136,7 +126,10 @@ fn our_own_dockerfiles_and_rendered_overlays_have_no_high_or_critical_misconfigu
     for env in ["dev", "staging", "prod"] {
         assert!(rendered.contains(&format!("{env}.yaml").as_str()), "{env} overlay not scanned: {rendered:?}");
     }
-    assert!(report["vuln_db"].as_str().expect("vuln_db").starts_with("not run"), "offline here: {report:#}");
+    assert!(
+        report["vuln_db"].as_str().expect("vuln_db").starts_with("not run"),
+        "empty trivy cache and --offline: no DB: {report:#}"
+    );
 }
 
 const PRIVILEGED_OVERLAY: &str =
@@ -234,20 +227,14 @@ fn an_ignore_entry_suppresses_only_with_a_reason_and_until_it_expires() {
 fn a_missing_vulnerability_db_fails_only_when_required() {
     require_tool("trivy");
     let copy = Copy::new();
+    // The copy's trivy cache is empty and the scan is --offline: there is no DB, on any machine.
     let out = copy.scan(&["--skip", "config", "--skip", "secrets", "--require-vuln-db", "--format", "json"]);
     let report = json_report(&out);
-    // Air-gapped machines (this one) have no DB; one that downloaded it must scan with it.
-    let cache = std::env::var_os("HOME").map(PathBuf::from).expect("HOME").join(".cache/trivy/db/trivy.db");
-    if cache.is_file() {
-        assert_eq!(out.status.code(), Some(0), "{report:#}");
-        assert!(report["vuln_db"].as_str().expect("vuln_db").starts_with("available"));
-    } else {
-        assert_eq!(out.status.code(), Some(1), "{report:#}");
-        assert!(report["blocking"].to_string().contains("--require-vuln-db"), "{report:#}");
-        let without = copy.scan(&["--skip", "config", "--skip", "secrets", "--format", "json"]);
-        assert_eq!(without.status.code(), Some(0), "not required: reported, not failed");
-        assert!(json_report(&without)["vuln_db"].as_str().expect("vuln_db").starts_with("not run: no DB"));
-    }
+    assert_eq!(out.status.code(), Some(1), "{report:#}");
+    assert!(report["blocking"].to_string().contains("--require-vuln-db"), "{report:#}");
+    let without = copy.scan(&["--skip", "config", "--skip", "secrets", "--format", "json"]);
+    assert_eq!(without.status.code(), Some(0), "not required: reported, not failed");
+    assert!(json_report(&without)["vuln_db"].as_str().expect("vuln_db").starts_with("not run: no DB"));
     let bad = copy.scan(&["--severity", "HIGH,SEVERE"]);
     assert_eq!(bad.status.code(), Some(2));
     assert!(text(&bad.stderr).contains("SEVERE"));

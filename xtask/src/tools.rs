@@ -186,6 +186,14 @@ pub const DEBOOTSTRAP: Tool = Tool {
     install_hint: "cargo xtask setup (apt-get install debootstrap)",
 };
 
+/// The version of `docker compose` (v2), a docker plugin rather than a binary on PATH; `dev`
+/// prefers it to docker-compose 1.29 and `setup` does not install v1 beside it.
+pub fn compose_v2() -> Option<String> {
+    let docker = which::which("docker").ok()?;
+    let out = crate::runner::clean_command(docker).args(["compose", "version", "--short"]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
 /// Every tool `doctor` reports on, in the order it prints them.
 pub const ALL: &[&Tool] = &[
     &CARGO,

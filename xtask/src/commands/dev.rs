@@ -119,8 +119,7 @@ pub struct BaseArgs {
 
 /// `docker compose` (v2 plugin) when it exists, else `docker-compose` (v1.29).
 pub fn compose_program() -> Result<Vec<String>> {
-    let v2 = clean_command("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success());
-    if v2 {
+    if crate::tools::compose_v2().is_some() {
         return Ok(vec!["docker".into(), "compose".into()]);
     }
     if crate::tools::DOCKER_COMPOSE.locate().is_some() {
@@ -355,10 +354,6 @@ pub fn base_plan(ctx: &Ctx, args: &BaseArgs) -> Result<Plan> {
     Ok(plan)
 }
 
-fn image_exists(reference: &str) -> bool {
-    clean_command("docker").args(["image", "inspect", reference]).output().is_ok_and(|o| o.status.success())
-}
-
 /// What `dev up` waits for, fixed at plan time.
 #[derive(Clone, Debug, Serialize)]
 pub struct DevUp {
@@ -402,7 +397,7 @@ pub fn up_plan(ctx: &Ctx, project: &str, args: &UpArgs) -> Result<Plan> {
         plan.extend(image::plan(ctx, &ws, &image::BuildArgs::default())?);
     }
     if args.offline {
-        if !image_exists(BASE_IMAGE) {
+        if !image::image_exists(BASE_IMAGE) {
             plan.notes.push(format!("no {BASE_IMAGE} yet: making it first (debootstrap, about a minute)"));
             plan.extend(base_plan(ctx, &BaseArgs { mirror: "http://deb.debian.org/debian".into(), fresh: false })?);
         }

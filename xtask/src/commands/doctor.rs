@@ -41,16 +41,9 @@ fn inspect(tool: &'static Tool) -> ToolReport {
     }
 }
 
-/// `docker compose` (v2) is a docker plugin, not a binary on PATH; dev accepts it or docker-compose.
-fn compose_v2() -> Option<String> {
-    let docker = which::which("docker").ok()?;
-    let out = crate::runner::clean_command(docker).args(["compose", "version", "--short"]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
-}
-
 pub fn run(ctx: &Ctx, _args: &Args) -> Result<ExitCode> {
     let reports: Vec<ToolReport> = ALL.iter().map(|t| inspect(t)).collect();
-    let compose = compose_v2();
+    let compose = crate::tools::compose_v2();
     // Tools every engineer needs for `cargo xtask ci`; the rest only matter for their commands.
     let core_missing: Vec<&str> =
         reports.iter().filter(|r| !r.ok && r.needed_by.contains(&"ci")).map(|r| r.name).collect();

@@ -397,31 +397,27 @@ fn host_steps(
             );
         }
         if let Some(registry) = &args.push {
-            let remote = format!("{registry}/{image}");
-            plan.push(
-                Step::exec(
-                    &format!("image:tag:{service}"),
-                    &format!("tag {remote}"),
-                    "docker",
-                    ["tag", &image, &remote],
-                    &ctx.root,
-                )
-                .requiring(&DOCKER),
-            );
-            plan.push(
-                Step::exec(
-                    &format!("image:push:{service}"),
-                    &format!("push {remote}"),
-                    "docker",
-                    ["push", &remote],
-                    &ctx.root,
-                )
-                .requiring(&DOCKER),
-            );
+            push_steps(plan, ctx, service, &image, registry);
         }
     }
     plan.push(record_step(ws, records, !args.no_load, args.push.clone(), Vec::new()));
     Ok(())
+}
+
+/// `docker tag` and `docker push` of one image to `registry`.
+fn push_steps(plan: &mut Plan, ctx: &Ctx, service: &str, image: &str, registry: &str) {
+    let remote = format!("{registry}/{image}");
+    let tag = Step::exec(
+        &format!("image:tag:{service}"),
+        &format!("tag {remote}"),
+        "docker",
+        ["tag", image, &remote],
+        &ctx.root,
+    );
+    let push =
+        Step::exec(&format!("image:push:{service}"), &format!("push {remote}"), "docker", ["push", &remote], &ctx.root);
+    plan.push(tag.requiring(&DOCKER));
+    plan.push(push.requiring(&DOCKER));
 }
 
 fn record_step(
@@ -465,7 +461,7 @@ pub fn default_builder_tag() -> Result<String> {
     Ok(format!("xtask-rust-builder:{}", rust_version()?))
 }
 
-fn image_exists(reference: &str) -> bool {
+pub fn image_exists(reference: &str) -> bool {
     clean_command("docker").args(["image", "inspect", reference]).output().is_ok_and(|o| o.status.success())
 }
 
@@ -543,27 +539,7 @@ fn docker_steps(
             .requiring(&DOCKER),
         );
         if let Some(registry) = &args.push {
-            let remote = format!("{registry}/{image}");
-            plan.push(
-                Step::exec(
-                    &format!("image:tag:{service}"),
-                    &format!("tag {remote}"),
-                    "docker",
-                    ["tag", &image, &remote],
-                    &ctx.root,
-                )
-                .requiring(&DOCKER),
-            );
-            plan.push(
-                Step::exec(
-                    &format!("image:push:{service}"),
-                    &format!("push {remote}"),
-                    "docker",
-                    ["push", &remote],
-                    &ctx.root,
-                )
-                .requiring(&DOCKER),
-            );
+            push_steps(plan, ctx, service, &image, registry);
         }
         built.push(DockerBuilt { service: service.clone(), image, tar, revision: revision.clone() });
     }

@@ -434,6 +434,54 @@ fn capture_step(
 
 /// Dockerfiles and compose files under infra/ (not infra/k8s, whose overlays are only
 /// meaningful rendered), then every rendered overlay.
+/// One `trivy config DIR` run: its report is `<out>/<source>.json`, its findings' paths get `prefix`.
+struct ConfigTarget<'a> {
+    source: &'a str,
+    dir: &'a Path,
+    skip_dirs: &'a [&'a str],
+    prefix: &'a str,
+}
+
+fn trivy_config(
+    t: &ConfigTarget<'_>,
+    description: &str,
+    repo: &Path,
+    out: &Path,
+    plan: &mut Plan,
+    inputs: &mut Vec<Input>,
+) {
+    let path = out.join(format!("{}.json", t.source));
+    let mut args = vec!["config".to_string()];
+    args.extend(trivy_common());
+    for skip in t.skip_dirs {
+        args.extend(["--skip-dirs".into(), skip.to_string()]);
+    }
+    args.extend(["--output".into(), path.display().to_string(), t.dir.display().to_string()]);
+    let run = TrivyRun {
+        args,
+        scanners: Vec::new(),
+        wants_vuln: false,
+        vuln_state: out.join("vuln-db.json"),
+        out: path.clone(),
+        cwd: repo.to_path_buf(),
+    };
+    plan.push(
+        Step::internal(
+            &format!("scan:{}", t.source),
+            description,
+            Internal::Trivy(Box::new(run)),
+            "cargo xtask scan --skip deny --skip secrets --skip fs --skip images",
+        )
+        .requiring(&TRIVY),
+    );
+    inputs.push(Input {
+        source: t.source.into(),
+        format: InputFormat::Trivy { prefix: t.prefix.into() },
+        path,
+        vuln: false,
+    });
+}
+
 fn config_steps(
     repo: &Path,
     out: &Path,
@@ -442,7 +490,6 @@ fn config_steps(
     inputs: &mut Vec<Input>,
     not_run: &mut Vec<ScannerStatus>,
 ) -> Result<()> {
-    let infra = repo.join("infra");
     if !trivy {
         not_run.push(ScannerStatus {
             source: "trivy-config".into(),
@@ -451,34 +498,10 @@ fn config_steps(
         });
         return Ok(());
     }
+    let infra = repo.join("infra");
     if infra.is_dir() {
-        let path = out.join("trivy-config.json");
-        let mut args = vec!["config".to_string()];
-        args.extend(trivy_common());
-        args.extend(["--skip-dirs".into(), "k8s".into()]);
-        args.extend(["--output".into(), path.display().to_string(), infra.display().to_string()]);
-        plan.push(
-            Step::internal(
-                "scan:trivy-config",
-                "trivy config: Dockerfiles under infra/",
-                Internal::Trivy(Box::new(TrivyRun {
-                    args,
-                    scanners: Vec::new(),
-                    wants_vuln: false,
-                    vuln_state: out.join("vuln-db.json"),
-                    out: path.clone(),
-                    cwd: repo.to_path_buf(),
-                })),
-                "cargo xtask scan --skip deny --skip secrets --skip fs --skip images",
-            )
-            .requiring(&TRIVY),
-        );
-        inputs.push(Input {
-            source: "trivy-config".into(),
-            format: InputFormat::Trivy { prefix: "infra/".into() },
-            path,
-            vuln: false,
-        });
+        let target = ConfigTarget { source: "trivy-config", dir: &infra, skip_dirs: &["k8s"], prefix: "infra/" };
+        trivy_config(&target, "trivy config: Dockerfiles under infra/", repo, out, plan, inputs);
     }
     let overlays_dir = repo.join("infra/k8s/overlays");
     let mut overlays: Vec<String> = std::fs::read_dir(&overlays_dir)
@@ -511,32 +534,8 @@ fn config_steps(
             &[&KUBECTL],
         ));
     }
-    let path = out.join("trivy-k8s.json");
-    let mut args = vec!["config".to_string()];
-    args.extend(trivy_common());
-    args.extend(["--output".into(), path.display().to_string(), rendered.display().to_string()]);
-    plan.push(
-        Step::internal(
-            "scan:trivy-k8s",
-            "trivy config: rendered overlays",
-            Internal::Trivy(Box::new(TrivyRun {
-                args,
-                scanners: Vec::new(),
-                wants_vuln: false,
-                vuln_state: out.join("vuln-db.json"),
-                out: path.clone(),
-                cwd: repo.to_path_buf(),
-            })),
-            "cargo xtask scan --skip deny --skip secrets --skip fs --skip images",
-        )
-        .requiring(&TRIVY),
-    );
-    inputs.push(Input {
-        source: "trivy-k8s".into(),
-        format: InputFormat::Trivy { prefix: "rendered overlay ".into() },
-        path,
-        vuln: false,
-    });
+    let target = ConfigTarget { source: "trivy-k8s", dir: &rendered, skip_dirs: &[], prefix: "rendered overlay " };
+    trivy_config(&target, "trivy config: rendered overlays", repo, out, plan, inputs);
     Ok(())
 }
 

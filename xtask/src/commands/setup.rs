@@ -43,10 +43,6 @@ fn tools_venv() -> PathBuf {
         .join("xtask/venv")
 }
 
-fn compose_v2() -> bool {
-    std::process::Command::new("docker").args(["compose", "version"]).output().is_ok_and(|o| o.status.success())
-}
-
 fn python_can_make_venvs() -> bool {
     std::process::Command::new("python3")
         .args(["-c", "import venv, ensurepip"])
@@ -76,7 +72,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         .iter()
         .filter_map(|t| match t.source {
             // The compose v2 plugin does the same job: do not add v1 beside it.
-            tools::Source::Apt(_) if t.name == tools::DOCKER_COMPOSE.name && compose_v2() => None,
+            tools::Source::Apt(_) if t.name == tools::DOCKER_COMPOSE.name && tools::compose_v2().is_some() => None,
             tools::Source::Apt(package) if needs_install(t, args.force) => Some(package),
             _ => None,
         })

@@ -1,0 +1,29 @@
+//! Helpers every end-to-end test binary under tests/ shares (each uses a subset).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root: the tests are built as xtask's, whose manifest sits in `<root>/xtask`.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A tool the test cannot do without: missing means a loud failure that says how to install it.
+pub fn require_tool(name: &str) {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|dir| dir.join(name).is_file()))
+        .unwrap_or(false);
+    assert!(found, "{name} is not on PATH; install the pinned tools with `cargo xtask setup`");
+}
+
+/// Where cargo (and so xtask) puts build output for this run.
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR").filter(|d| !d.is_empty()) {
+        Some(dir) => root().join(dir),
+        None => root().join("target"),
+    }
+}

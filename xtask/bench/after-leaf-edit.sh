@@ -1,0 +1,18 @@
+#!/usr/bin/env sh
+# One "edit a leaf crate, then run a command" cycle: append a comment to the gateway (a leaf:
+# nothing depends on it), run the given command, then restore the file. Used for:
+#   ci --changed vs full ci (commit first: --changed diffs against HEAD):
+#     xtask/bench/after-leaf-edit.sh cargo xtask ci --changed --base HEAD
+#     xtask/bench/after-leaf-edit.sh cargo xtask ci
+#   rebuilding every image after a one-line change:
+#     xtask/bench/after-leaf-edit.sh cargo xtask image build                      # host builder
+#     xtask/bench/after-leaf-edit.sh cargo build --release --locked -p api -p gateway -p worker
+#     xtask/bench/after-leaf-edit.sh cargo xtask image build --builder docker     # cargo-chef
+set -e
+cd "$(dirname "$0")/../.."
+leaf=services/gateway/src/routes.rs
+echo "// benchmark edit" >> "$leaf"
+status=0
+"$@" >/dev/null 2>&1 || status=$?
+git checkout --quiet -- "$leaf"
+exit "$status"
