@@ -1,0 +1,367 @@
+//! loadgen: an HTTP load generator that gates CI on SLOs. Open model by default (latency from
+//! the intended send time, so coordinated omission cannot hide a stall), closed model on request,
+//! HdrHistograms merged exactly, everything validated before the first request.
+//!
+//! Exit codes: 0 pass, 1 SLO breached, 2 configuration error, 3 invalid run (the generator could
+//! not keep its promised rate), 130 interrupted.
+
+mod engine;
+mod plan;
+mod report;
+mod scenario;
+mod slo;
+mod stats;
+mod units;
+
+use clap::{Parser, Subcommand};
+use report::{Baseline, RunResults, SecondReport, exit};
+use scenario::{ConfigError, Overrides, Scenario};
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Write};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(name = "loadgen", version, about = "HTTP load generator with SLO gating")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a scenario (or the one-URL case from flags) and judge it.
+    Run(Box<RunArgs>),
+    /// Validate scenario files and their SLOs without sending anything.
+    Check {
+        #[arg(required = true)]
+        scenarios: Vec<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Scenario file (TOML); without one, --url and --rps/--connections describe the run.
+    scenario: Option<PathBuf>,
+    /// Target base URL (overrides the scenario's base_url).
+    #[arg(long)]
+    url: Option<String>,
+    /// Open model: constant rate in requests per second (replaces the scenario's stages).
+    #[arg(long)]
+    rps: Option<f64>,
+    /// Run length with --rps or --connections, e.g. `30s`.
+    #[arg(long)]
+    duration: Option<String>,
+    /// Closed model: this many connections, each sending back to back.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Closed model: pause between a connection's requests.
+    #[arg(long)]
+    think_time: Option<String>,
+    /// One-URL case: HTTP method.
+    #[arg(long)]
+    method: Option<String>,
+    /// Extra header `Name: value` on every request (repeatable).
+    #[arg(long = "header", short = 'H')]
+    headers: Vec<String>,
+    /// One-URL case: request body.
+    #[arg(long)]
+    body: Option<String>,
+    /// Statuses that count as success (repeatable; default 2xx).
+    #[arg(long = "expect-status")]
+    expect_status: Vec<u16>,
+    /// SLO expression, e.g. `latency: p(99) < 25ms` (repeatable; added to the scenario's).
+    #[arg(long = "slo")]
+    slos: Vec<String>,
+    /// A previous JSON report for `baseline.` SLOs.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
+    /// Generator cores (one single-threaded runtime each). Default: all available.
+    #[arg(long)]
+    cores: Option<usize>,
+    /// Directory for report.json, junit.xml and summary.md.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// What to print on stdout at the end.
+    #[arg(long, value_enum, default_value = "human")]
+    format: Format,
+    /// Allow a target that is not loopback (load tests aim at 127.0.0.1 by default).
+    #[arg(long)]
+    allow_remote: bool,
+    #[arg(long)]
+    seed: Option<u64>,
+    #[arg(long)]
+    warmup: Option<String>,
+    #[arg(long)]
+    max_connections: Option<usize>,
+    #[arg(long)]
+    max_requests: Option<u64>,
+    /// Per-request timeout.
+    #[arg(long)]
+    timeout: Option<String>,
+    /// p99 schedule lag above which the run is invalid.
+    #[arg(long)]
+    lag_tolerance: Option<String>,
+    /// No progress lines.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Format {
+    Human,
+    Json,
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match cli.command {
+        Command::Check { scenarios } => check(&scenarios),
+        Command::Run(args) => match run(*args) {
+            Ok(code) => code,
+            Err(Failure::Config(e)) => {
+                eprintln!("error: {e}");
+                exit::CONFIG
+            }
+            Err(Failure::Run(e)) => {
+                eprintln!("error: {e:#}");
+                1
+            }
+        },
+    };
+    std::process::exit(code);
+}
+
+enum Failure {
+    Config(String),
+    Run(anyhow::Error),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e.0)
+    }
+}
+
+fn check(paths: &[PathBuf]) -> i32 {
+    let mut code = exit::PASS;
+    for path in paths {
+        match Scenario::load(Some(path), &Overrides::default()) {
+            Ok(s) => println!("ok: {} ({} endpoints, {} SLOs)", path.display(), s.endpoints.len(), s.slos.len()),
+            Err(e) => {
+                eprintln!("error: {e}");
+                code = exit::CONFIG;
+            }
+        }
+    }
+    code
+}
+
+/// Resolves the target once, and refuses anything but loopback unless told otherwise.
+fn resolve(scenario: &Scenario, allow_remote: bool) -> Result<SocketAddr, Failure> {
+    let t = &scenario.target;
+    let addrs: Vec<SocketAddr> = (t.host.as_str(), t.port)
+        .to_socket_addrs()
+        .map_err(|e| Failure::Config(format!("target `{}` does not resolve: {e}", t.authority)))?
+        .collect();
+    let first =
+        *addrs.first().ok_or_else(|| Failure::Config(format!("target `{}` resolves to no address", t.authority)))?;
+    if !allow_remote && let Some(remote) = addrs.iter().find(|a| !a.ip().is_loopback()) {
+        return Err(Failure::Config(format!(
+            "target `{}` resolves to {}, which is not loopback; load tests aim at 127.0.0.1 (pass --allow-remote if you own that host)",
+            t.authority,
+            remote.ip()
+        )));
+    }
+    Ok(first)
+}
+
+fn run(args: RunArgs) -> Result<i32, Failure> {
+    let overrides = Overrides {
+        url: args.url,
+        rps: args.rps,
+        duration: args.duration,
+        connections: args.connections,
+        think_time: args.think_time,
+        method: args.method,
+        headers: args.headers,
+        body: args.body,
+        expect_status: args.expect_status,
+        slos: args.slos,
+        seed: args.seed,
+        warmup: args.warmup,
+        max_connections: args.max_connections,
+        timeout: args.timeout,
+        max_requests: args.max_requests,
+        lag_tolerance: args.lag_tolerance,
+    };
+    let scenario = Arc::new(Scenario::load(args.scenario.as_deref(), &overrides)?);
+    let baseline = match &args.baseline {
+        Some(path) => Some(Baseline::read(path).map_err(Failure::Config)?),
+        None => None,
+    };
+    let names: Vec<String> = scenario.endpoints.iter().map(|e| e.name.clone()).collect();
+    for slo in &scenario.slos {
+        slo.check_baseline(&names, baseline.as_ref().map(|b| b as &dyn slo::Observations))
+            .map_err(|e| Failure::Config(format!("slo `{}`: {e}", slo.text)))?;
+    }
+    let addr = resolve(&scenario, args.allow_remote)?;
+    let cores = match args.cores {
+        Some(0) => return Err(Failure::Config("--cores must be at least 1".into())),
+        Some(n) => n,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    if let Some(out) = &args.out {
+        std::fs::create_dir_all(out)
+            .map_err(|e| Failure::Config(format!("--out {}: cannot create it: {e}", out.display())))?;
+    }
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let setup = engine::RunSetup { scenario: Arc::clone(&scenario), addr, cores, stop: Arc::clone(&stop) };
+    let runner = std::thread::Builder::new()
+        .name("loadgen-run".into())
+        .spawn(move || engine::run(setup, tx))
+        .map_err(|e| Failure::Run(e.into()))?;
+    let progress = Progress::new(args.quiet, scenario_length(&scenario));
+    let (timeseries, interrupted) = aggregate(rx, cores, &stop, progress).map_err(Failure::Run)?;
+    let output = runner
+        .join()
+        .map_err(|_| Failure::Run(anyhow::anyhow!("the generator panicked")))?
+        .map_err(|e| Failure::Run(anyhow::Error::from(e).context("running the load")))?;
+
+    let results = RunResults::new(&scenario, &output);
+    let verdict = report::judge(&results, baseline.as_ref().map(|b| b as &dyn slo::Observations), interrupted);
+    let report = report::build(&results, &output, &verdict, timeseries, cores, interrupted);
+    let json = serde_json::to_string_pretty(&report).map_err(|e| Failure::Run(e.into()))?;
+    match args.format {
+        Format::Human => print!("{}", report::human(&report)),
+        Format::Json => println!("{json}"),
+    }
+    if let Some(out) = &args.out {
+        write_file(&out.join("report.json"), &json)?;
+        write_file(&out.join("junit.xml"), &report::junit(&report))?;
+        write_file(&out.join("summary.md"), &report::markdown(&report))?;
+        eprintln!("reports: {}", out.display());
+    }
+    if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") {
+        let appended = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(report::markdown(&report).as_bytes()));
+        if let Err(e) = appended {
+            eprintln!("warning: could not append to $GITHUB_STEP_SUMMARY: {e}");
+        }
+    }
+    Ok(report.exit_code)
+}
+
+fn write_file(path: &Path, text: &str) -> Result<(), Failure> {
+    std::fs::write(path, text).map_err(|e| Failure::Run(anyhow::anyhow!("cannot write {}: {e}", path.display())))
+}
+
+fn scenario_length(s: &Scenario) -> Duration {
+    match &s.load {
+        scenario::Load::Open { start_rps, stages } => plan::RatePlan::new(*start_rps, stages).duration(),
+        scenario::Load::Closed { duration, .. } => *duration,
+    }
+}
+
+/// Progress on stderr: a live line each second on a terminal, a plain line every 5 s otherwise.
+struct Progress {
+    quiet: bool,
+    tty: bool,
+    length: Duration,
+}
+
+impl Progress {
+    fn new(quiet: bool, length: Duration) -> Progress {
+        Progress { quiet, tty: std::io::stderr().is_terminal(), length }
+    }
+
+    fn show(&self, row: &SecondReport, in_flight: u64) {
+        if self.quiet || (!self.tty && !(row.t + 1).is_multiple_of(5)) {
+            return;
+        }
+        let line = format!(
+            "[{:>4}s/{}s] {:>8} req/s  p50 {:>8}  p99 {:>8}  errors {:>5}  in flight {:>4}",
+            row.t + 1,
+            self.length.as_secs(),
+            row.completed,
+            units::format_nanos(row.p50_us * 1e3),
+            units::format_nanos(row.p99_us * 1e3),
+            row.errors,
+            in_flight
+        );
+        if self.tty {
+            eprint!("\r\x1b[2K{line}");
+        } else {
+            eprintln!("{line}");
+        }
+    }
+
+    fn finish(&self) {
+        if self.tty && !self.quiet {
+            eprintln!();
+        }
+    }
+}
+
+/// The aggregator: merges the cores' seconds into the time series and watches for Ctrl-C.
+fn aggregate(
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<stats::IntervalStats>,
+    cores: usize,
+    stop: &AtomicBool,
+    progress: Progress,
+) -> anyhow::Result<(Vec<SecondReport>, bool)> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        let mut pending: BTreeMap<u64, (usize, stats::IntervalStats)> = BTreeMap::new();
+        let mut rows = Vec::new();
+        let mut interrupted = false;
+        let finish_row = |iv: &stats::IntervalStats| SecondReport {
+            t: iv.second,
+            completed: iv.completed,
+            errors: iv.failed,
+            p50_us: iv.latency.value_at_quantile(0.5) as f64 / 1e3,
+            p99_us: iv.latency.value_at_quantile(0.99) as f64 / 1e3,
+        };
+        let ctrl_c = tokio::signal::ctrl_c();
+        tokio::pin!(ctrl_c);
+        loop {
+            tokio::select! {
+                next = rx.recv() => {
+                    let Some(iv) = next else { break };
+                    let entry = pending.entry(iv.second).or_insert_with(|| (0, stats::IntervalStats::new(iv.second)));
+                    entry.0 += 1;
+                    entry.1.completed += iv.completed;
+                    entry.1.failed += iv.failed;
+                    entry.1.in_flight += iv.in_flight;
+                    let _ = entry.1.latency.add(&iv.latency);
+                    if entry.0 == cores {
+                        let (_, done) = pending.remove(&iv.second).expect("present");
+                        let row = finish_row(&done);
+                        progress.show(&row, done.in_flight);
+                        rows.push(row);
+                    }
+                }
+                _ = &mut ctrl_c, if !interrupted => {
+                    interrupted = true;
+                    stop.store(true, Ordering::Relaxed);
+                    if !progress.quiet {
+                        eprintln!("\ninterrupted: stopping the load and writing what was measured");
+                    }
+                }
+            }
+        }
+        // Seconds some cores did not finish (the end of the run).
+        rows.extend(pending.values().map(|(_, iv)| finish_row(iv)));
+        rows.sort_by_key(|r| r.t);
+        progress.finish();
+        Ok((rows, interrupted))
+    })
+}
