@@ -134,6 +134,38 @@ fn dev_up_offline_runs_the_whole_stack_end_to_end_and_down_removes_it() {
         ["gateway", "api", "worker"].iter().all(|j| up(j)).then_some(())
     });
 
+    // `loadtest --service` finds the stack's gateway and drives the jobs flow through it. The
+    // SLOs may or may not hold on a busy CI machine; what must hold is a judged run without errors.
+    let load = stack.xtask(&[
+        "loadtest",
+        "jobs",
+        "--service",
+        "gateway",
+        "--",
+        "--rps",
+        "30",
+        "--duration",
+        "3s",
+        "--warmup",
+        "1s",
+        "--lag-tolerance",
+        "100ms",
+        "--quiet",
+    ]);
+    assert!(matches!(load.status.code(), Some(0 | 1)), "{}{}", text(&load.stdout), text(&load.stderr));
+    let report =
+        json(&std::fs::read(common::target_dir().join("xtask/loadtest/jobs/report.json")).expect("loadtest report"));
+    assert_eq!(report["scenario"]["target"], gateway);
+    for endpoint in report["endpoints"].as_array().expect("endpoints") {
+        assert_eq!(endpoint["errors"], 0, "{endpoint:#}");
+        assert!(endpoint["count"].as_u64().is_some_and(|n| n > 0), "{endpoint:#}");
+    }
+    assert!(
+        report["endpoints"][0]["status"]["201"].as_u64().is_some_and(|n| n > 0),
+        "jobs created: {:#}",
+        report["endpoints"][0]
+    );
+
     // Logs of one service, and the URLs, without starting anything.
     let logs = stack.xtask(&["dev", "logs", "api", "--tail", "20"]);
     assert!(logs.status.success(), "{}", text(&logs.stderr));

@@ -76,6 +76,7 @@ pub enum Command {
     Deny(commands::deny::Args),
     Scan(commands::scan::Args),
     Dev(commands::dev::Args),
+    Loadtest(commands::loadtest::Args),
     Secrets(commands::secrets::Args),
     Doctor(commands::doctor::Args),
     Setup(commands::setup::Args),

@@ -29,6 +29,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -304,33 +305,70 @@ async fn open_worker(state: Rc<CoreState>, scenario: Arc<Scenario>, addr: Socket
     }
 }
 
+type Http1Connection = hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
+
+/// One keep-alive connection, driven by the task that sends on it: the request and the
+/// connection's I/O are polled together, so a request costs no hop to another task.
 #[derive(Default)]
 struct Connection {
-    sender: Option<SendRequest<Full<Bytes>>>,
+    open: Option<(SendRequest<Full<Bytes>>, Pin<Box<Http1Connection>>)>,
 }
 
 impl Connection {
-    async fn ready(
-        &mut self,
-        addr: SocketAddr,
-        state: &CoreState,
-    ) -> Result<&mut SendRequest<Full<Bytes>>, FailureKind> {
-        if let Some(sender) = &mut self.sender {
-            if sender.ready().await.is_ok() {
-                return Ok(self.sender.as_mut().expect("checked above"));
+    /// The live connection, or a new one if there is none or the server closed it while idle.
+    async fn ready(&mut self, addr: SocketAddr, state: &CoreState) -> Result<(), FailureKind> {
+        if let Some((_, conn)) = &mut self.open {
+            // Poll once: a connection the server closed finishes here instead of failing a request.
+            let closed = tokio::select! {
+                biased;
+                _ = conn.as_mut() => true,
+                _ = std::future::ready(()) => false,
+            };
+            if !closed {
+                return Ok(());
             }
-            self.sender = None;
+            self.open = None;
         }
         let stream = tokio::net::TcpStream::connect(addr).await.map_err(|_| FailureKind::Connect)?;
         stream.set_nodelay(true).map_err(|_| FailureKind::Connect)?;
-        let (sender, connection) =
+        let (sender, conn) =
             hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.map_err(|_| FailureKind::Connect)?;
-        tokio::task::spawn_local(async move {
-            // Connection errors surface on the request that hits them.
-            let _ = connection.await;
-        });
         state.stats.borrow_mut().connections_opened += 1;
-        Ok(self.sender.insert(sender))
+        self.open = Some((sender, Box::pin(conn)));
+        Ok(())
+    }
+
+    /// Sends one request and drains the response, driving the connection meanwhile.
+    async fn exchange(&mut self, endpoint: &Endpoint) -> Result<(u16, u64), FailureKind> {
+        let Some((sender, conn)) = &mut self.open else { return Err(FailureKind::Io) };
+        let (result, ended) = {
+            let exchange = async {
+                sender.ready().await.map_err(|_| FailureKind::Io)?;
+                let response = sender.send_request(request(endpoint)).await.map_err(|_| FailureKind::Io)?;
+                let status = response.status().as_u16();
+                let mut body = response.into_body();
+                let mut bytes = 0u64;
+                while let Some(frame) = body.frame().await {
+                    let frame = frame.map_err(|_| FailureKind::Io)?;
+                    if let Some(data) = frame.data_ref() {
+                        bytes += data.len() as u64;
+                    }
+                }
+                Ok((status, bytes))
+            };
+            tokio::pin!(exchange);
+            tokio::select! {
+                biased;
+                result = &mut exchange => (result, false),
+                // The connection ended (e.g. `Connection: close` after this response): whatever it
+                // delivered before ending is still ours to read.
+                _ = conn.as_mut() => (exchange.await, true),
+            }
+        };
+        if ended {
+            self.open = None;
+        }
+        result
     }
 }
 
@@ -361,18 +399,8 @@ async fn execute(
     // the server closed the last one) is the target's time, so it counts as service time.
     let sent = Instant::now();
     let result = tokio::time::timeout_at(deadline, async {
-        let sender = conn.ready(addr, state).await?;
-        let response = sender.send_request(request(endpoint)).await.map_err(|_| FailureKind::Io)?;
-        let status = response.status().as_u16();
-        let mut body = response.into_body();
-        let mut bytes = 0u64;
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| FailureKind::Io)?;
-            if let Some(data) = frame.data_ref() {
-                bytes += data.len() as u64;
-            }
-        }
-        Ok((status, bytes))
+        conn.ready(addr, state).await?;
+        conn.exchange(endpoint).await
     })
     .await
     .unwrap_or(Err(FailureKind::Timeout));
@@ -383,7 +411,7 @@ async fn execute(
         Ok(_) => Outcome::Unexpected,
         Err(_) => {
             // A failed connection cannot be trusted with the next request.
-            conn.sender = None;
+            conn.open = None;
             Outcome::Failed
         }
     };

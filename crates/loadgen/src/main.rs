@@ -6,6 +6,7 @@
 //! not keep its promised rate), 130 interrupted.
 
 mod engine;
+mod merge;
 mod plan;
 mod report;
 mod scenario;
@@ -14,7 +15,7 @@ mod stats;
 mod units;
 
 use clap::{Parser, Subcommand};
-use report::{Baseline, RunResults, SecondReport, exit};
+use report::{ReportView, RunResults, SecondReport, exit};
 use scenario::{ConfigError, Overrides, Scenario};
 use std::collections::BTreeMap;
 use std::io::{IsTerminal, Write};
@@ -35,6 +36,17 @@ struct Cli {
 enum Command {
     /// Run a scenario (or the one-URL case from flags) and judge it.
     Run(Box<RunArgs>),
+    /// Merge reports of runs made side by side into one (histograms add exactly) and judge the
+    /// SLOs again on the merged figures.
+    Merge {
+        #[arg(required = true, num_args = 2..)]
+        reports: Vec<PathBuf>,
+        /// Directory for the merged report.json, junit.xml and summary.md.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "human")]
+        format: Format,
+    },
     /// Validate scenario files and their SLOs without sending anything.
     Check {
         #[arg(required = true)]
@@ -120,19 +132,24 @@ fn main() {
     let cli = Cli::parse();
     let code = match cli.command {
         Command::Check { scenarios } => check(&scenarios),
-        Command::Run(args) => match run(*args) {
-            Ok(code) => code,
-            Err(Failure::Config(e)) => {
-                eprintln!("error: {e}");
-                exit::CONFIG
-            }
-            Err(Failure::Run(e)) => {
-                eprintln!("error: {e:#}");
-                1
-            }
-        },
+        Command::Merge { reports, out, format } => exit_code(merge_reports(&reports, out.as_deref(), format)),
+        Command::Run(args) => exit_code(run(*args)),
     };
     std::process::exit(code);
+}
+
+fn exit_code(result: Result<i32, Failure>) -> i32 {
+    match result {
+        Ok(code) => code,
+        Err(Failure::Config(e)) => {
+            eprintln!("error: {e}");
+            exit::CONFIG
+        }
+        Err(Failure::Run(e)) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
 }
 
 enum Failure {
@@ -200,7 +217,7 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
     };
     let scenario = Arc::new(Scenario::load(args.scenario.as_deref(), &overrides)?);
     let baseline = match &args.baseline {
-        Some(path) => Some(Baseline::read(path).map_err(Failure::Config)?),
+        Some(path) => Some(ReportView::read(path).map_err(Failure::Config)?),
         None => None,
     };
     let names: Vec<String> = scenario.endpoints.iter().map(|e| e.name.clone()).collect();
@@ -236,15 +253,34 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
     let results = RunResults::new(&scenario, &output);
     let verdict = report::judge(&results, baseline.as_ref().map(|b| b as &dyn slo::Observations), interrupted);
     let report = report::build(&results, &output, &verdict, timeseries, cores, interrupted);
-    let json = serde_json::to_string_pretty(&report).map_err(|e| Failure::Run(e.into()))?;
-    match args.format {
-        Format::Human => print!("{}", report::human(&report)),
+    emit(&report, args.out.as_deref(), args.format)?;
+    Ok(report.exit_code)
+}
+
+fn merge_reports(paths: &[PathBuf], out: Option<&Path>, format: Format) -> Result<i32, Failure> {
+    let mut parts = Vec::new();
+    for path in paths {
+        let view = ReportView::read(path).map_err(Failure::Config)?;
+        parts.push((path.display().to_string(), view.report));
+    }
+    let merged = merge::merge(&parts).map_err(Failure::Config)?;
+    emit(&merged, out, format)?;
+    Ok(merged.exit_code)
+}
+
+/// Prints the report and writes its files: the end of a run and of a merge alike.
+fn emit(report: &report::Report, out: Option<&Path>, format: Format) -> Result<(), Failure> {
+    let json = serde_json::to_string_pretty(report).map_err(|e| Failure::Run(e.into()))?;
+    match format {
+        Format::Human => print!("{}", report::human(report)),
         Format::Json => println!("{json}"),
     }
-    if let Some(out) = &args.out {
+    if let Some(out) = out {
+        std::fs::create_dir_all(out)
+            .map_err(|e| Failure::Config(format!("--out {}: cannot create it: {e}", out.display())))?;
         write_file(&out.join("report.json"), &json)?;
-        write_file(&out.join("junit.xml"), &report::junit(&report))?;
-        write_file(&out.join("summary.md"), &report::markdown(&report))?;
+        write_file(&out.join("junit.xml"), &report::junit(report))?;
+        write_file(&out.join("summary.md"), &report::markdown(report))?;
         eprintln!("reports: {}", out.display());
     }
     if let Some(path) = std::env::var_os("GITHUB_STEP_SUMMARY") {
@@ -252,12 +288,12 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
             .append(true)
             .create(true)
             .open(&path)
-            .and_then(|mut f| f.write_all(report::markdown(&report).as_bytes()));
+            .and_then(|mut f| f.write_all(report::markdown(report).as_bytes()));
         if let Err(e) = appended {
             eprintln!("warning: could not append to $GITHUB_STEP_SUMMARY: {e}");
         }
     }
-    Ok(report.exit_code)
+    Ok(())
 }
 
 fn write_file(path: &Path, text: &str) -> Result<(), Failure> {
@@ -292,8 +328,8 @@ impl Progress {
             row.t + 1,
             self.length.as_secs(),
             row.completed,
-            units::format_nanos(row.p50_us * 1e3),
-            units::format_nanos(row.p99_us * 1e3),
+            units::format_nanos(row.p50_us.unwrap_or(0.0) * 1e3),
+            units::format_nanos(row.p99_us.unwrap_or(0.0) * 1e3),
             row.errors,
             in_flight
         );
@@ -327,8 +363,8 @@ fn aggregate(
             t: iv.second,
             completed: iv.completed,
             errors: iv.failed,
-            p50_us: iv.latency.value_at_quantile(0.5) as f64 / 1e3,
-            p99_us: iv.latency.value_at_quantile(0.99) as f64 / 1e3,
+            p50_us: Some(iv.latency.value_at_quantile(0.5) as f64 / 1e3),
+            p99_us: Some(iv.latency.value_at_quantile(0.99) as f64 / 1e3),
         };
         let ctrl_c = tokio::signal::ctrl_c();
         tokio::pin!(ctrl_c);

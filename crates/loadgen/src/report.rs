@@ -134,8 +134,9 @@ pub struct SecondReport {
     pub t: u64,
     pub completed: u64,
     pub errors: u64,
-    pub p50_us: f64,
-    pub p99_us: f64,
+    /// Absent in merged reports: per-second percentiles are not kept as histograms.
+    pub p50_us: Option<f64>,
+    pub p99_us: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,6 +151,22 @@ pub struct SloReport {
     pub note: Option<String>,
     /// The one-line judgement people read: `observed 3.2ms, limit < 25ms`.
     pub detail: String,
+}
+
+impl From<&SloResult> for SloReport {
+    fn from(r: &SloResult) -> SloReport {
+        SloReport {
+            name: r.name.clone(),
+            metric: r.metric.name().into(),
+            endpoint: r.endpoint.clone(),
+            observed: r.observed,
+            limit: r.limit,
+            unit: r.unit.name().into(),
+            pass: r.pass,
+            note: r.note.clone(),
+            detail: r.describe(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -282,23 +299,27 @@ impl Observations for RunResults<'_> {
     }
 }
 
-/// A previous report read back for `baseline.` comparisons.
-pub struct Baseline {
+/// A report read back: the baseline of a comparison, or the parts of a merge.
+pub struct ReportView {
+    pub report: Report,
     endpoints: Vec<(String, Histogram<u64>, Histogram<u64>)>,
     overall: (Histogram<u64>, Histogram<u64>),
     lag: Option<Histogram<u64>>,
 }
 
-impl Baseline {
-    pub fn read(path: &std::path::Path) -> Result<Baseline, String> {
+impl ReportView {
+    pub fn read(path: &std::path::Path) -> Result<ReportView, String> {
         let text =
-            std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read the baseline: {e}", path.display()))?;
+            std::fs::read_to_string(path).map_err(|e| format!("{}: cannot read the report: {e}", path.display()))?;
         let report: Report =
             serde_json::from_str(&text).map_err(|e| format!("{}: not a loadgen JSON report: {e}", path.display()))?;
+        ReportView::new(report).map_err(|e| format!("{}: {e}", path.display()))
+    }
+
+    pub fn new(report: Report) -> Result<ReportView, String> {
         if report.schema_version != SCHEMA_VERSION {
             return Err(format!(
-                "{}: report schema {} but this loadgen reads schema {SCHEMA_VERSION}",
-                path.display(),
+                "report schema {} but this loadgen reads schema {SCHEMA_VERSION}",
                 report.schema_version
             ));
         }
@@ -308,22 +329,22 @@ impl Baseline {
         };
         let mut endpoints = Vec::new();
         for e in &report.endpoints {
-            let (l, s) = pick(e).map_err(|m| format!("{}: endpoint `{}`: {m}", path.display(), e.name))?;
+            let (l, s) = pick(e).map_err(|m| format!("endpoint `{}`: {m}", e.name))?;
             endpoints.push((e.name.clone(), l, s));
         }
-        let overall = pick(&report.overall).map_err(|m| format!("{}: {m}", path.display()))?;
+        let overall = pick(&report.overall)?;
         let lag = report
             .load
             .schedule_lag_hdr
             .as_deref()
             .map(stats::decode)
             .transpose()
-            .map_err(|m| format!("{}: schedule lag: {m}", path.display()))?;
-        Ok(Baseline { endpoints, overall, lag })
+            .map_err(|m| format!("schedule lag: {m}"))?;
+        Ok(ReportView { report, endpoints, overall, lag })
     }
 }
 
-impl Observations for Baseline {
+impl Observations for ReportView {
     fn endpoint_names(&self) -> Vec<String> {
         self.endpoints.iter().map(|(n, ..)| n.clone()).collect()
     }
@@ -345,16 +366,20 @@ impl Observations for Baseline {
         }
     }
 
-    fn error_rate(&self, _: Option<&str>) -> Option<(u64, u64)> {
-        None
+    fn error_rate(&self, endpoint: Option<&str>) -> Option<(u64, u64)> {
+        let e = match endpoint {
+            Some(name) => self.report.endpoints.iter().find(|e| e.name == name)?,
+            None => &self.report.overall,
+        };
+        Some((e.errors, e.count))
     }
 
     fn throughput(&self) -> f64 {
-        0.0
+        self.report.load.achieved_rps
     }
 
     fn target_rps(&self) -> Option<f64> {
-        None
+        self.report.load.target_rps
     }
 }
 
@@ -538,21 +563,7 @@ pub fn build(
         overall: endpoint_report("*", &all, results),
         endpoints: s.endpoints.iter().zip(&m.endpoints).map(|(e, st)| endpoint_report(&e.name, st, results)).collect(),
         timeseries,
-        slo: verdict
-            .slos
-            .iter()
-            .map(|r| SloReport {
-                name: r.name.clone(),
-                metric: r.metric.name().into(),
-                endpoint: r.endpoint.clone(),
-                observed: r.observed,
-                limit: r.limit,
-                unit: r.unit.name().into(),
-                pass: r.pass,
-                note: r.note.clone(),
-                detail: r.describe(),
-            })
-            .collect(),
+        slo: verdict.slos.iter().map(SloReport::from).collect(),
         verdict: verdict.name.into(),
         exit_code: verdict.exit_code,
     }

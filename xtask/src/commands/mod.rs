@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod fmt;
 pub mod image;
 pub mod lint;
+pub mod loadtest;
 pub mod scan;
 pub mod secrets;
 pub mod setup;
@@ -31,6 +32,7 @@ pub fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Image(args) => image::run(ctx, &args),
         Command::Scan(args) => scan::run(ctx, &args),
         Command::Dev(args) => dev::run(ctx, &args),
+        Command::Loadtest(args) => loadtest::run(ctx, &args),
         Command::Deny(args) => ctx.execute(&deny::plan(ctx, &args)?),
         Command::Secrets(args) => secrets::run(ctx, &args),
         Command::Doctor(args) => doctor::run(ctx, &args),

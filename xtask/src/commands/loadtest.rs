@@ -1,0 +1,209 @@
+//! `cargo xtask loadtest [SCENARIO] [--service NAME | --url URL] [--baseline FILE]`: build the
+//! load generator (release), aim it at a dev-stack service or a URL, and gate on the scenario's SLOs.
+//!
+//! xtask stays thin: the generator is `crates/loadgen`, built in release and handed off to with
+//! the terminal, so its live progress and its exit code (0 pass, 1 SLO breached, 2 configuration
+//! error, 3 invalid run, 130 interrupted) reach the user unchanged.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+
+use crate::commands::dev;
+use crate::plan::{Plan, Step};
+use crate::{Ctx, UsageError};
+
+pub const SCENARIO_DIR: &str = "infra/loadtest";
+
+/// Load-test a dev-stack service or a URL with a scenario from infra/loadtest, gated on its SLOs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Scenario: a file, or a name under infra/loadtest (`jobs` = infra/loadtest/jobs.toml).
+    /// Defaults to `smoke` when only a service or URL is given.
+    pub scenario: Option<String>,
+    /// Aim at this dev-stack service's published port on 127.0.0.1 (see `cargo xtask dev urls`).
+    #[arg(long, value_name = "NAME", conflicts_with = "url")]
+    pub service: Option<String>,
+    /// Aim at this base URL instead of the scenario's (loopback only unless `-- --allow-remote`).
+    #[arg(long, value_name = "URL")]
+    pub url: Option<String>,
+    /// A previous report.json for `baseline.` SLOs.
+    #[arg(long, value_name = "FILE")]
+    pub baseline: Option<PathBuf>,
+    /// More loadgen flags, e.g. `-- --rps 500 --duration 30s --cores 1`.
+    #[arg(last = true, value_name = "LOADGEN_ARGS")]
+    pub extra: Vec<String>,
+}
+
+/// Finds the scenario file from a path or a name, listing what exists when it is neither.
+pub fn scenario_path(root: &Path, given: &str) -> Result<PathBuf> {
+    let as_path = Path::new(given);
+    if as_path.is_file() {
+        return Ok(as_path.to_path_buf());
+    }
+    let named = root.join(SCENARIO_DIR).join(format!("{}.toml", given.trim_end_matches(".toml")));
+    if named.is_file() {
+        return Ok(named);
+    }
+    let mut known: Vec<String> = std::fs::read_dir(root.join(SCENARIO_DIR))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".toml")).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    known.sort();
+    Err(UsageError(format!("no scenario `{given}`: not a file, and not one of {SCENARIO_DIR}/ ({})", known.join(", ")))
+        .into())
+}
+
+/// The dev stack's URL for a service, from infra/compose/.env like `dev urls`.
+fn service_url(root: &Path, service: &str) -> Result<String> {
+    let values = dev::env_values(root);
+    let Some((_, var, default, _)) = dev::PORTS.iter().find(|p| p.0 == service) else {
+        let http: Vec<&str> = dev::PORTS.iter().map(|p| p.0).filter(|s| !matches!(*s, "postgres" | "redis")).collect();
+        return Err(UsageError(format!(
+            "unknown service `{service}`; the dev stack serves HTTP on: {}",
+            http.join(", ")
+        ))
+        .into());
+    };
+    if matches!(service, "postgres" | "redis") {
+        return Err(
+            UsageError(format!("`{service}` does not speak HTTP; load-test a service that uses it instead")).into()
+        );
+    }
+    let port = match values.get(*var) {
+        Some(v) => v
+            .parse::<u16>()
+            .map_err(|_| UsageError(format!("{var}={v} is not a port number; fix it in {}/.env", dev::COMPOSE_DIR)))?,
+        None => *default,
+    };
+    Ok(format!("http://127.0.0.1:{port}"))
+}
+
+pub fn loadgen_binary(ctx: &Ctx) -> PathBuf {
+    crate::target_dir(&ctx.root).join("release/loadgen")
+}
+
+pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
+    let name = args.scenario.clone().unwrap_or_else(|| "smoke".into());
+    let scenario = scenario_path(&ctx.root, &name)?;
+    let stem = scenario.file_stem().map_or("scenario".into(), |s| s.to_string_lossy().into_owned());
+    let out = crate::target_dir(&ctx.root).join("xtask/loadtest").join(&stem);
+    let mut run_args: Vec<String> = vec!["run".into(), scenario.display().to_string()];
+    let url = match (&args.service, &args.url) {
+        (Some(service), _) => Some(service_url(&ctx.root, service)?),
+        (None, Some(url)) => Some(url.clone()),
+        (None, None) => None,
+    };
+    if let Some(url) = url {
+        run_args.extend(["--url".into(), url]);
+    }
+    if let Some(baseline) = &args.baseline {
+        if !baseline.is_file() {
+            return Err(UsageError(format!(
+                "--baseline {}: no such report; pass a report.json from an earlier run",
+                baseline.display()
+            ))
+            .into());
+        }
+        run_args.extend(["--baseline".into(), baseline.display().to_string()]);
+    }
+    run_args.extend(["--out".into(), out.display().to_string()]);
+    run_args.extend(args.extra.iter().cloned());
+
+    let mut plan = Plan::new("loadtest");
+    plan.push(Step::cargo(
+        "loadtest:build",
+        "build the load generator (release)",
+        ["build", "--release", "--locked", "-p", "loadgen"],
+        &ctx.root,
+    ));
+    plan.push(Step::exec(
+        "loadtest:run",
+        &format!("run scenario `{stem}`"),
+        &loadgen_binary(ctx).display().to_string(),
+        &run_args,
+        &ctx.root,
+    ));
+    Ok(plan)
+}
+
+pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
+    let plan = plan(ctx, args)?;
+    if ctx.dry_run {
+        return ctx.execute(&plan);
+    }
+    let (build, load) = plan.steps.split_at(1);
+    let mut build_plan = Plan::new("loadtest");
+    build_plan.steps = build.to_vec();
+    let built = ctx.execute(&build_plan)?;
+    if built != ExitCode::SUCCESS {
+        return Ok(built);
+    }
+    let crate::plan::Action::Exec { program, args: run_args, .. } = &load[0].action else {
+        unreachable!("the run step is an exec step")
+    };
+    // Keep the previous report as a ready-made baseline for the next comparison.
+    if let Some(pos) = run_args.iter().position(|a| a == "--out") {
+        let out = Path::new(&run_args[pos + 1]);
+        let last = out.join("report.json");
+        if last.is_file() {
+            std::fs::rename(&last, out.join("previous.json"))
+                .with_context(|| format!("keeping {} as previous.json", last.display()))?;
+        }
+    }
+    eprintln!("$ {}", load[0].command_line());
+    // Hand the terminal over: progress, Ctrl-C and the exit code are loadgen's.
+    let status = std::process::Command::new(program)
+        .args(run_args)
+        .current_dir(&ctx.root)
+        .status()
+        .with_context(|| format!("starting {program}"))?;
+    let code = match status.code() {
+        Some(code) => code,
+        // Killed by a signal: report it the shell's way (128 + signal).
+        None => std::os::unix::process::ExitStatusExt::signal(&status).map_or(1, |s| 128 + s),
+    };
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(scenario: Option<&str>) -> Args {
+        Args { scenario: scenario.map(str::to_string), service: None, url: None, baseline: None, extra: Vec::new() }
+    }
+
+    #[test]
+    fn the_plan_builds_loadgen_then_runs_the_scenario() {
+        let ctx = crate::test_ctx();
+        let plan = plan(
+            &ctx,
+            &Args { service: Some("api".into()), extra: vec!["--cores".into(), "1".into()], ..args(Some("jobs")) },
+        )
+        .expect("plan");
+        assert_eq!(plan.steps.len(), 2);
+        let run = plan.steps[1].command_line();
+        assert!(run.contains("release/loadgen run"), "{run}");
+        assert!(run.contains("infra/loadtest/jobs.toml"), "{run}");
+        assert!(run.contains("--url http://127.0.0.1:"), "{run}");
+        assert!(run.contains("xtask/loadtest/jobs"), "{run}");
+        assert!(run.ends_with("--cores 1"), "{run}");
+    }
+
+    #[test]
+    fn unknown_scenarios_and_services_are_usage_errors() {
+        let ctx = crate::test_ctx();
+        let err = plan(&ctx, &args(Some("nope"))).expect_err("unknown");
+        assert!(err.downcast_ref::<UsageError>().is_some());
+        assert!(err.to_string().contains("jobs, smoke"), "{err}");
+        let err = plan(&ctx, &Args { service: Some("gatewy".into()), ..args(None) }).expect_err("unknown");
+        assert!(err.to_string().contains("unknown service `gatewy`"), "{err}");
+        let err = plan(&ctx, &Args { service: Some("redis".into()), ..args(None) }).expect_err("not http");
+        assert!(err.to_string().contains("does not speak HTTP"), "{err}");
+    }
+}
