@@ -49,14 +49,14 @@ measure() { # name, command...
   case "$name" in
     wrk) rps=$(awk '/Requests\/sec/ {print $2}' "$work/out") ;;
     oha) rps=$(awk '/Requests\/sec/ {print $2}' "$work/out") ;;
-    loadgen) rps=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["load"]["achieved_rps"])' "$work/lg/report.json") ;;
+    loadgen*) rps=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["load"]["achieved_rps"])' "$work/lg/report.json") ;;
   esac
   python3 - "$name" "$rps" "$cpu" "$duration" <<'PY'
 import sys
 name, rps, cpu, duration = sys.argv[1], float(sys.argv[2]), sys.argv[3].split(), float(sys.argv[4])
 user, system = float(cpu[0]), float(cpu[1])
 requests = rps * duration
-print(f"{name:8} {rps:10.0f} req/s   user {user*1e6/requests:5.2f} µs/req   total {(user+system)*1e6/requests:5.2f} µs/req")
+print(f"{name:14} {rps:10.0f} req/s   user {user*1e6/requests:5.2f} µs/req   total {(user+system)*1e6/requests:5.2f} µs/req")
 PY
 }
 
@@ -66,6 +66,7 @@ for round in $(seq "$rounds"); do
   measure wrk wrk -t1 -c"$connections" -d"${duration}s" "$url"
   measure oha "$oha" --no-tui -c "$connections" -z "${duration}s" "$url"
   measure loadgen "$loadgen" run --url "$url" --connections "$connections" --duration "${duration}s" --cores 1 --quiet --out "$work/lg"
+  measure loadgen-hyper "$loadgen" run --url "$url" --connections "$connections" --duration "${duration}s" --cores 1 --quiet --out "$work/lg" --client hyper
 done
 
 rate=$((connections * 200))

@@ -16,8 +16,9 @@
 //! Closed model: N connections each send their next request when the last one ends (plus think
 //! time). The raw latency is what each request saw; the report adds the corrected figure.
 
+use crate::http1::WireConnection;
 use crate::plan::{EndpointPicker, RatePlan};
-use crate::scenario::{Endpoint, Load, Scenario};
+use crate::scenario::{Client, Endpoint, Load, Scenario};
 use crate::stats::{CoreStats, FailureKind, IntervalStats, Outcome};
 use bytes::Bytes;
 use http::Request;
@@ -262,7 +263,7 @@ impl CoreRun {
                 (Rc::clone(state), Arc::clone(s), Rc::clone(&picker), Rc::clone(&sent), Arc::clone(&self.stop));
             let (addr, core, cores) = (self.addr, self.core, self.cores);
             workers.push(tokio::task::spawn_local(async move {
-                let mut conn_state = Connection::default();
+                let mut conn_state = Connection::new(scenario.client);
                 // Request numbers for the endpoint choice: unique per core and connection.
                 let mut seq = (conn * cores + core) as u64;
                 let stride = (mine.max(1) * cores) as u64;
@@ -287,7 +288,7 @@ impl CoreRun {
 
 /// An open-model connection task: takes due tickets from the core's queue until the plan ends.
 async fn open_worker(state: Rc<CoreState>, scenario: Arc<Scenario>, addr: SocketAddr) {
-    let mut conn = Connection::default();
+    let mut conn = Connection::new(scenario.client);
     loop {
         let ticket = loop {
             if let Some(t) = state.queue.borrow_mut().pop_front() {
@@ -307,14 +308,67 @@ async fn open_worker(state: Rc<CoreState>, scenario: Arc<Scenario>, addr: Socket
 
 type Http1Connection = hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
 
-/// One keep-alive connection, driven by the task that sends on it: the request and the
-/// connection's I/O are polled together, so a request costs no hop to another task.
-#[derive(Default)]
-struct Connection {
-    open: Option<(SendRequest<Full<Bytes>>, Pin<Box<Http1Connection>>)>,
+/// A worker's connection, through the client the scenario chose.
+enum Connection {
+    Wire(Option<WireConnection>),
+    Hyper(HyperConnection),
 }
 
 impl Connection {
+    fn new(client: Client) -> Connection {
+        match client {
+            Client::Http1 => Connection::Wire(None),
+            Client::Hyper => Connection::Hyper(HyperConnection::default()),
+        }
+    }
+
+    async fn exchange(
+        &mut self,
+        endpoint: &Endpoint,
+        addr: SocketAddr,
+        state: &CoreState,
+    ) -> Result<(u16, u64), FailureKind> {
+        match self {
+            Connection::Wire(slot) => {
+                let conn = match slot {
+                    Some(conn) => conn,
+                    None => {
+                        let conn = WireConnection::connect(addr).await?;
+                        state.stats.borrow_mut().connections_opened += 1;
+                        slot.insert(conn)
+                    }
+                };
+                let (status, bytes, reusable) =
+                    conn.exchange(&endpoint.wire, endpoint.method == http::Method::HEAD).await?;
+                if !reusable {
+                    *slot = None;
+                }
+                Ok((status, bytes))
+            }
+            Connection::Hyper(conn) => {
+                conn.ready(addr, state).await?;
+                conn.exchange(endpoint).await
+            }
+        }
+    }
+
+    /// Forgets a connection that failed: it cannot be trusted with the next request.
+    fn discard(&mut self) {
+        match self {
+            Connection::Wire(slot) => *slot = None,
+            Connection::Hyper(conn) => conn.open = None,
+        }
+    }
+}
+
+/// One keep-alive connection, driven by the task that sends on it: the request and the
+/// connection's I/O are polled together, so a request costs no hop to another task.
+#[derive(Default)]
+struct HyperConnection {
+    open: Option<(SendRequest<Full<Bytes>>, Pin<Box<Http1Connection>>)>,
+}
+
+impl HyperConnection {
     /// The live connection, or a new one if there is none or the server closed it while idle.
     async fn ready(&mut self, addr: SocketAddr, state: &CoreState) -> Result<(), FailureKind> {
         if let Some((_, conn)) = &mut self.open {
@@ -398,20 +452,16 @@ async fn execute(
     // Schedule lag ends when this request starts being worked on; opening a connection (when
     // the server closed the last one) is the target's time, so it counts as service time.
     let sent = Instant::now();
-    let result = tokio::time::timeout_at(deadline, async {
-        conn.ready(addr, state).await?;
-        conn.exchange(endpoint).await
-    })
-    .await
-    .unwrap_or(Err(FailureKind::Timeout));
+    let result = tokio::time::timeout_at(deadline, conn.exchange(endpoint, addr, state))
+        .await
+        .unwrap_or(Err(FailureKind::Timeout));
     let done = Instant::now();
     state.in_flight.set(state.in_flight.get() - 1);
     let outcome = match &result {
         Ok((status, _)) if endpoint.expect_status.contains(status) => Outcome::Expected,
         Ok(_) => Outcome::Unexpected,
         Err(_) => {
-            // A failed connection cannot be trusted with the next request.
-            conn.open = None;
+            conn.discard();
             Outcome::Failed
         }
     };

@@ -6,6 +6,7 @@
 //! not keep its promised rate), 130 interrupted.
 
 mod engine;
+mod http1;
 mod merge;
 mod plan;
 mod report;
@@ -117,9 +118,18 @@ struct RunArgs {
     /// p99 schedule lag above which the run is invalid.
     #[arg(long)]
     lag_tolerance: Option<String>,
+    /// HTTP/1.1 client: `http1` (built-in: requests encoded once, responses parsed in place) or `hyper`.
+    #[arg(long, value_enum)]
+    client: Option<ClientArg>,
     /// No progress lines.
     #[arg(long, short)]
     quiet: bool,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ClientArg {
+    Http1,
+    Hyper,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -214,6 +224,10 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         timeout: args.timeout,
         max_requests: args.max_requests,
         lag_tolerance: args.lag_tolerance,
+        client: args.client.map(|c| match c {
+            ClientArg::Http1 => scenario::Client::Http1,
+            ClientArg::Hyper => scenario::Client::Hyper,
+        }),
     };
     let scenario = Arc::new(Scenario::load(args.scenario.as_deref(), &overrides)?);
     let baseline = match &args.baseline {

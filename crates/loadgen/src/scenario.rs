@@ -37,6 +37,8 @@ pub struct ScenarioFile {
     pub max_requests: Option<Spanned<u64>>,
     pub max_duration: Option<Spanned<String>>,
     pub lag_tolerance: Option<Spanned<String>>,
+    /// `http1` (built-in, default) or `hyper`.
+    pub client: Option<Client>,
     /// Open model: rate at the start of the first stage (default: the first stage's rate).
     pub start_rps: Option<Spanned<f64>>,
     /// Closed model: this many connections, each sending its next request when the last ends.
@@ -84,6 +86,8 @@ pub struct StageFile {
 #[derive(Debug, Clone)]
 pub struct Endpoint {
     pub name: String,
+    /// The whole request as the built-in client sends it.
+    pub wire: Bytes,
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
@@ -96,6 +100,14 @@ pub struct Endpoint {
 pub enum Load {
     Open { start_rps: f64, stages: Vec<Stage> },
     Closed { connections: usize, think_time: Duration, duration: Duration },
+}
+
+/// Which HTTP/1.1 client sends: the built-in one (default) or hyper's `client::conn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Client {
+    Http1,
+    Hyper,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +130,7 @@ pub struct Scenario {
     pub max_requests: u64,
     pub seed: u64,
     pub lag_tolerance: Duration,
+    pub client: Client,
     pub slos: Vec<Slo>,
     /// The scenario as given (file text plus overrides), hashed into the report.
     pub fingerprint: String,
@@ -142,6 +155,7 @@ pub struct Overrides {
     pub timeout: Option<String>,
     pub max_requests: Option<u64>,
     pub lag_tolerance: Option<String>,
+    pub client: Option<Client>,
 }
 
 /// Where a value came from, for error messages: `file:line` or `--flag`.
@@ -473,6 +487,7 @@ fn build(
         max_requests,
         seed: o.seed.or(file.seed).unwrap_or(1),
         lag_tolerance,
+        client: o.client.or(file.client).unwrap_or(Client::Http1),
         slos,
         fingerprint,
     })
@@ -546,7 +561,8 @@ fn endpoint(
     if let Some(bad) = expect_status.iter().find(|s| !(100..=599).contains(*s)) {
         return fail(format!("expect_status {bad} is not an HTTP status"));
     }
-    Ok(Endpoint { name: spec.name.clone(), method, uri, headers, body, weight, expect_status })
+    let wire = crate::http1::encode(&method, &uri, &headers, &body);
+    Ok(Endpoint { name: spec.name.clone(), wire, method, uri, headers, body, weight, expect_status })
 }
 
 #[cfg(test)]

@@ -32,7 +32,7 @@ pub enum Outcome {
 
 pub const OUTCOMES: [Outcome; 3] = [Outcome::Expected, Outcome::Unexpected, Outcome::Failed];
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FailureKind {
     Connect = 0,
     Timeout = 1,
