@@ -307,6 +307,8 @@ async fn open_worker(state: Rc<CoreState>, scenario: Arc<Scenario>, addr: Socket
 }
 
 type Http1Connection = hyper::client::conn::http1::Connection<TokioIo<tokio::net::TcpStream>, Full<Bytes>>;
+/// A hyper connection: the handle that sends, and the future that drives its I/O.
+type HyperPair = (SendRequest<Full<Bytes>>, Pin<Box<Http1Connection>>);
 
 /// A worker's connection, through the client the scenario chose.
 enum Connection {
@@ -365,7 +367,7 @@ impl Connection {
 /// connection's I/O are polled together, so a request costs no hop to another task.
 #[derive(Default)]
 struct HyperConnection {
-    open: Option<(SendRequest<Full<Bytes>>, Pin<Box<Http1Connection>>)>,
+    open: Option<HyperPair>,
 }
 
 impl HyperConnection {
