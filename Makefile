@@ -1,6 +1,6 @@
 # Muscle memory only: every target is exactly one `cargo xtask` command, so `make X` and
 # `cargo xtask X` never differ. `make help` lists what xtask can do.
-.PHONY: help ci test lint fmt fmt-check build release deny secrets image scan dev-up dev-down doctor setup workflows
+.PHONY: help ci test lint fmt fmt-check build release deny secrets image scan dev-up dev-down loadtest doctor setup workflows
 .DEFAULT_GOAL := help
 
 help:
@@ -31,6 +31,8 @@ dev-up:
 	cargo xtask dev up
 dev-down:
 	cargo xtask dev down
+loadtest:
+	cargo xtask loadtest jobs --service gateway
 doctor:
 	cargo xtask doctor
 setup:

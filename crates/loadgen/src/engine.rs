@@ -146,6 +146,8 @@ struct CoreState {
     warmup_end: Instant,
     timeout: Duration,
     open_model: bool,
+    /// HTTP/2 connections this core's workers share (`--client h2`).
+    h2: H2Pool,
 }
 
 impl CoreRun {
@@ -163,6 +165,7 @@ impl CoreRun {
             warmup_end: self.started + s.warmup,
             timeout: s.timeout,
             open_model: matches!(s.load, Load::Open { .. }),
+            h2: H2Pool::default(),
         });
         let ticker =
             tokio::task::spawn_local(report_intervals(Rc::clone(&state), self.started, self.intervals.clone()));
@@ -217,8 +220,14 @@ impl CoreRun {
                     let wanted = queued - idle;
                     let room = cap - state.connections.get();
                     for _ in 0..wanted.min(room) {
-                        state.connections.set(state.connections.get() + 1);
-                        tokio::task::spawn_local(open_worker(Rc::clone(state), Arc::clone(&self.scenario), self.addr));
+                        let index = state.connections.get();
+                        state.connections.set(index + 1);
+                        tokio::task::spawn_local(open_worker(
+                            Rc::clone(state),
+                            Arc::clone(&self.scenario),
+                            self.addr,
+                            index,
+                        ));
                     }
                     if wanted > room {
                         state.stats.borrow_mut().cap_waits += (wanted - room).min(fresh) as u64;
@@ -263,7 +272,7 @@ impl CoreRun {
                 (Rc::clone(state), Arc::clone(s), Rc::clone(&picker), Rc::clone(&sent), Arc::clone(&self.stop));
             let (addr, core, cores) = (self.addr, self.core, self.cores);
             workers.push(tokio::task::spawn_local(async move {
-                let mut conn_state = Connection::new(scenario.client);
+                let mut conn_state = Connection::new(scenario.client, conn);
                 // Request numbers for the endpoint choice: unique per core and connection.
                 let mut seq = (conn * cores + core) as u64;
                 let stride = (mine.max(1) * cores) as u64;
@@ -287,8 +296,8 @@ impl CoreRun {
 }
 
 /// An open-model connection task: takes due tickets from the core's queue until the plan ends.
-async fn open_worker(state: Rc<CoreState>, scenario: Arc<Scenario>, addr: SocketAddr) {
-    let mut conn = Connection::new(scenario.client);
+async fn open_worker(state: Rc<CoreState>, scenario: Arc<Scenario>, addr: SocketAddr, index: usize) {
+    let mut conn = Connection::new(scenario.client, index);
     loop {
         let ticket = loop {
             if let Some(t) = state.queue.borrow_mut().pop_front() {
@@ -314,13 +323,22 @@ type HyperPair = (SendRequest<Full<Bytes>>, Pin<Box<Http1Connection>>);
 enum Connection {
     Wire(Option<WireConnection>),
     Hyper(HyperConnection),
+    /// A stream on one of the core's shared HTTP/2 connections.
+    H2 {
+        slot: usize,
+    },
 }
 
+/// Streams one HTTP/2 connection carries before the next worker gets a connection of its own.
+const H2_STREAMS_PER_CONNECTION: usize = 100;
+
 impl Connection {
-    fn new(client: Client) -> Connection {
+    /// `worker` numbers the core's workers; HTTP/2 workers share connections by it.
+    fn new(client: Client, worker: usize) -> Connection {
         match client {
             Client::Http1 => Connection::Wire(None),
             Client::Hyper => Connection::Hyper(HyperConnection::default()),
+            Client::H2 => Connection::H2 { slot: worker / H2_STREAMS_PER_CONNECTION },
         }
     }
 
@@ -351,6 +369,12 @@ impl Connection {
                 conn.ready(addr, state).await?;
                 conn.exchange(endpoint).await
             }
+            Connection::H2 { slot } => {
+                let mut sender = state.h2.sender(*slot, addr, state).await?;
+                sender.ready().await.map_err(|_| FailureKind::Io)?;
+                let response = sender.send_request(h2_request(endpoint)).await.map_err(|_| FailureKind::Io)?;
+                drain(response).await
+            }
         }
     }
 
@@ -359,6 +383,9 @@ impl Connection {
         match self {
             Connection::Wire(slot) => *slot = None,
             Connection::Hyper(conn) => conn.open = None,
+            // One failed stream says nothing about the shared connection; a closed one is
+            // replaced when next used.
+            Connection::H2 { .. } => {}
         }
     }
 }
@@ -401,16 +428,7 @@ impl HyperConnection {
             let exchange = async {
                 sender.ready().await.map_err(|_| FailureKind::Io)?;
                 let response = sender.send_request(request(endpoint)).await.map_err(|_| FailureKind::Io)?;
-                let status = response.status().as_u16();
-                let mut body = response.into_body();
-                let mut bytes = 0u64;
-                while let Some(frame) = body.frame().await {
-                    let frame = frame.map_err(|_| FailureKind::Io)?;
-                    if let Some(data) = frame.data_ref() {
-                        bytes += data.len() as u64;
-                    }
-                }
-                Ok((status, bytes))
+                drain(response).await
             };
             tokio::pin!(exchange);
             tokio::select! {
@@ -426,6 +444,73 @@ impl HyperConnection {
         }
         result
     }
+}
+
+/// Reads a response body to its end, counting bytes, keeping none.
+async fn drain(response: http::Response<hyper::body::Incoming>) -> Result<(u16, u64), FailureKind> {
+    let status = response.status().as_u16();
+    let mut body = response.into_body();
+    let mut bytes = 0u64;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| FailureKind::Io)?;
+        if let Some(data) = frame.data_ref() {
+            bytes += data.len() as u64;
+        }
+    }
+    Ok((status, bytes))
+}
+
+/// Runs hyper's HTTP/2 connection tasks on the core's own `LocalSet`.
+#[derive(Clone, Copy)]
+struct LocalExec;
+
+impl<F: std::future::Future + 'static> hyper::rt::Executor<F> for LocalExec {
+    fn execute(&self, future: F) {
+        tokio::task::spawn_local(future);
+    }
+}
+
+type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+/// The core's HTTP/2 connections (h2c, prior knowledge), each shared by up to
+/// `H2_STREAMS_PER_CONNECTION` workers.
+#[derive(Default)]
+struct H2Pool {
+    senders: RefCell<Vec<Option<H2Sender>>>,
+}
+
+impl H2Pool {
+    async fn sender(&self, slot: usize, addr: SocketAddr, state: &CoreState) -> Result<H2Sender, FailureKind> {
+        if let Some(Some(sender)) = self.senders.borrow().get(slot)
+            && !sender.is_closed()
+        {
+            return Ok(sender.clone());
+        }
+        let stream = tokio::net::TcpStream::connect(addr).await.map_err(|_| FailureKind::Connect)?;
+        stream.set_nodelay(true).map_err(|_| FailureKind::Connect)?;
+        let (sender, conn) = hyper::client::conn::http2::handshake(LocalExec, TokioIo::new(stream))
+            .await
+            .map_err(|_| FailureKind::Connect)?;
+        tokio::task::spawn_local(async move {
+            // Errors surface on the streams that hit them.
+            let _ = conn.await;
+        });
+        state.stats.borrow_mut().connections_opened += 1;
+        let mut senders = self.senders.borrow_mut();
+        if senders.len() <= slot {
+            senders.resize_with(slot + 1, || None);
+        }
+        senders[slot] = Some(sender.clone());
+        Ok(sender)
+    }
+}
+
+/// HTTP/2 wants the scheme and authority in the URI (they become pseudo-headers), not a Host.
+fn h2_request(endpoint: &Endpoint) -> Request<Full<Bytes>> {
+    let mut req = request(endpoint);
+    *req.uri_mut() = endpoint.absolute_uri.clone();
+    req.headers_mut().remove(http::header::HOST);
+    req
 }
 
 fn request(endpoint: &Endpoint) -> Request<Full<Bytes>> {

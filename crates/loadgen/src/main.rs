@@ -118,7 +118,8 @@ struct RunArgs {
     /// p99 schedule lag above which the run is invalid.
     #[arg(long)]
     lag_tolerance: Option<String>,
-    /// HTTP/1.1 client: `http1` (built-in: requests encoded once, responses parsed in place) or `hyper`.
+    /// Client: `http1` (built-in HTTP/1.1: requests encoded once, responses parsed in place),
+    /// `hyper` (hyper's HTTP/1.1 client::conn) or `h2` (hyper's HTTP/2, cleartext, prior knowledge).
     #[arg(long, value_enum)]
     client: Option<ClientArg>,
     /// No progress lines.
@@ -130,6 +131,7 @@ struct RunArgs {
 enum ClientArg {
     Http1,
     Hyper,
+    H2,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -227,6 +229,7 @@ fn run(args: RunArgs) -> Result<i32, Failure> {
         client: args.client.map(|c| match c {
             ClientArg::Http1 => scenario::Client::Http1,
             ClientArg::Hyper => scenario::Client::Hyper,
+            ClientArg::H2 => scenario::Client::H2,
         }),
     };
     let scenario = Arc::new(Scenario::load(args.scenario.as_deref(), &overrides)?);

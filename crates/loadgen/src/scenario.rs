@@ -88,6 +88,8 @@ pub struct Endpoint {
     pub name: String,
     /// The whole request as the built-in client sends it.
     pub wire: Bytes,
+    /// `http://authority/path`, for HTTP/2.
+    pub absolute_uri: Uri,
     pub method: Method,
     pub uri: Uri,
     pub headers: HeaderMap,
@@ -108,6 +110,8 @@ pub enum Load {
 pub enum Client {
     Http1,
     Hyper,
+    /// hyper's HTTP/2 client, cleartext with prior knowledge (h2c).
+    H2,
 }
 
 #[derive(Debug, Clone)]
@@ -562,7 +566,11 @@ fn endpoint(
         return fail(format!("expect_status {bad} is not an HTTP status"));
     }
     let wire = crate::http1::encode(&method, &uri, &headers, &body);
-    Ok(Endpoint { name: spec.name.clone(), wire, method, uri, headers, body, weight, expect_status })
+    let absolute_uri = match format!("http://{authority}{uri}").parse() {
+        Ok(u) => u,
+        Err(e) => return fail(format!("path `{}` does not make a URL with `{authority}`: {e}", spec.path)),
+    };
+    Ok(Endpoint { name: spec.name.clone(), wire, absolute_uri, method, uri, headers, body, weight, expect_status })
 }
 
 #[cfg(test)]

@@ -22,6 +22,8 @@ struct Behaviour {
     error_every: Option<u64>,
     /// Hold every response between these offsets from the first request.
     stall: Option<(Duration, Duration)>,
+    /// Speak HTTP/2 (cleartext, prior knowledge) instead of HTTP/1.1.
+    http2: bool,
 }
 
 struct TestServer {
@@ -66,9 +68,15 @@ impl TestServer {
                             )
                         }
                     });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service)
-                        .await;
+                    if behaviour.http2 {
+                        let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(TokioIo::new(stream), service)
+                            .await;
+                    }
                 });
             }
         });
@@ -573,4 +581,65 @@ fn reports_of_side_by_side_runs_merge_exactly_and_are_judged_again() {
         .expect("merge");
     assert_eq!(refused.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&refused.stderr).contains("only runs of one scenario merge"));
+}
+
+#[test]
+fn http2_streams_share_one_connection_per_core() {
+    let server =
+        TestServer::start(Behaviour { latency: Duration::from_millis(5), http2: true, ..Behaviour::default() });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = loadgen(
+        dir.path(),
+        &[
+            "--url",
+            &server.url(),
+            "--rps",
+            "200",
+            "--duration",
+            "1s",
+            "--cores",
+            "1",
+            "--client",
+            "h2",
+            "--lag-tolerance",
+            "100ms",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let r = run.report.expect("report");
+    assert_eq!(r["endpoints"][0]["status"]["200"], 200);
+    assert_eq!(r["load"]["connections_opened"], 1, "every stream on one connection: {}", r["load"]);
+    assert_eq!(server.requests(), 200);
+}
+
+#[test]
+fn the_hyper_client_measures_like_the_built_in_one() {
+    let server = TestServer::start(Behaviour {
+        latency: Duration::from_millis(10),
+        error_every: Some(20),
+        ..Behaviour::default()
+    });
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = loadgen(
+        dir.path(),
+        &[
+            "--url",
+            &server.url(),
+            "--rps",
+            "100",
+            "--duration",
+            "1s",
+            "--cores",
+            "1",
+            "--client",
+            "hyper",
+            "--lag-tolerance",
+            "100ms",
+        ],
+    );
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let r = run.report.expect("report");
+    assert_eq!(r["endpoints"][0]["status"]["200"], 95);
+    assert_eq!(r["endpoints"][0]["status"]["500"], 5);
+    assert!(us(&r, "/overall/latency_us/min") >= 10_000.0);
 }
