@@ -1,0 +1,198 @@
+//! Our deploy policy over typed objects: what every workload must declare before it may run.
+//! Each rule has a stable id (used in messages, tests and fixtures); `rules()` lists them.
+
+use crate::schema::{Document, Object};
+use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use std::collections::BTreeMap;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    pub rule: &'static str,
+    pub object: String,
+    pub message: String,
+}
+
+/// Every rule: id and what it holds.
+pub fn rules() -> &'static [(&'static str, &'static str)] {
+    &[
+        ("schema", "every document is a known kind of the pinned API version, with no unknown fields"),
+        ("probes", "every container has a liveness and a readiness probe"),
+        ("resources", "every container requests and limits cpu and memory"),
+        ("non-root", "pods run as non-root (runAsNonRoot, non-zero runAsUser)"),
+        ("read-only-root", "every container's root filesystem is read-only"),
+        ("privilege", "no privileged containers, no privilege escalation, all capabilities dropped"),
+        ("host-namespaces", "no hostNetwork, hostPID or hostIPC"),
+        ("image-tag", "images name a tag or digest, never `latest`"),
+        ("image-digest", "images are pinned by digest (deploy only)"),
+        ("no-secrets", "Secrets are referenced, never rendered from the repository"),
+        ("pdb", "outside dev, every Deployment is covered by a PodDisruptionBudget"),
+        ("network-policy", "outside dev, every Deployment's pods are selected by a NetworkPolicy"),
+    ]
+}
+
+/// What the checks need to know about where the render goes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context {
+    /// staging, prod and anything but dev: PDBs and NetworkPolicies are required.
+    pub production_like: bool,
+    /// deploy: images must be pinned by digest.
+    pub require_digests: bool,
+}
+
+fn labels_match(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let exact = selector.match_labels.iter().flatten().all(|(k, v)| labels.get(k) == Some(v));
+    let expressions = selector.match_expressions.iter().flatten().all(|e| {
+        let value = labels.get(&e.key);
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => value.is_some_and(|v| values.contains(v)),
+            "NotIn" => value.is_none_or(|v| !values.contains(v)),
+            "Exists" => value.is_some(),
+            "DoesNotExist" => value.is_none(),
+            _ => false,
+        }
+    });
+    exact && expressions
+}
+
+fn containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
+    spec.init_containers.iter().flatten().chain(spec.containers.iter())
+}
+
+fn check_pod(object: &str, spec: &PodSpec, ctx: Context, out: &mut Vec<Violation>) {
+    let mut fail =
+        |rule: &'static str, message: String| out.push(Violation { rule, object: object.to_string(), message });
+    for (flag, name) in [(spec.host_network, "hostNetwork"), (spec.host_pid, "hostPID"), (spec.host_ipc, "hostIPC")] {
+        if flag == Some(true) {
+            fail("host-namespaces", format!("{name} is true; pods must not share the node's namespaces"));
+        }
+    }
+    let pod_sc = spec.security_context.as_ref();
+    for c in containers(spec) {
+        let who = format!("container `{}`", c.name);
+        // Init containers run to completion: probes do not apply to them.
+        if spec.containers.iter().any(|m| m.name == c.name) {
+            if c.liveness_probe.is_none() {
+                fail("probes", format!("{who} has no livenessProbe"));
+            }
+            if c.readiness_probe.is_none() {
+                fail("probes", format!("{who} has no readinessProbe"));
+            }
+        }
+        let resources = c.resources.as_ref();
+        for (part, map) in [
+            ("requests", resources.and_then(|r| r.requests.as_ref())),
+            ("limits", resources.and_then(|r| r.limits.as_ref())),
+        ] {
+            for key in ["cpu", "memory"] {
+                if map.is_none_or(|m| !m.contains_key(key)) {
+                    fail("resources", format!("{who} has no resources.{part}.{key}"));
+                }
+            }
+        }
+        let sc = c.security_context.as_ref();
+        let non_root = sc.and_then(|s| s.run_as_non_root).or(pod_sc.and_then(|p| p.run_as_non_root));
+        if non_root != Some(true) {
+            fail("non-root", format!("{who}: runAsNonRoot is not true (set it on the pod or the container)"));
+        }
+        let user = sc.and_then(|s| s.run_as_user).or(pod_sc.and_then(|p| p.run_as_user));
+        if user == Some(0) {
+            fail("non-root", format!("{who}: runAsUser is 0 (root)"));
+        }
+        if sc.and_then(|s| s.read_only_root_filesystem) != Some(true) {
+            fail("read-only-root", format!("{who}: securityContext.readOnlyRootFilesystem is not true"));
+        }
+        if sc.and_then(|s| s.privileged) == Some(true) {
+            fail("privilege", format!("{who} is privileged"));
+        }
+        if sc.and_then(|s| s.allow_privilege_escalation) != Some(false) {
+            fail("privilege", format!("{who}: allowPrivilegeEscalation is not false"));
+        }
+        let drops_all = sc
+            .and_then(|s| s.capabilities.as_ref())
+            .and_then(|c| c.drop.as_ref())
+            .is_some_and(|d| d.iter().any(|c| c == "ALL"));
+        if !drops_all {
+            fail("privilege", format!("{who}: capabilities.drop does not include ALL"));
+        }
+        let image = c.image.as_deref().unwrap_or("");
+        let (name_part, digest) = match image.split_once('@') {
+            Some((n, d)) => (n, Some(d)),
+            None => (image, None),
+        };
+        // A tag follows the last `:` after the last `/` (a registry port is not a tag).
+        let tag = name_part.rsplit('/').next().and_then(|last| last.split_once(':')).map(|(_, t)| t);
+        if image.is_empty() {
+            fail("image-tag", format!("{who} has no image"));
+        } else if tag == Some("latest") {
+            fail("image-tag", format!("{who}: image `{image}` uses `latest`; name a version or pin a digest"));
+        } else if tag.is_none() && digest.is_none() {
+            fail("image-tag", format!("{who}: image `{image}` has neither tag nor digest (it would mean `latest`)"));
+        }
+        if ctx.require_digests && !digest.is_some_and(|d| d.starts_with("sha256:") && d.len() == 71) {
+            fail("image-digest", format!("{who}: image `{image}` is not pinned by digest (`name@sha256:...`)"));
+        }
+    }
+}
+
+/// Checks a whole render (one environment).
+pub fn check(docs: &[Document], ctx: Context) -> Vec<Violation> {
+    let mut out = Vec::new();
+    for doc in docs {
+        match &doc.object {
+            Object::Deployment(d) => {
+                if let Some(spec) = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()) {
+                    check_pod(&doc.id, spec, ctx, &mut out);
+                } else {
+                    out.push(Violation { rule: "schema", object: doc.id.clone(), message: "has no pod template spec".into() });
+                }
+            }
+            Object::Secret => out.push(Violation {
+                rule: "no-secrets",
+                object: doc.id.clone(),
+                message: "a Secret is rendered from the repository; supply it with External Secrets or sealed-secrets (infra/k8s/README.md)".into(),
+            }),
+            _ => {}
+        }
+    }
+    if ctx.production_like {
+        for doc in docs {
+            let Object::Deployment(d) = &doc.object else { continue };
+            let labels = d
+                .spec
+                .as_ref()
+                .and_then(|s| s.template.metadata.as_ref())
+                .and_then(|m| m.labels.clone())
+                .unwrap_or_default();
+            let same_ns = |other: &Document| other.namespace == doc.namespace;
+            let has_pdb = docs.iter().filter(|o| same_ns(o)).any(|o| match &o.object {
+                Object::PodDisruptionBudget(p) => {
+                    p.spec.as_ref().and_then(|s| s.selector.as_ref()).is_some_and(|s| labels_match(s, &labels))
+                }
+                _ => false,
+            });
+            if !has_pdb {
+                out.push(Violation {
+                    rule: "pdb",
+                    object: doc.id.clone(),
+                    message: "no PodDisruptionBudget selects its pods".into(),
+                });
+            }
+            let has_policy = docs.iter().filter(|o| same_ns(o)).any(|o| match &o.object {
+                Object::NetworkPolicy(n) => {
+                    n.spec.as_ref().is_some_and(|s| s.pod_selector.as_ref().is_none_or(|p| labels_match(p, &labels)))
+                }
+                _ => false,
+            });
+            if !has_policy {
+                out.push(Violation {
+                    rule: "network-policy",
+                    object: doc.id.clone(),
+                    message: "no NetworkPolicy selects its pods".into(),
+                });
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,140 @@
+//! Rendered YAML into typed Kubernetes objects of the pinned API version, with every field the
+//! types do not know reported (a misspelt `readinesProbe` would otherwise vanish silently).
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use serde::de::DeserializeOwned;
+
+/// The kinds our overlays may render, each in the one API version we pin.
+#[derive(Debug, Clone)]
+pub enum Object {
+    Deployment(Box<Deployment>),
+    PodDisruptionBudget(Box<PodDisruptionBudget>),
+    NetworkPolicy(Box<NetworkPolicy>),
+    Secret,
+    /// Checked against its type, and no rule looks further.
+    Other,
+}
+
+/// One document of the render, with what identifies it in messages.
+#[derive(Debug, Clone)]
+pub struct Document {
+    /// `Deployment/api` (namespace added when set).
+    pub id: String,
+    pub namespace: Option<String>,
+    pub object: Object,
+}
+
+/// A document that is not a valid object of the pinned API: `(id, message)`.
+pub type SchemaError = (String, String);
+
+const KNOWN: &str = "apps/v1 Deployment, v1 Service/ServiceAccount/ConfigMap/Secret/Namespace, policy/v1 PodDisruptionBudget, autoscaling/v2 HorizontalPodAutoscaler, networking.k8s.io/v1 NetworkPolicy/Ingress";
+
+/// `spec.template.spec.containers[0].readinesProbe`: the path as people write it in YAML.
+fn field_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", field_path(parent)),
+        Path::Map { parent, key } => match field_path(parent) {
+            p if p.is_empty() => key.to_string(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent } | Path::NewtypeStruct { parent } | Path::NewtypeVariant { parent } => field_path(parent),
+    }
+}
+
+fn typed<T: DeserializeOwned>(value: serde_yaml::Value, unknown: &mut Vec<String>) -> Result<T, String> {
+    serde_ignored::deserialize(value, |path| unknown.push(field_path(&path))).map_err(|e| e.to_string())
+}
+
+/// Parses every document; returns the objects and every schema problem found.
+pub fn parse(text: &str) -> (Vec<Document>, Vec<SchemaError>) {
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for (index, de) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let value = match <serde_yaml::Value as serde::Deserialize>::deserialize(de) {
+            Ok(serde_yaml::Value::Null) => continue,
+            Ok(v) => v,
+            Err(e) => {
+                errors.push((format!("document {}", index + 1), format!("not YAML: {e}")));
+                continue;
+            }
+        };
+        let field = |name: &str| value.get(name).and_then(serde_yaml::Value::as_str).unwrap_or("").to_string();
+        let (api_version, kind) = (field("apiVersion"), field("kind"));
+        let meta = value.get("metadata");
+        let name =
+            meta.and_then(|m| m.get("name")).and_then(serde_yaml::Value::as_str).unwrap_or("<unnamed>").to_string();
+        let namespace = meta.and_then(|m| m.get("namespace")).and_then(serde_yaml::Value::as_str).map(str::to_string);
+        let id = match &namespace {
+            Some(ns) => format!("{kind}/{name} (namespace {ns})"),
+            None => format!("{kind}/{name}"),
+        };
+        let mut unknown = Vec::new();
+        let object = match (api_version.as_str(), kind.as_str()) {
+            ("apps/v1", "Deployment") => typed(value, &mut unknown).map(|o| Object::Deployment(Box::new(o))),
+            ("v1", "Service") => typed::<Service>(value, &mut unknown).map(|_| Object::Other),
+            ("v1", "ServiceAccount") => typed::<ServiceAccount>(value, &mut unknown).map(|_| Object::Other),
+            ("v1", "ConfigMap") => typed::<ConfigMap>(value, &mut unknown).map(|_| Object::Other),
+            ("v1", "Secret") => typed::<Secret>(value, &mut unknown).map(|_| Object::Secret),
+            ("v1", "Namespace") => typed::<Namespace>(value, &mut unknown).map(|_| Object::Other),
+            ("policy/v1", "PodDisruptionBudget") => {
+                typed(value, &mut unknown).map(|o| Object::PodDisruptionBudget(Box::new(o)))
+            }
+            ("autoscaling/v2", "HorizontalPodAutoscaler") => {
+                typed::<HorizontalPodAutoscaler>(value, &mut unknown).map(|_| Object::Other)
+            }
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                typed(value, &mut unknown).map(|o| Object::NetworkPolicy(Box::new(o)))
+            }
+            ("networking.k8s.io/v1", "Ingress") => typed::<Ingress>(value, &mut unknown).map(|_| Object::Other),
+            _ => Err(format!("`{api_version}` `{kind}` is not a kind this policy knows ({KNOWN})")),
+        };
+        for path in unknown {
+            errors.push((id.clone(), format!("unknown field `{path}` (not in the pinned Kubernetes API; misspelt?)")));
+        }
+        match object {
+            Ok(object) => docs.push(Document { id, namespace, object }),
+            Err(message) => errors.push((id, message)),
+        }
+    }
+    (docs, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_documents_and_unknown_fields() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: a}\ndata: {x: y}\n---\n\
+                    apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: b, namespace: n}\nspec:\n  selector: {matchLabels: {a: b}}\n  replicass: 2\n  template:\n    spec:\n      containers: [{name: c, image: i, readinesProbe: {}}]\n---\n\
+                    apiVersion: batch/v1\nkind: Job\nmetadata: {name: c}\n";
+        let (docs, errors) = parse(text);
+        assert_eq!(docs.len(), 2);
+        assert_eq!(docs[1].id, "Deployment/b (namespace n)");
+        let messages: Vec<String> = errors.iter().map(|(id, m)| format!("{id}: {m}")).collect();
+        assert!(
+            messages.iter().any(|m| m.contains("Deployment/b (namespace n): unknown field `spec.replicass`")),
+            "{messages:?}"
+        );
+        assert!(
+            messages.iter().any(|m| m.contains("unknown field `spec.template.spec.containers[0].readinesProbe`")),
+            "{messages:?}"
+        );
+        assert!(messages.iter().any(|m| m.starts_with("Job/c: `batch/v1` `Job` is not a kind")), "{messages:?}");
+    }
+
+    #[test]
+    fn wrong_types_are_errors_not_panics() {
+        let (docs, errors) = parse(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec: {replicas: many, selector: {}, template: {}}\n",
+        );
+        assert!(docs.is_empty());
+        assert_eq!(errors.len(), 1, "{errors:?}");
+    }
+}
