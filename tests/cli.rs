@@ -202,3 +202,22 @@ fn ci_changed_with_an_unknown_base_exits_2() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--base no-such-ref-anywhere"), "{err}");
 }
+
+#[test]
+fn k8s_validate_checks_every_rendered_overlay() {
+    require_tool("kubectl");
+    let out = xtask(&["k8s", "validate"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let said = text(&out.stdout);
+    for env in ["dev", "staging", "prod"] {
+        let line = said
+            .lines()
+            .find(|l| l.starts_with(&format!("{env}: ")) && l.contains("objects checked against Kubernetes"));
+        assert!(line.is_some_and(|l| l.ends_with(": ok")), "{env}: {said}");
+    }
+    let unknown = xtask(&["k8s", "validate", "--env", "qa"]);
+    assert_eq!(unknown.status.code(), Some(2));
+    let err = text(&unknown.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(err.contains("no overlay infra/k8s/overlays/qa"), "{err}");
+}

@@ -32,3 +32,8 @@ cargo build --workspace --locked --release
 # The image stage's compile; writing the image tars and the trivy scans have no by-hand
 # equivalent short of Dockerfiles, so the by-hand baseline stops here.
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' cargo auditable build --release --locked --target x86_64-unknown-linux-gnu -p api -p gateway -p worker
+
+# The Kubernetes manifests: render each overlay, then the schema and policy checks.
+mkdir -p "$target"/xtask/k8s/rendered
+for env in dev prod staging; do kubectl kustomize infra/k8s/overlays/$env > "$target"/xtask/k8s/rendered/$env.yaml; done
+cargo run --locked --quiet -p k8s-policy -- check --env dev="$target"/xtask/k8s/rendered/dev.yaml --env prod="$target"/xtask/k8s/rendered/prod.yaml --env staging="$target"/xtask/k8s/rendered/staging.yaml

@@ -77,6 +77,7 @@ pub enum Command {
     Scan(commands::scan::Args),
     Dev(commands::dev::Args),
     Loadtest(commands::loadtest::Args),
+    K8s(commands::k8s::Args),
     Secrets(commands::secrets::Args),
     Doctor(commands::doctor::Args),
     Setup(commands::setup::Args),

@@ -65,10 +65,7 @@ fn messages_name_the_environment_object_rule_and_field() {
         .output()
         .expect("runs");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        text.contains("prod: Deployment/web (namespace shop): [schema] unknown field `spec.replica`"),
-        "{text}"
-    );
+    assert!(text.contains("prod: Deployment/web (namespace shop): [schema] unknown field `spec.replica`"), "{text}");
     let missing = Command::new(env!("CARGO_BIN_EXE_k8s-policy"))
         .args(["check", "--env", "prod=/no/such/file.yaml"])
         .output()

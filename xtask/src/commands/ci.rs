@@ -8,9 +8,9 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::commands::{build, deny, fmt, image, lint, scan, secrets, test};
+use crate::commands::{build, deny, fmt, image, k8s, lint, scan, secrets, test};
 use crate::plan::Plan;
-use crate::tools::{DOCKER, NEXTEST, TRIVY};
+use crate::tools::{DOCKER, KUBECTL, NEXTEST, TRIVY};
 use crate::{Ctx, UsageError, affected};
 
 /// One stage of `ci` and the granular command that is its CI job.
@@ -33,6 +33,13 @@ pub const STAGES: &[Stage] = &[
     Stage { name: "test", command: "test", about: "Tests", needs_setup: true, prepare: &[] },
     Stage { name: "deny", command: "deny", about: "Dependency policy (cargo-deny)", needs_setup: true, prepare: &[] },
     Stage { name: "build", command: "build --release", about: "Release build", needs_setup: false, prepare: &[] },
+    Stage {
+        name: "k8s",
+        command: "k8s validate",
+        about: "Kubernetes manifests (schema, policy)",
+        needs_setup: false,
+        prepare: &[],
+    },
     Stage { name: "image", command: "image build", about: "Container images", needs_setup: true, prepare: &[] },
     // deny and secrets are stages of their own; the scan adds trivy's scans, SBOMs and the gate.
     Stage {
@@ -44,7 +51,8 @@ pub const STAGES: &[Stage] = &[
     },
 ];
 
-/// Run what CI runs: secrets, fmt --check, lint, test, deny, a release build, images and the scan.
+/// Run what CI runs: secrets, fmt --check, lint, test, deny, a release build, the Kubernetes
+/// manifests' checks, images and the scan.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
     /// Lint and test only the packages affected by changes since --base (and what depends on them).
@@ -118,6 +126,12 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             "test" => test::plan_for(ctx, &ws, &packages, None, NEXTEST.locate().is_some())?,
             "deny" => deny::plan(ctx, &deny::Args { advisory_db: args.advisory_db.clone(), ..deny::Args::default() })?,
             "build" => build::plan(ctx, &ws, &build::Args { release: true, ..build::Args::default() })?,
+            "k8s" if !in_ci() && KUBECTL.locate().is_none() => {
+                plan.notes.push(format!("stage k8s skipped: kubectl not found ({})", KUBECTL.install_hint));
+                continue;
+            }
+            // Under CI a missing kubectl fails the render steps with the install hint.
+            "k8s" => k8s::validate_plan(ctx, &k8s::ValidateArgs::default())?,
             "image" | "scan" if !in_ci() && DOCKER.locate().is_none() => {
                 plan.notes.push(format!("stage {} skipped: docker not found ({})", stage.name, DOCKER.install_hint));
                 continue;

@@ -7,6 +7,7 @@ pub mod dev;
 pub mod doctor;
 pub mod fmt;
 pub mod image;
+pub mod k8s;
 pub mod lint;
 pub mod loadtest;
 pub mod scan;
@@ -33,6 +34,7 @@ pub fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Scan(args) => scan::run(ctx, &args),
         Command::Dev(args) => dev::run(ctx, &args),
         Command::Loadtest(args) => loadtest::run(ctx, &args),
+        Command::K8s(args) => k8s::run(ctx, &args),
         Command::Deny(args) => ctx.execute(&deny::plan(ctx, &args)?),
         Command::Secrets(args) => secrets::run(ctx, &args),
         Command::Doctor(args) => doctor::run(ctx, &args),

@@ -22,7 +22,7 @@ use crate::commands::image::{self, BuildManifest};
 use crate::plan::{Internal, Plan, Step};
 use crate::runner::{Format, clean_command};
 use crate::scan::{self, Finding, ScannerStatus, Severity, ignore};
-use crate::tools::{CARGO_DENY, KUBECTL, TRIVY};
+use crate::tools::{CARGO_DENY, TRIVY};
 use crate::{Ctx, UsageError};
 
 /// The scans `--skip` can leave out.
@@ -418,7 +418,7 @@ fn gate_text(gate: &BTreeSet<Severity>) -> String {
     gate.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(",")
 }
 
-fn capture_step(
+pub fn capture_step(
     name: &str,
     description: &str,
     capture: Capture,
@@ -503,36 +503,14 @@ fn config_steps(
         let target = ConfigTarget { source: "trivy-config", dir: &infra, skip_dirs: &["k8s"], prefix: "infra/" };
         trivy_config(&target, "trivy config: Dockerfiles under infra/", repo, out, plan, inputs);
     }
-    let overlays_dir = repo.join("infra/k8s/overlays");
-    let mut overlays: Vec<String> = std::fs::read_dir(&overlays_dir)
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.path().join("kustomization.yaml").is_file())
-                .filter_map(|e| e.file_name().to_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    overlays.sort();
+    let overlays = crate::commands::k8s::overlays(repo);
     if overlays.is_empty() {
         return Ok(());
     }
     let rendered = out.join("rendered");
     for overlay in &overlays {
-        let dir = overlays_dir.join(overlay);
-        plan.push(capture_step(
-            &format!("scan:render:{overlay}"),
-            &format!("kubectl kustomize infra/k8s/overlays/{overlay}"),
-            Capture {
-                program: "kubectl".into(),
-                args: vec!["kustomize".into(), dir.display().to_string()],
-                cwd: repo.to_path_buf(),
-                stdout_to: Some(rendered.join(format!("{overlay}.yaml"))),
-                stderr_to: None,
-                accept: vec![0],
-            },
-            &format!("kubectl kustomize infra/k8s/overlays/{overlay}"),
-            &[&KUBECTL],
-        ));
+        let to = rendered.join(format!("{overlay}.yaml"));
+        plan.push(crate::commands::k8s::render_step(repo, &format!("scan:render:{overlay}"), overlay, &to));
     }
     let target = ConfigTarget { source: "trivy-k8s", dir: &rendered, skip_dirs: &[], prefix: "rendered overlay " };
     trivy_config(&target, "trivy config: rendered overlays", repo, out, plan, inputs);
