@@ -3,6 +3,7 @@
 pub mod build;
 pub mod ci;
 pub mod deny;
+pub mod deploy;
 pub mod dev;
 pub mod doctor;
 pub mod fmt;
@@ -35,6 +36,7 @@ pub fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Dev(args) => dev::run(ctx, &args),
         Command::Loadtest(args) => loadtest::run(ctx, &args),
         Command::K8s(args) => k8s::run(ctx, &args),
+        Command::Deploy(args) => deploy::run(ctx, &args),
         Command::Deny(args) => ctx.execute(&deny::plan(ctx, &args)?),
         Command::Secrets(args) => secrets::run(ctx, &args),
         Command::Doctor(args) => doctor::run(ctx, &args),
