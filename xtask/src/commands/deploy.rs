@@ -99,6 +99,15 @@ impl Kube {
         cmd
     }
 
+    /// For polling: the same call without announcing it each time.
+    fn quiet_output(&self, args: &[&str]) -> Result<Output> {
+        Command::new(&self.program)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .with_context(|| format!("running {}", self.program))
+    }
+
     fn output(&self, args: &[&str]) -> Result<Output> {
         self.command(args)
             .stdin(Stdio::null())
@@ -316,6 +325,9 @@ fn wait_rollouts(kube: &Kube, namespace: &str, deployments: &[String], timeout: 
     let started = Instant::now();
     let mut failures = Vec::new();
     let mut pending: Vec<(String, Child)> = waits;
+    eprintln!(
+        "watching pods meanwhile (kubectl get pods -n {namespace} -o json, every second) for states that will not recover"
+    );
     while !pending.is_empty() {
         let mut still = Vec::new();
         for (name, mut child) in pending {
@@ -334,7 +346,7 @@ fn wait_rollouts(kube: &Kube, namespace: &str, deployments: &[String], timeout: 
         if pending.is_empty() {
             break;
         }
-        if let Ok(out) = kube.output(&["get", "pods", "-n", namespace, "-o", "json"])
+        if let Ok(out) = kube.quiet_output(&["get", "pods", "-n", namespace, "-o", "json"])
             && let Ok(pods) = serde_json::from_slice::<serde_json::Value>(&out.stdout)
         {
             let stuck = stuck_pods(&pods, deployments);
@@ -355,7 +367,7 @@ fn wait_rollouts(kube: &Kube, namespace: &str, deployments: &[String], timeout: 
             }
             break;
         }
-        std::thread::sleep(Duration::from_millis(500));
+        std::thread::sleep(Duration::from_secs(1));
     }
     if failures.is_empty() { Ok(()) } else { Err(failures) }
 }
