@@ -2,15 +2,18 @@
 # Sustained `POST /v1/jobs` against the API (release build) with a real Postgres and Redis on
 # loopback: wrk, closed loop, CONNECTIONS keep-alive connections for DURATION seconds; every
 # request commits a job (no worker runs, so the table only grows). Reports req/s and latency
-# percentiles. Needs: postgresql, redis-server, wrk; run as root (Postgres runs as `postgres`).
-# Usage: xtask/bench/api-post-jobs.sh [DURATION] [CONNECTIONS]
+# percentiles. Then loadgen in the open model at RATE req/s for DURATION seconds: latency from
+# each request's intended send time (no coordinated omission), service time and schedule lag.
+# Needs: postgresql, redis-server, wrk; run as root (Postgres runs as `postgres`).
+# Usage: xtask/bench/api-post-jobs.sh [DURATION] [CONNECTIONS] [RATE]
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 duration="${1:-15}"
 connections="${2:-16}"
+rate="${3:-4000}"
 command -v wrk >/dev/null || { echo "error: wrk not found (apt-get install wrk)" >&2; exit 1; }
 pg_bin=$(dirname "$(command -v pg_ctl || ls -d /usr/lib/postgresql/*/bin/pg_ctl | tail -n 1)")
-cargo build --release --locked -p api --quiet
+cargo build --release --locked -p api -p loadgen --quiet
 target="${CARGO_TARGET_DIR:-target}"
 work=$(mktemp -d /tmp/api-bench.XXXXXX)
 chown postgres: "$work"
@@ -39,3 +42,30 @@ LUA
 wrk -t1 -c"$connections" -d2s -s "$work/post.lua" http://127.0.0.1:18081/v1/jobs >/dev/null   # warm-up
 wrk -t2 -c"$connections" -d"${duration}s" --latency -s "$work/post.lua" http://127.0.0.1:18081/v1/jobs \
   | grep -E "Requests/sec|Non-2xx|Socket errors|^ +(50|90|99)%"
+
+cat > "$work/post.toml" <<TOML
+base_url = "http://127.0.0.1:18081"
+warmup = "2s"
+lag_tolerance = "5ms"
+slo = ["error_rate < 0.1%"]
+[[endpoint]]
+name = "create_job"
+method = "POST"
+path = "/v1/jobs"
+headers = { "content-type" = "application/json" }
+body = '{"kind":"hash","input":"bench","iterations":1000}'
+expect_status = 201
+[[stage]]
+duration = "$((duration + 2))s"
+rps = $rate
+TOML
+"$target"/release/loadgen run "$work/post.toml" --cores 1 --quiet --format json --out "$work/open" > /dev/null || true
+python3 - "$work/open/report.json" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+e, lag = r["endpoints"][0], r["load"]["schedule_lag_us"]
+print(f"open model: {r['load']['achieved_rps']:.0f} of {r['load']['target_rps']:.0f} req/s, errors {e['errors']}, "
+      f"latency p50 {e['latency_us']['p50']/1e3:.2f} ms p99 {e['latency_us']['p99']/1e3:.2f} ms, "
+      f"service p50 {e['service_time_us']['p50']/1e3:.2f} ms p99 {e['service_time_us']['p99']/1e3:.2f} ms, "
+      f"lag p99 {lag['p99']/1e3:.2f} ms, verdict {r['verdict']}")
+PY
