@@ -143,7 +143,12 @@ pub const KUBECTL: Tool = Tool {
     version_args: &["version", "--client"],
     source: Source::System,
     minimum: Some("1.27"),
-    needed_by: &["k8s validate and ci (render the overlays)", "scan (renders kustomize overlays)", "test (k8s, scan and deploy tests)", "deploy"],
+    needed_by: &[
+        "k8s validate and ci (render the overlays)",
+        "scan (renders kustomize overlays)",
+        "test (k8s, scan and deploy tests)",
+        "deploy",
+    ],
     install_hint: "apt-get install kubectl (or see kubernetes.io/docs/tasks/tools)",
 };
 

@@ -40,7 +40,8 @@ pub struct Args {
 pub fn scenario_path(root: &Path, given: &str) -> Result<PathBuf> {
     let as_path = Path::new(given);
     if as_path.is_file() {
-        return Ok(as_path.to_path_buf());
+        // loadgen runs from the workspace root: hand it a path that does not depend on our cwd.
+        return Ok(std::path::absolute(as_path)?);
     }
     let named = root.join(SCENARIO_DIR).join(format!("{}.toml", given.trim_end_matches(".toml")));
     if named.is_file() {
@@ -109,7 +110,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             ))
             .into());
         }
-        run_args.extend(["--baseline".into(), baseline.display().to_string()]);
+        run_args.extend(["--baseline".into(), std::path::absolute(baseline)?.display().to_string()]);
     }
     run_args.extend(["--out".into(), out.display().to_string()]);
     run_args.extend(args.extra.iter().cloned());
