@@ -82,7 +82,7 @@ fn user_cpu() -> Option<Duration> {
     Some(Duration::from_millis(utime * 10))
 }
 
-/// Runs the load on `cores` threads; `on_interval` sees each core's seconds as they finish.
+/// Runs the load on `cores` threads; `intervals` receives each core's seconds as they finish.
 pub fn run(setup: RunSetup, intervals: mpsc::UnboundedSender<IntervalStats>) -> io::Result<RunOutput> {
     let RunSetup { scenario, addr, cores, stop } = setup;
     // A short head start so every core's runtime is up before the first request is due.
