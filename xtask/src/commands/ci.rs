@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::commands::{build, deny, fmt, image, k8s, lint, scan, secrets, test};
 use crate::plan::Plan;
-use crate::tools::{DOCKER, KUBECTL, NEXTEST, TRIVY};
+use crate::tools::{DOCKER, KUBECTL, NEXTEST, TRIVY, Tool};
 use crate::{Ctx, UsageError, affected};
 
 /// One stage of `ci` and the granular command that is its CI job.
@@ -74,6 +74,26 @@ pub fn in_ci() -> bool {
     std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
 }
 
+/// Tools a stage's steps cannot run without.
+fn stage_tools(stage: &str) -> &'static [&'static Tool] {
+    match stage {
+        "k8s" => &[&KUBECTL],
+        "image" => &[&DOCKER],
+        "scan" => &[&DOCKER, &TRIVY],
+        _ => &[],
+    }
+}
+
+/// Outside CI, a stage whose tool is missing is left out with this note. Under CI it never is:
+/// the stage stays in the plan and its steps, which `require` the tool, fail with the install hint.
+fn missing_tool_note(stage: &str, ci: bool, found: impl Fn(&Tool) -> bool) -> Option<String> {
+    if ci {
+        return None;
+    }
+    let tool = stage_tools(stage).iter().find(|t| !found(t))?;
+    Some(format!("stage {stage} skipped: {} not found ({})", tool.name, tool.install_hint))
+}
+
 pub fn default_base(ctx: &Ctx) -> String {
     if let Ok(base) = std::env::var("GITHUB_BASE_REF")
         && !base.is_empty()
@@ -113,6 +133,10 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             plan.notes.push(format!("stage {} skipped (--skip)", stage.name));
             continue;
         }
+        if let Some(note) = missing_tool_note(stage.name, in_ci(), |t| t.locate().is_some()) {
+            plan.notes.push(note);
+            continue;
+        }
         let part = match stage.name {
             "secrets" => {
                 let mut p = Plan::new("secrets");
@@ -126,21 +150,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             "test" => test::plan_for(ctx, &ws, &packages, None, NEXTEST.locate().is_some())?,
             "deny" => deny::plan(ctx, &deny::Args { advisory_db: args.advisory_db.clone(), ..deny::Args::default() })?,
             "build" => build::plan(ctx, &ws, &build::Args { release: true, ..build::Args::default() })?,
-            "k8s" if !in_ci() && KUBECTL.locate().is_none() => {
-                plan.notes.push(format!("stage k8s skipped: kubectl not found ({})", KUBECTL.install_hint));
-                continue;
-            }
-            // Under CI a missing kubectl fails the render steps with the install hint.
             "k8s" => k8s::validate_plan(ctx, &k8s::ValidateArgs::default())?,
-            "image" | "scan" if !in_ci() && DOCKER.locate().is_none() => {
-                plan.notes.push(format!("stage {} skipped: docker not found ({})", stage.name, DOCKER.install_hint));
-                continue;
-            }
-            "scan" if !in_ci() && TRIVY.locate().is_none() => {
-                plan.notes.push(format!("stage scan skipped: trivy not found ({})", TRIVY.install_hint));
-                continue;
-            }
-            // Under CI a missing docker fails the step with the install hint (it `requires` docker).
             "image" => image::plan(
                 ctx,
                 &ws,
@@ -161,4 +171,30 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         plan.extend(part);
     }
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_tool_leaves_a_stage_out_only_outside_ci() {
+        let nothing = |_: &Tool| false;
+        for stage in ["k8s", "image", "scan"] {
+            let note = missing_tool_note(stage, false, nothing);
+            assert!(
+                note.as_deref().is_some_and(|n| n.contains("not found") && n.contains("install")),
+                "{stage}: {note:?}"
+            );
+            assert_eq!(missing_tool_note(stage, true, nothing), None, "under CI `{stage}` stays in and fails loudly");
+        }
+        assert_eq!(missing_tool_note("lint", false, nothing), None);
+        let only_docker = |t: &Tool| t.name == DOCKER.name;
+        assert!(missing_tool_note("scan", false, only_docker).is_some_and(|n| n.contains("trivy")));
+        // What fails under CI: the stage's steps require the tool.
+        let k8s = k8s::validate_plan(&crate::test_ctx(), &k8s::ValidateArgs::default()).expect("plan");
+        let renders: Vec<_> = k8s.steps.iter().filter(|s| s.name.starts_with("k8s:render:")).collect();
+        assert!(!renders.is_empty());
+        assert!(renders.iter().all(|s| s.requires.iter().any(|t| t.name == KUBECTL.name)));
+    }
 }
