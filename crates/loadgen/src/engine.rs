@@ -288,7 +288,6 @@ impl CoreRun {
                 }
             }));
         }
-        state.connections.set(mine);
         for worker in workers {
             let _ = worker.await;
         }
@@ -586,9 +585,7 @@ async fn report_intervals(state: Rc<CoreState>, started: Instant, out: mpsc::Unb
     loop {
         second += 1;
         tokio::time::sleep_until((started + Duration::from_secs(second)).into()).await;
-        let mut fresh = IntervalStats::new(second);
-        fresh.in_flight = state.in_flight.get();
-        let mut done = state.interval.replace(fresh);
+        let mut done = state.interval.replace(IntervalStats::new(second));
         done.second = second - 1;
         done.in_flight = state.in_flight.get();
         if out.send(done).is_err() {

@@ -2,7 +2,7 @@
 //! several processes) into one, exactly: the histograms add, the counts add, and the SLOs are
 //! judged again on the merged figures, the way one generator would have judged them.
 
-use crate::report::{self, EndpointReport, Histograms, Report, ReportView, SecondReport, SloReport, Summary};
+use crate::report::{self, EndpointReport, Report, ReportView, SecondReport, SloReport, Summary};
 use crate::slo::{Limit, Slo};
 use crate::stats;
 use hdrhistogram::Histogram;
@@ -35,26 +35,16 @@ fn merge_endpoint(parts: &[&EndpointReport]) -> Result<EndpointReport, String> {
         }
     }
     let count: u64 = parts.iter().map(|p| p.count).sum();
-    let errors: u64 = parts.iter().map(|p| p.errors).sum();
-    Ok(EndpointReport {
-        name: first.name.clone(),
+    let tally = report::Tally {
         count,
         // Side-by-side runs: their rates add.
         rps: parts.iter().map(|p| p.rps).sum(),
         status,
         failures,
-        errors,
-        error_rate: if count > 0 { errors as f64 / count as f64 } else { 0.0 },
+        errors: parts.iter().map(|p| p.errors).sum(),
         bytes_in: parts.iter().map(|p| p.bytes_in).sum(),
-        latency_us: Summary::of(&latency),
-        latency_corrected_us: corrected.as_ref().map(Summary::of),
-        service_time_us: Summary::of(&service),
-        hdr: Histograms {
-            latency: stats::encode(&latency),
-            latency_corrected: corrected.as_ref().map(stats::encode),
-            service_time: stats::encode(&service),
-        },
-    })
+    };
+    Ok(EndpointReport::new(&first.name, tally, &latency, corrected.as_ref(), &service))
 }
 
 /// Merges reports of one scenario; `names` label the parts in messages.

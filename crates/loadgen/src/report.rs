@@ -75,6 +75,46 @@ pub struct EndpointReport {
     pub hdr: Histograms,
 }
 
+/// An endpoint's counts, before the histograms are summarised beside them.
+pub struct Tally {
+    pub count: u64,
+    pub rps: f64,
+    pub status: BTreeMap<String, u64>,
+    pub failures: BTreeMap<String, u64>,
+    pub errors: u64,
+    pub bytes_in: u64,
+}
+
+impl EndpointReport {
+    /// Counts plus the histograms, each summarised and encoded the one way reports carry them.
+    pub fn new(
+        name: &str,
+        t: Tally,
+        latency: &Histogram<u64>,
+        corrected: Option<&Histogram<u64>>,
+        service: &Histogram<u64>,
+    ) -> EndpointReport {
+        EndpointReport {
+            name: name.to_string(),
+            count: t.count,
+            rps: t.rps,
+            status: t.status,
+            failures: t.failures,
+            errors: t.errors,
+            error_rate: if t.count > 0 { t.errors as f64 / t.count as f64 } else { 0.0 },
+            bytes_in: t.bytes_in,
+            latency_us: Summary::of(latency),
+            latency_corrected_us: corrected.map(Summary::of),
+            service_time_us: Summary::of(service),
+            hdr: Histograms {
+                latency: stats::encode(latency),
+                latency_corrected: corrected.map(stats::encode),
+                service_time: stats::encode(service),
+            },
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct StageReport {
     pub duration_s: f64,
@@ -457,8 +497,7 @@ fn endpoint_report(name: &str, e: &EndpointStats, results: &RunResults<'_>) -> E
     let errors = e.count_of(Outcome::Unexpected) + e.count_of(Outcome::Failed);
     let mut status: Vec<_> = e.status.clone();
     status.sort_unstable();
-    EndpointReport {
-        name: name.to_string(),
+    let tally = Tally {
         count,
         rps: count as f64 / results.measured.as_secs_f64(),
         status: status.into_iter().map(|(s, n)| (s.to_string(), n)).collect(),
@@ -469,17 +508,9 @@ fn endpoint_report(name: &str, e: &EndpointStats, results: &RunResults<'_>) -> E
             .map(|(k, n)| (k.to_string(), n))
             .collect(),
         errors,
-        error_rate: if count > 0 { errors as f64 / count as f64 } else { 0.0 },
         bytes_in: e.bytes_in,
-        latency_us: Summary::of(&latency),
-        latency_corrected_us: corrected.as_ref().map(Summary::of),
-        service_time_us: Summary::of(&service),
-        hdr: Histograms {
-            latency: stats::encode(&latency),
-            latency_corrected: corrected.as_ref().map(stats::encode),
-            service_time: stats::encode(&service),
-        },
-    }
+    };
+    EndpointReport::new(name, tally, &latency, corrected.as_ref(), &service)
 }
 
 pub fn build(

@@ -269,15 +269,21 @@ fn apply(kube: &Kube, file: &Path) -> Result<()> {
 const STUCK: &[&str] =
     &["CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "CreateContainerConfigError", "InvalidImageName"];
 
-/// Pods of our deployments stuck in a state that will not resolve: `service: reason (pod)`.
+/// The pods of our deployments in a `kubectl get pods -o json` answer: (deployment, pod name, pod).
+fn our_pods<'a>(
+    pods: &'a serde_json::Value,
+    deployments: &'a [String],
+) -> impl Iterator<Item = (&'a str, &'a str, &'a serde_json::Value)> {
+    pods["items"].as_array().into_iter().flatten().filter_map(move |pod| {
+        let app = pod["metadata"]["labels"]["app.kubernetes.io/name"].as_str()?;
+        deployments.iter().any(|d| d == app).then(|| (app, pod["metadata"]["name"].as_str().unwrap_or("?"), pod))
+    })
+}
+
+/// Pods stuck in a state that will not resolve: `deployment: reason (pod)`.
 fn stuck_pods(pods: &serde_json::Value, deployments: &[String]) -> Vec<String> {
     let mut found = Vec::new();
-    for pod in pods["items"].as_array().into_iter().flatten() {
-        let app = pod["metadata"]["labels"]["app.kubernetes.io/name"].as_str().unwrap_or_default();
-        if !deployments.iter().any(|d| d == app) {
-            continue;
-        }
-        let name = pod["metadata"]["name"].as_str().unwrap_or("?");
+    for (app, name, pod) in our_pods(pods, deployments) {
         for status in pod["status"]["containerStatuses"].as_array().into_iter().flatten() {
             if let Some(reason) = status["state"]["waiting"]["reason"].as_str().filter(|r| STUCK.contains(r)) {
                 found.push(format!("{app}: {reason} (pod {name})"));
@@ -288,22 +294,16 @@ fn stuck_pods(pods: &serde_json::Value, deployments: &[String]) -> Vec<String> {
 }
 
 fn unready_pods(pods: &serde_json::Value, deployments: &[String]) -> Vec<String> {
-    let mut unready = Vec::new();
-    for pod in pods["items"].as_array().into_iter().flatten() {
-        let app = pod["metadata"]["labels"]["app.kubernetes.io/name"].as_str().unwrap_or_default();
-        if !deployments.iter().any(|d| d == app) {
-            continue;
-        }
-        let ready = pod["status"]["conditions"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|c| c["type"] == "Ready" && c["status"] == "True");
-        if !ready {
-            unready.push(pod["metadata"]["name"].as_str().unwrap_or("?").to_string());
-        }
-    }
-    unready
+    our_pods(pods, deployments)
+        .filter(|(_, _, pod)| {
+            !pod["status"]["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .map(|(_, name, _)| name.to_string())
+        .collect()
 }
 
 /// Every rollout waited for at once; every failure reported; stuck pods end the wait early.
