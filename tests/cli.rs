@@ -1,22 +1,10 @@
 //! End-to-end tests of the real `cargo xtask` binary: exit codes, one-line errors, JSON output,
 //! and the secret and dependency scans against real git, trivy and cargo-deny.
 
-use std::process::{Command, Output};
+use std::process::Command;
 
 mod common;
-use common::{require_tool, root, text};
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .current_dir(root())
-        .env_remove("GITHUB_ACTIONS")
-        // Assertions read plain text, even when the test run itself was asked for colour.
-        .env("CARGO_TERM_COLOR", "never")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("xtask binary runs")
-}
+use common::{require_tool, root, text, xtask};
 
 #[test]
 fn ci_dry_run_json_lists_every_step_and_runs_nothing() {
@@ -181,9 +169,8 @@ fn run_results_are_json_on_stdout_with_format_json() {
 fn under_github_actions_steps_are_grouped_and_summarised() {
     let dir = tempfile::tempdir().expect("tempdir");
     let summary = dir.path().join("summary.md");
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = common::xtask_command()
         .args(["fmt", "--check"])
-        .current_dir(root())
         .env("GITHUB_ACTIONS", "true")
         .env("GITHUB_STEP_SUMMARY", &summary)
         .output()

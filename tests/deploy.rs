@@ -7,7 +7,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod common;
 use common::{require_tool, root, text};
@@ -69,17 +69,14 @@ impl Cluster {
     }
 
     fn xtask(&self, scenario: &str, bad: &str, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_xtask"))
+        common::xtask_command()
             .args(args)
-            .current_dir(root())
             .env("KUBECTL", root().join("tests/support/kubectl-standin"))
             .env("STANDIN_DIR", self.state.path())
             .env("STANDIN_SCENARIO", scenario)
             .env("STANDIN_BAD", bad)
             .env("STANDIN_FORWARD_PORT", self.forward_port.to_string())
             .env("STANDIN_REAL_KUBECTL", "kubectl")
-            .env("NO_COLOR", "1")
-            .env_remove("GITHUB_ACTIONS")
             .stdin(std::process::Stdio::null())
             .output()
             .expect("xtask runs")

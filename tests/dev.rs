@@ -44,14 +44,13 @@ impl Stack {
     }
 
     fn xtask(&self, args: &[&str]) -> Output {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+        let mut cmd = common::xtask_command();
         // `--project` belongs to `dev` and goes right after it: anything after a `--` in `args`
         // belongs to another program. Other commands find the stack through its port variables.
         match args.split_first() {
             Some((&"dev", rest)) => cmd.arg("dev").arg("--project").arg(&self.project).args(rest),
             _ => cmd.args(args),
         };
-        cmd.current_dir(root()).env_remove("GITHUB_ACTIONS").env("NO_COLOR", "1");
         for (var, port) in &self.ports {
             cmd.env(var, port.to_string());
         }

@@ -13,17 +13,7 @@ use std::time::Duration;
 use test_support::{Link, eventually, free_port, http};
 
 mod common;
-use common::{root, target_dir, text};
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .current_dir(root())
-        .env_remove("GITHUB_ACTIONS")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("xtask binary runs")
-}
+use common::{target_dir, text, xtask};
 
 fn docker(args: &[&str]) -> Output {
     Command::new("docker").args(args).output().unwrap_or_else(|e| {

@@ -3,10 +3,10 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output};
+use std::process::Command;
 
 mod common;
-use common::{root, target_dir, text};
+use common::{root, target_dir, text, xtask};
 
 /// A keep-alive HTTP/1.1 server that answers every request `200 ok`, one thread per connection.
 fn serve_ok() -> u16 {
@@ -36,16 +36,6 @@ fn serve_ok() -> u16 {
         }
     });
     port
-}
-
-fn xtask(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(args)
-        .current_dir(root())
-        .env_remove("GITHUB_ACTIONS")
-        .env("NO_COLOR", "1")
-        .output()
-        .expect("xtask binary runs")
 }
 
 #[test]

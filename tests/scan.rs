@@ -9,12 +9,9 @@ mod common;
 use common::{require_tool, root, text};
 
 fn xtask_in(target_dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_xtask"))
+    common::xtask_command()
         .args(args)
-        .current_dir(root())
-        .env_remove("GITHUB_ACTIONS")
         .env_remove("CI")
-        .env("NO_COLOR", "1")
         // Each test writes its reports in its own place, so parallel tests never read each other's.
         .env("CARGO_TARGET_DIR", target_dir)
         // trivy's own cache too: empty, so no vulnerability DB on any machine (scans run --offline).

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 /// The workspace root: the tests are built as xtask's, whose manifest sits in `<root>/xtask`.
 pub fn root() -> PathBuf {
@@ -26,4 +27,17 @@ pub fn target_dir() -> PathBuf {
         Some(dir) => root().join(dir),
         None => root().join("target"),
     }
+}
+
+/// The real `cargo xtask` binary, run from the workspace root with plain (uncoloured, not
+/// GitHub Actions) output: what every end-to-end test starts from.
+pub fn xtask_command() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
+    cmd.current_dir(root()).env_remove("GITHUB_ACTIONS").env("CARGO_TERM_COLOR", "never").env("NO_COLOR", "1");
+    cmd
+}
+
+/// `cargo xtask ARGS` with `xtask_command`'s setup, to completion.
+pub fn xtask(args: &[&str]) -> Output {
+    xtask_command().args(args).output().expect("xtask binary runs")
 }
