@@ -14,22 +14,10 @@ done
 cargo build --release --locked -p loadgen --quiet
 loadgen="${CARGO_TARGET_DIR:-target}/release/loadgen"
 work=$(mktemp -d /tmp/loadgen-memory.XXXXXX)
-cleanup() {
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
+. xtask/bench/nginx-ok.sh
+cleanup() { stop_nginx "$work"; rm -rf "$work"; }
 trap cleanup EXIT
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:18183; location / { return 200 "ok"; } }
-}
-CONF
-nginx -c "$work/nginx.conf" -p "$work"
+start_ok_nginx "$work" nginx 18183
 sleep 0.5
 for seconds in "$short" "$long"; do
   /usr/bin/time -f "%M" "$loadgen" run --url http://127.0.0.1:18183/ --rps "$rate" --duration "${seconds}s" \

@@ -20,23 +20,10 @@ oha="$target/bench-tools/bin/oha"
 cargo build --release --locked -p loadgen --quiet
 loadgen="$target/release/loadgen"
 work=$(mktemp -d /tmp/loadgen-bench.XXXXXX)
-cleanup() {
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
+. xtask/bench/nginx-ok.sh
+cleanup() { stop_nginx "$work"; rm -rf "$work"; }
 trap cleanup EXIT
-cat > "$work/nginx.conf" <<CONF
-worker_processes 1;
-pid $work/nginx.pid;
-error_log $work/nginx.err warn;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  keepalive_requests 100000000;
-  server { listen 127.0.0.1:18182; location / { return 200 "ok"; } }
-}
-CONF
-taskset -c 0 nginx -c "$work/nginx.conf" -p "$work"
+KEEPALIVE_REQUESTS=100000000 start_ok_nginx "$work" nginx 18182 0
 sleep 0.5
 url=http://127.0.0.1:18182/
 
