@@ -724,10 +724,18 @@ mod tests {
             {"metadata": {"name": "worker-1", "labels": {"app.kubernetes.io/name": "worker"}},
              "status": {"containerStatuses": [{"state": {"waiting": {"reason": "ContainerCreating"}}}],
                         "conditions": [{"type": "Ready", "status": "True"}]}},
+            {"metadata": {"name": "gateway-1", "labels": {"app.kubernetes.io/name": "gateway"}},
+             "status": {"containerStatuses": [{"state": {"waiting": {"reason": "ImagePullBackOff"}}}]}},
+            {"metadata": {"name": "postgres-0", "labels": {"app.kubernetes.io/name": "postgres"}},
+             "status": {"containerStatuses": [{"state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}},
         ]});
-        let deployments = vec!["api".to_string(), "worker".to_string()];
-        assert_eq!(stuck_pods(&pods, &deployments), vec!["api: CrashLoopBackOff (pod api-1)"]);
-        assert_eq!(unready_pods(&pods, &deployments), vec!["api-1"]);
+        let deployments = vec!["api".to_string(), "worker".to_string(), "gateway".to_string()];
+        // Pods of other workloads (postgres here) are not ours to judge.
+        assert_eq!(
+            stuck_pods(&pods, &deployments),
+            vec!["api: CrashLoopBackOff (pod api-1)", "gateway: ImagePullBackOff (pod gateway-1)"]
+        );
+        assert_eq!(unready_pods(&pods, &deployments), vec!["api-1", "gateway-1"]);
     }
 
     #[test]
