@@ -59,36 +59,8 @@ enum Command {
 struct RunArgs {
     /// Scenario file (TOML); without one, --url and --rps/--connections describe the run.
     scenario: Option<PathBuf>,
-    /// Target base URL (overrides the scenario's base_url).
-    #[arg(long)]
-    url: Option<String>,
-    /// Open model: constant rate in requests per second (replaces the scenario's stages).
-    #[arg(long)]
-    rps: Option<f64>,
-    /// Run length with --rps or --connections, e.g. `30s`.
-    #[arg(long)]
-    duration: Option<String>,
-    /// Closed model: this many connections, each sending back to back.
-    #[arg(long)]
-    connections: Option<usize>,
-    /// Closed model: pause between a connection's requests.
-    #[arg(long)]
-    think_time: Option<String>,
-    /// One-URL case: HTTP method.
-    #[arg(long)]
-    method: Option<String>,
-    /// Extra header `Name: value` on every request (repeatable).
-    #[arg(long = "header", short = 'H')]
-    headers: Vec<String>,
-    /// One-URL case: request body.
-    #[arg(long)]
-    body: Option<String>,
-    /// Statuses that count as success (repeatable; default 2xx).
-    #[arg(long = "expect-status")]
-    expect_status: Vec<u16>,
-    /// SLO expression, e.g. `latency: p(99) < 25ms` (repeatable; added to the scenario's).
-    #[arg(long = "slo")]
-    slos: Vec<String>,
+    #[command(flatten)]
+    overrides: Overrides,
     /// A previous JSON report for `baseline.` SLOs.
     #[arg(long)]
     baseline: Option<PathBuf>,
@@ -104,34 +76,9 @@ struct RunArgs {
     /// Allow a target that is not loopback (load tests aim at 127.0.0.1 by default).
     #[arg(long)]
     allow_remote: bool,
-    #[arg(long)]
-    seed: Option<u64>,
-    #[arg(long)]
-    warmup: Option<String>,
-    #[arg(long)]
-    max_connections: Option<usize>,
-    #[arg(long)]
-    max_requests: Option<u64>,
-    /// Per-request timeout.
-    #[arg(long)]
-    timeout: Option<String>,
-    /// p99 schedule lag above which the run is invalid.
-    #[arg(long)]
-    lag_tolerance: Option<String>,
-    /// Client: `http1` (built-in HTTP/1.1: requests encoded once, responses parsed in place),
-    /// `hyper` (hyper's HTTP/1.1 client::conn) or `h2` (hyper's HTTP/2, cleartext, prior knowledge).
-    #[arg(long, value_enum)]
-    client: Option<ClientArg>,
     /// No progress lines.
     #[arg(long, short)]
     quiet: bool,
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum ClientArg {
-    Http1,
-    Hyper,
-    H2,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -209,29 +156,7 @@ fn resolve(scenario: &Scenario, allow_remote: bool) -> Result<SocketAddr, Failur
 }
 
 fn run(args: RunArgs) -> Result<i32, Failure> {
-    let overrides = Overrides {
-        url: args.url,
-        rps: args.rps,
-        duration: args.duration,
-        connections: args.connections,
-        think_time: args.think_time,
-        method: args.method,
-        headers: args.headers,
-        body: args.body,
-        expect_status: args.expect_status,
-        slos: args.slos,
-        seed: args.seed,
-        warmup: args.warmup,
-        max_connections: args.max_connections,
-        timeout: args.timeout,
-        max_requests: args.max_requests,
-        lag_tolerance: args.lag_tolerance,
-        client: args.client.map(|c| match c {
-            ClientArg::Http1 => scenario::Client::Http1,
-            ClientArg::Hyper => scenario::Client::Hyper,
-            ClientArg::H2 => scenario::Client::H2,
-        }),
-    };
+    let overrides = args.overrides;
     let scenario = Arc::new(Scenario::load(args.scenario.as_deref(), &overrides)?);
     let baseline = match &args.baseline {
         Some(path) => Some(ReportView::read(path).map_err(Failure::Config)?),

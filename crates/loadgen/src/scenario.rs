@@ -105,7 +105,7 @@ pub enum Load {
 }
 
 /// Which HTTP/1.1 client sends: the built-in one (default) or hyper's `client::conn`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Client {
     Http1,
@@ -141,24 +141,55 @@ pub struct Scenario {
 }
 
 /// Values given on the command line; they override the file.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, clap::Args)]
 pub struct Overrides {
+    /// Target base URL (overrides the scenario's base_url).
+    #[arg(long)]
     pub url: Option<String>,
+    /// Open model: constant rate in requests per second (replaces the scenario's stages).
+    #[arg(long)]
     pub rps: Option<f64>,
+    /// Run length with --rps or --connections, e.g. `30s`.
+    #[arg(long)]
     pub duration: Option<String>,
+    /// Closed model: this many connections, each sending back to back.
+    #[arg(long)]
     pub connections: Option<usize>,
+    /// Closed model: pause between a connection's requests.
+    #[arg(long)]
     pub think_time: Option<String>,
+    /// One-URL case: HTTP method.
+    #[arg(long)]
     pub method: Option<String>,
+    /// Extra header `Name: value` on every request (repeatable).
+    #[arg(long = "header", short = 'H')]
     pub headers: Vec<String>,
+    /// One-URL case: request body.
+    #[arg(long)]
     pub body: Option<String>,
+    /// Statuses that count as success (repeatable; default 2xx).
+    #[arg(long = "expect-status")]
     pub expect_status: Vec<u16>,
+    /// SLO expression, e.g. `latency: p(99) < 25ms` (repeatable; added to the scenario's).
+    #[arg(long = "slo")]
     pub slos: Vec<String>,
+    #[arg(long)]
     pub seed: Option<u64>,
+    #[arg(long)]
     pub warmup: Option<String>,
+    #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Per-request timeout.
+    #[arg(long)]
     pub timeout: Option<String>,
+    #[arg(long)]
     pub max_requests: Option<u64>,
+    /// p99 schedule lag above which the run is invalid.
+    #[arg(long)]
     pub lag_tolerance: Option<String>,
+    /// Client: `http1` (built-in HTTP/1.1: requests encoded once, responses parsed in place),
+    /// `hyper` (hyper's HTTP/1.1 client::conn) or `h2` (hyper's HTTP/2, cleartext, prior knowledge).
+    #[arg(long, value_enum)]
     pub client: Option<Client>,
 }
 
