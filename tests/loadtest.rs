@@ -42,10 +42,22 @@ fn serve_ok() -> u16 {
 fn loadtest_runs_a_scenario_and_passes_loadgen_exit_codes_through() {
     let port = serve_ok();
     let url = format!("http://127.0.0.1:{port}");
-    let short = ["--rps", "50", "--duration", "1s", "--lag-tolerance", "50ms", "--quiet"];
-    let report = target_dir().join("xtask/loadtest/smoke/report.json");
+    // What is tested is the hand-off and the exit codes, not this machine's latency: CI runs this
+    // beside image builds on two cores, where the smoke scenario's 10 ms p99 is not a given. So
+    // the passing run uses a scenario of its own whose SLOs any working server meets.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = dir.path().join("passthrough.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"passthrough\"\nslo = [\"latency: p(99) < 5s\", \"error_rate < 1%\"]\n\
+         [[endpoint]]\nname = \"root\"\npath = \"/\"\n[[stage]]\nduration = \"1s\"\nrps = 50\n",
+    )
+    .expect("write scenario");
+    let scenario = scenario.to_str().expect("utf-8 path");
+    let short = ["--rps", "50", "--duration", "1s", "--lag-tolerance", "1s", "--quiet"];
+    let report = target_dir().join("xtask/loadtest/passthrough/report.json");
 
-    let mut args = vec!["loadtest", "smoke", "--url", &url, "--"];
+    let mut args = vec!["loadtest", scenario, "--url", &url, "--"];
     args.extend(short);
     let pass = xtask(&args);
     assert_eq!(pass.status.code(), Some(0), "{}{}", text(&pass.stdout), text(&pass.stderr));
@@ -59,7 +71,7 @@ fn loadtest_runs_a_scenario_and_passes_loadgen_exit_codes_through() {
     args.extend(["--slo", "latency: p(50) < 1ns"]);
     let breach = xtask(&args);
     assert_eq!(breach.status.code(), Some(1), "{}", text(&breach.stderr));
-    assert!(target_dir().join("xtask/loadtest/smoke/previous.json").is_file());
+    assert!(target_dir().join("xtask/loadtest/passthrough/previous.json").is_file());
 
     // A configuration error inside loadgen keeps its exit code 2 and its one-line message.
     let bad = xtask(&["loadtest", "smoke", "--url", &url, "--", "--slo", "latency: p(99) < 5"]);
