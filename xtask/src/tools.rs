@@ -125,7 +125,14 @@ pub const DOCKER: Tool = Tool {
     version_args: &["--version"],
     source: Source::System,
     minimum: Some("20.10"),
-    needed_by: &["image", "scan (images)", "dev", "test (image and dev-stack tests)", "ci"],
+    needed_by: &[
+        "image",
+        "scan (images)",
+        "dev",
+        "deploy --target docker",
+        "test (image, dev-stack and docker-deploy tests)",
+        "ci",
+    ],
     install_hint: "install Docker Engine 20.10+ (apt-get install docker.io)",
 };
 pub const DOCKER_COMPOSE: Tool = Tool {
@@ -134,7 +141,11 @@ pub const DOCKER_COMPOSE: Tool = Tool {
     version_args: &["--version"],
     source: Source::Apt("docker-compose"),
     minimum: Some("1.29"),
-    needed_by: &["dev (or the docker compose v2 plugin)", "test (the dev stack's tests)"],
+    needed_by: &[
+        "dev (or the docker compose v2 plugin)",
+        "deploy --target docker",
+        "test (the dev stack's and docker-deploy tests)",
+    ],
     install_hint: "cargo xtask setup (apt-get install docker-compose), or install the docker compose v2 plugin",
 };
 pub const KUBECTL: Tool = Tool {

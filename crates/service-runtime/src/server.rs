@@ -138,7 +138,8 @@ impl Server {
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz).with_state(self.readiness.clone()))
             .route("/metrics", get(metrics_text).with_state(self.metrics.clone()))
-            .layer(middleware::from_fn_with_state(self.metrics.clone(), observe));
+            .layer(middleware::from_fn_with_state(self.metrics.clone(), observe))
+            .layer(middleware::from_fn_with_state(self.readiness.clone(), close_when_draining));
         let serving = axum::serve(listener, router).with_graceful_shutdown(self.stop_accepting());
         tokio::select! {
             served = serving => served.map_err(|e| StartError::fatal("server error", e)),
@@ -178,14 +179,15 @@ impl Server {
                         let (metrics, readiness, handle) = (metrics.clone(), readiness.clone(), handle.clone());
                         async move {
                             let request = request.map(axum::body::Body::new);
-                            let builtins = metrics.clone();
-                            let response = observed(&metrics, request, |request| async move {
-                                match builtin_endpoint(request.uri().path(), &readiness, &builtins).await {
+                            let (builtins, ready) = (metrics.clone(), readiness.clone());
+                            let mut response = observed(&metrics, request, |request| async move {
+                                match builtin_endpoint(request.uri().path(), &ready, &builtins).await {
                                     Some(builtin) => builtin,
                                     None => handle(request).await,
                                 }
                             })
                             .await;
+                            mark_close_if_draining(&readiness, &mut response);
                             Ok::<_, std::convert::Infallible>(response)
                         }
                     });
@@ -206,6 +208,21 @@ impl Server {
             () = tokio::time::sleep(self.config.drain_timeout) => Err(drain_expired(self.config.drain_timeout)),
         }
     }
+}
+
+/// While draining (the shutdown delay before the listener closes), every answer says
+/// `Connection: close`: callers with a kept-alive connection open a new one, which lands on
+/// another instance (or is refused here and retried elsewhere) instead of racing the close.
+fn mark_close_if_draining(readiness: &Readiness, response: &mut Response) {
+    if readiness.is_draining() {
+        response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+    }
+}
+
+async fn close_when_draining(State(readiness): State<Readiness>, request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    mark_close_if_draining(&readiness, &mut response);
+    response
 }
 
 fn drain_expired(drain: Duration) -> StartError {

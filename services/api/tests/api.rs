@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use test_support::{Link, ServiceProcess, eventually, fresh_database, http, redis_url};
+use test_support::{Link, ServiceProcess, eventually, fresh_database, get_head_keep_alive, http, redis_url};
 
 const API: &str = env!("CARGO_BIN_EXE_api");
 const JSON: (&str, &str) = ("Content-Type", "application/json");
@@ -235,8 +235,26 @@ fn healthcheck_subcommand_probes_the_running_service() {
 
 #[test]
 fn sigterm_drains_and_exits_zero() {
-    let mut api = start_api(fresh_database("api_term"));
+    let mut api = ServiceProcess::start(
+        API,
+        &[
+            ("DATABASE_URL", fresh_database("api_term")),
+            ("REDIS_URL", redis_url()),
+            ("SHUTDOWN_DELAY", "2s".to_string()),
+        ],
+    );
+    api.wait_until_ok("/readyz", Duration::from_secs(30));
+    let before = get_head_keep_alive(&api.url("/v1/jobs?limit=1")).expect("served");
+    assert_eq!((before.status, before.header("connection")), (200, None), "keep-alive while not draining");
     api.signal("TERM");
+    let during = eventually("readyz to report draining", Duration::from_secs(2), || {
+        let r = get_head_keep_alive(&api.url("/readyz")).ok()?;
+        (r.status == 503).then_some(r)
+    });
+    assert_eq!(during.header("connection"), Some("close"), "callers are told to reconnect while draining");
+    let listed = get_head_keep_alive(&api.url("/v1/jobs?limit=1")).expect("still served in the delay");
+    assert_eq!(listed.status, 200);
+    assert_eq!(listed.header("connection"), Some("close"));
     assert_eq!(api.wait_exit(Duration::from_secs(15)), Some(0), "{}", api.logs());
     assert!(api.logs().contains("shutting down"));
 }

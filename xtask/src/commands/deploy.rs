@@ -43,10 +43,12 @@ pub enum Action {
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct EnvArgs {
-    /// The environment (an overlay under infra/k8s/overlays).
+    /// The environment (an overlay under infra/k8s/overlays, or infra/compose/env/ENV.env).
     #[arg(long, value_name = "ENV")]
     pub env: String,
-    /// Seconds to wait for every rollout.
+    #[arg(long, value_enum, default_value_t = Target::K8s)]
+    pub target: Target,
+    /// Seconds to wait for every rollout (docker: for each container to turn healthy).
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
 }
@@ -56,11 +58,14 @@ pub enum Target {
     /// A Kubernetes cluster through kubectl (the current context).
     #[default]
     K8s,
+    /// A Docker host (`DOCKER_HOST`, else the local engine): health-gated replace of the
+    /// compose project described by infra/compose/env/ENV.env.
+    Docker,
 }
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeployArgs {
-    /// The environment (an overlay under infra/k8s/overlays).
+    /// The environment (an overlay under infra/k8s/overlays, or infra/compose/env/ENV.env).
     #[arg(long, value_name = "ENV", required = true)]
     pub env: Option<String>,
     #[arg(long, value_enum, default_value_t = Target::K8s)]
@@ -71,7 +76,7 @@ pub struct DeployArgs {
     /// The environment's name again, for prod without a terminal.
     #[arg(long, value_name = "ENV")]
     pub confirm: Option<String>,
-    /// Seconds to wait for every rollout.
+    /// Seconds to wait for every rollout (docker: for each container to turn healthy).
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
     /// The build manifest to pin images from (default: target/xtask/images.json).
@@ -517,9 +522,23 @@ fn roll_back(
 }
 
 pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
+    use crate::commands::deploy_docker as docker;
     match &args.action {
+        Some(Action::Rollback(a)) if a.target == Target::Docker => {
+            let (dir, _lock) = work_dir(ctx, &a.env)?;
+            docker::rollback(ctx, &a.env, Duration::from_secs(a.timeout), &dir)
+        }
+        Some(Action::Status(a)) if a.target == Target::Docker => docker::status(ctx, &a.env),
         Some(Action::Rollback(a)) => rollback(ctx, a),
         Some(Action::Status(a)) => status(ctx, a),
+        None if args.deploy.target == Target::Docker => {
+            let env = args.deploy.env.clone().expect("clap requires --env");
+            if !ctx.dry_run {
+                confirm(&env, &args.deploy)?;
+            }
+            let (dir, _lock) = work_dir(ctx, &env)?;
+            docker::deploy(ctx, &env, args.deploy.images.as_deref(), Duration::from_secs(args.deploy.timeout), &dir)
+        }
         None => deploy(ctx, &args.deploy),
     }
 }

@@ -1,0 +1,362 @@
+//! `cargo xtask deploy --target docker` end to end, against the real Docker engine, real
+//! Postgres and Redis containers and the real service images, with real load on loopback:
+//!
+//! 1. v1 of the API and gateway is deployed from nothing: dependencies, apps, the edge that
+//!    holds the published port; the jobs API answers through it.
+//! 2. A v2 of the API whose health check can never pass (it listens where the check does not
+//!    look) is deployed while loadgen sends reads and writes through the edge: the deploy fails
+//!    naming the API, v2 is removed, v1 keeps serving, and not one request fails.
+//! 3. A good v2 is deployed under the same load: the API is switched to it, v1 is gone, and
+//!    not one request fails (the switch happens while the load still runs; the test checks).
+//! 4. `deploy rollback` puts v1 back the same way; `deploy status` shows what runs.
+//!
+//! The environment is `staging` with the project, ports and compose files overridden by
+//! DEPLOY_* and port variables, so it never meets a developer's deploy.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use test_support::{free_port, http};
+
+mod common;
+use common::{target_dir, text, xtask, xtask_command};
+
+fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().unwrap_or_else(|e| {
+        panic!("docker is not on PATH ({e}); install Docker Engine 20.10+ (apt-get install docker.io)")
+    })
+}
+
+fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(out.status.success(), "docker {}: {}", args.join(" "), text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
+
+/// `docker build` of a Dockerfile given on stdin (no context); the image's ID.
+fn derive_image(tag: &str, dockerfile: &str) -> String {
+    let mut child = Command::new("docker")
+        .args(["build", "-q", "-t", tag, "-"])
+        .env("DOCKER_BUILDKIT", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("docker build");
+    std::io::Write::write_all(child.stdin.as_mut().expect("stdin"), dockerfile.as_bytes()).expect("dockerfile");
+    drop(child.stdin.take());
+    let out = child.wait_with_output().expect("docker build runs");
+    assert!(out.status.success(), "docker build {tag}: {}", text(&out.stderr));
+    docker_ok(&["image", "inspect", "--format", "{{.Id}}", tag])
+}
+
+/// A build manifest like `v1` with the API's image swapped for another.
+fn manifest_with_api(v1: &serde_json::Value, dir: &Path, name: &str, tag: &str, id: &str) -> PathBuf {
+    let mut m = v1.clone();
+    m["images"]["api"]["image"] = tag.into();
+    m["images"]["api"]["id"] = id.into();
+    m["images"]["api"]["dirty"] = false.into();
+    m["images"]["api"].as_object_mut().expect("record").remove("pushed");
+    let path = dir.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(&m).expect("JSON")).expect("manifest written");
+    path
+}
+
+/// The deploy environment of this test; everything of its project is removed when dropped.
+struct Env {
+    project: String,
+    vars: Vec<(&'static str, String)>,
+    gateway_port: u16,
+}
+
+impl Env {
+    fn new() -> Env {
+        let project = format!("xtask-test-deploy-{}", std::process::id());
+        let gateway_port = free_port();
+        let vars = vec![
+            ("DEPLOY_PROJECT", project.clone()),
+            ("DEPLOY_SERVICES", "postgres,redis,api,gateway".into()),
+            ("DEPLOY_PUBLISH", "gateway".into()),
+            ("DEPLOY_COMPOSE_FILES", "docker-compose.yml,docker-compose.offline.yml".into()),
+            ("GATEWAY_PORT", gateway_port.to_string()),
+            ("POSTGRES_PORT", free_port().to_string()),
+            ("REDIS_PORT", free_port().to_string()),
+            ("POSTGRES_PASSWORD", "test-only-password".into()),
+        ];
+        Env { project, vars, gateway_port }
+    }
+
+    fn xtask(&self, args: &[&str]) -> Output {
+        let mut cmd = xtask_command();
+        cmd.args(args).envs(self.vars.iter().map(|(k, v)| (*k, v.as_str())));
+        cmd.output().expect("xtask runs")
+    }
+
+    fn deploy(&self, manifest: &Path, extra: &[&str]) -> Output {
+        let manifest = manifest.display().to_string();
+        let mut args = vec!["deploy", "--target", "docker", "--env", "staging", "--images", &manifest];
+        args.extend(extra);
+        self.xtask(&args)
+    }
+
+    /// Running containers of a service: (name, image ID).
+    fn running(&self, service: &str) -> Vec<(String, String)> {
+        let filters = [format!("label=xtask.project={}", self.project), format!("label=xtask.service={service}")];
+        let out = docker_ok(&["ps", "--filter", &filters[0], "--filter", &filters[1], "--format", "{{.Names}}"]);
+        out.lines().map(|name| (name.to_string(), docker_ok(&["inspect", "--format", "{{.Image}}", name]))).collect()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.gateway_port)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let filter = format!("label=xtask.project={}", self.project);
+        let ids = docker(&["ps", "-aq", "--filter", &filter]);
+        for id in text(&ids.stdout).split_whitespace() {
+            let _ = docker(&["rm", "-f", "-v", id]);
+        }
+        for net in [self.project.clone(), format!("{}-serving", self.project)] {
+            let _ = docker(&["network", "rm", &net]);
+        }
+        for vol in ["pgdata", "redisdata"] {
+            let _ = docker(&["volume", "rm", &format!("{}_{vol}", self.project)]);
+        }
+    }
+}
+
+/// Bounded load through the edge on loopback: reads and writes at a fixed rate for a fixed time.
+struct Load {
+    child: Child,
+    out: PathBuf,
+}
+
+impl Load {
+    fn start(env: &Env, dir: &Path, name: &str, seconds: u32) -> Load {
+        let scenario = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &scenario,
+            format!(
+                r#"name = "{name}"
+base_url = "{}"
+seed = 3
+max_connections = 64
+timeout = "5s"
+lag_tolerance = "100ms"
+
+[[endpoint]]
+name = "create_job"
+method = "POST"
+path = "/v1/jobs"
+headers = {{ "content-type" = "application/json" }}
+body = '{{"kind":"hash","input":"deploy","iterations":10}}'
+expect_status = [201]
+
+[[endpoint]]
+name = "list_jobs"
+path = "/v1/jobs?limit=5"
+weight = 3
+
+[[stage]]
+duration = "{seconds}s"
+rps = 40
+"#,
+                env.url("")
+            ),
+        )
+        .expect("scenario written");
+        let out = dir.join(name);
+        let child = Command::new(target_dir().join("release/loadgen"))
+            .args(["run", "--cores", "1", "--quiet", "--out"])
+            .arg(&out)
+            .arg(&scenario)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("loadgen starts");
+        Load { child, out }
+    }
+
+    fn still_running(&mut self) -> bool {
+        self.child.try_wait().expect("loadgen status").is_none()
+    }
+
+    /// Waits for the run; every request must have succeeded.
+    fn finish_without_errors(mut self, what: &str) -> u64 {
+        let status = self.child.wait().expect("loadgen finishes");
+        let mut err = String::new();
+        std::io::Read::read_to_string(self.child.stderr.as_mut().expect("stderr"), &mut err).expect("stderr");
+        let report: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(self.out.join("report.json")).unwrap_or_else(|e| panic!("{what}: no report ({e}): {err}")),
+        )
+        .expect("report is JSON");
+        let overall = &report["overall"];
+        assert_eq!(overall["errors"], 0, "{what}: requests failed during the deploy: {overall:#}");
+        assert!(
+            report["run"]["valid"].as_bool().unwrap_or(false),
+            "{what}: the load run was not valid: {:#}",
+            report["run"]
+        );
+        assert_eq!(status.code(), Some(0), "{what}: loadgen: {err}");
+        overall["count"].as_u64().expect("count")
+    }
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed:\n{}\n{}", text(&out.stdout), text(&out.stderr));
+}
+
+#[test]
+fn docker_target_replaces_health_gated_under_load_and_rolls_back() {
+    // v1: the real images, built as CI builds them; loadgen for the traffic.
+    assert_ok(&xtask(&["image", "build", "--service", "api", "--service", "gateway"]), "image build");
+    assert_ok(&xtask(&["build", "--release", "-p", "loadgen"]), "building loadgen");
+    assert_ok(&xtask(&["dev", "base"]), "dev base (the Debian base the dependency images build on)");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let v1: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(target_dir().join("xtask/images.json")).expect("images.json"))
+            .expect("JSON");
+    let v1_path = tmp.path().join("v1.json");
+    std::fs::write(&v1_path, serde_json::to_vec(&v1).expect("JSON")).expect("v1 manifest");
+    let v1_api = v1["images"]["api"]["id"].as_str().expect("api image id").to_string();
+    let api_tag = v1["images"]["api"]["image"].as_str().expect("api tag").to_string();
+
+    // v2s derived from v1: one that can never pass its health check, one that is fine.
+    let pid = std::process::id();
+    let (bad_tag, good_tag) = (format!("api:test-bad-{pid}"), format!("api:test-good-{pid}"));
+    let bad_id =
+        derive_image(&bad_tag, &format!("FROM {api_tag}\nENV LISTEN_HOST=127.0.0.2\nLABEL test.release=bad-v2\n"));
+    let good_id = derive_image(&good_tag, &format!("FROM {api_tag}\nLABEL test.release=good-v2\n"));
+    let bad = manifest_with_api(&v1, tmp.path(), "v2-bad", &bad_tag, &bad_id);
+    let good = manifest_with_api(&v1, tmp.path(), "v2-good", &good_tag, &good_id);
+    let _images = RemoveImages(vec![bad_tag.clone(), good_tag.clone()]);
+
+    let env = Env::new();
+
+    // 1. v1 from nothing.
+    let first = env.deploy(&v1_path, &[]);
+    assert_ok(&first, "first deploy");
+    assert_eq!(env.running("api").iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), [v1_api.as_str()]);
+    let listed = http("GET", &env.url("/v1/jobs?limit=1"), &[], b"").expect("the edge answers");
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let again = env.deploy(&v1_path, &[]);
+    assert_ok(&again, "deploying the same images again");
+    assert!(text(&again.stderr).contains("(0 changed"), "nothing changes the second time:\n{}", text(&again.stderr));
+
+    // 2. A v2 that never turns healthy, under load.
+    let mut load = Load::start(&env, tmp.path(), "bad-v2", 45);
+    std::thread::sleep(Duration::from_secs(2));
+    let failed = env.deploy(&bad, &["--timeout", "20"]);
+    assert!(load.still_running(), "the deploy must happen under load; make the load run longer");
+    let said = text(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "a v2 that never turns healthy fails the deploy:\n{said}");
+    assert!(said.contains("api was not switched; the running version keeps serving"), "{said}");
+    assert!(said.contains("was not healthy after 20s"), "{said}");
+    assert_eq!(
+        env.running("api").iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(),
+        [v1_api.as_str()],
+        "v2 is removed, v1 still runs"
+    );
+    let served = load.finish_without_errors("bad v2");
+    assert!(served > 1000, "the load ran ({served} requests)");
+
+    // 3. A good v2, under load: switched, v1 gone.
+    let mut load = Load::start(&env, tmp.path(), "good-v2", 30);
+    std::thread::sleep(Duration::from_secs(2));
+    let switched = env.deploy(&good, &[]);
+    assert!(load.still_running(), "the switch must happen under load; make the load run longer");
+    assert_ok(&switched, "deploying a good v2");
+    assert!(text(&switched.stderr).contains("api: replaced"), "{}", text(&switched.stderr));
+    assert_eq!(env.running("api").iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), [good_id.as_str()]);
+    load.finish_without_errors("good v2");
+
+    // 4. Rollback, under load: v1 back.
+    let mut load = Load::start(&env, tmp.path(), "rollback", 30);
+    std::thread::sleep(Duration::from_secs(2));
+    let rolled = env.xtask(&["deploy", "rollback", "--target", "docker", "--env", "staging"]);
+    assert!(load.still_running(), "the rollback must happen under load; make the load run longer");
+    assert_ok(&rolled, "rollback");
+    assert_eq!(env.running("api").iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), [v1_api.as_str()]);
+    load.finish_without_errors("rollback");
+
+    let status = env.xtask(&["deploy", "status", "--target", "docker", "--env", "staging"]);
+    assert_ok(&status, "status");
+    let table = text(&status.stdout);
+    for needle in ["postgres", "redis", "edge-gateway-8080", &api_tag, &good_tag] {
+        assert!(table.contains(needle), "status shows {needle}:\n{table}");
+    }
+}
+
+/// Test images removed when the test ends, pass or fail.
+struct RemoveImages(Vec<String>);
+
+impl Drop for RemoveImages {
+    fn drop(&mut self) {
+        for tag in &self.0 {
+            let _ = docker(&["rmi", "-f", tag]);
+        }
+    }
+}
+
+#[test]
+fn an_unknown_environment_is_named_with_the_known_ones() {
+    let out = xtask(&["deploy", "--target", "docker", "--env", "nowhere"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let said = text(&out.stderr);
+    assert!(said.contains("no docker environment `nowhere`: create infra/compose/env/nowhere.env"), "{said}");
+    assert!(said.contains("prod, staging") || said.contains("staging, prod"), "{said}");
+}
+
+#[test]
+fn a_broken_environment_is_refused_before_anything_changes() {
+    let env = Env::new();
+    // Images that exist nowhere: every mistake below must be found before deploy looks for them.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let records: serde_json::Map<String, serde_json::Value> = ["api", "gateway", "worker"]
+        .iter()
+        .map(|service| {
+            let record = serde_json::json!({
+                "service": service, "image": format!("{service}:nowhere"), "revision": "0", "dirty": false,
+                "created": "2026-01-01T00:00:00Z", "id": format!("sha256:{}", "0".repeat(64)),
+                "tar": "/nonexistent.tar", "tar_sha256": "0", "binary_size": null, "layer_size": null,
+                "manifest_digest": null,
+            });
+            (service.to_string(), record)
+        })
+        .collect();
+    let manifest = tmp.path().join("images.json");
+    std::fs::write(&manifest, serde_json::json!({ "schema": 1, "images": records }).to_string()).expect("manifest");
+    let manifest = manifest.display().to_string();
+    let args = ["deploy", "--target", "docker", "--env", "staging", "--images", manifest.as_str()];
+
+    // The API without the Postgres it depends on.
+    let mut cmd = xtask_command();
+    cmd.args(args).envs(env.vars.iter().map(|(k, v)| (*k, v.as_str()))).env("DEPLOY_SERVICES", "redis,api");
+    let out = cmd.output().expect("xtask runs");
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("api depends on postgres, which DEPLOY_SERVICES in"), "{said}");
+
+    // A service the compose files do not have.
+    let mut cmd = xtask_command();
+    cmd.args(args).envs(env.vars.iter().map(|(k, v)| (*k, v.as_str()))).env("DEPLOY_SERVICES", "postgres,nginx");
+    let out = cmd.output().expect("xtask runs");
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("names `nginx`, which the compose files do not define"), "{said}");
+
+    // A required secret left unset: compose's own message, one line.
+    let mut cmd = xtask_command();
+    cmd.args(args).envs(env.vars.iter().map(|(k, v)| (*k, v.as_str()))).env_remove("POSTGRES_PASSWORD");
+    let out = cmd.output().expect("xtask runs");
+    let said = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{said}");
+    assert!(said.contains("compose cannot render environment staging") && said.contains("POSTGRES_PASSWORD"), "{said}");
+
+    let filter = format!("label=xtask.project={}", env.project);
+    assert_eq!(docker_ok(&["ps", "-aq", "--filter", &filter]), "", "nothing was started");
+    assert!(!docker(&["network", "inspect", &env.project]).status.success(), "no network was created");
+}
