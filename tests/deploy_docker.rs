@@ -20,19 +20,7 @@ use std::time::Duration;
 use test_support::{free_port, http};
 
 mod common;
-use common::{target_dir, text, xtask, xtask_command};
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().unwrap_or_else(|e| {
-        panic!("docker is not on PATH ({e}); install Docker Engine 20.10+ (apt-get install docker.io)")
-    })
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(out.status.success(), "docker {}: {}", args.join(" "), text(&out.stderr));
-    text(&out.stdout).trim().to_string()
-}
+use common::{docker, docker_ok, target_dir, text, xtask, xtask_command};
 
 /// `docker build` of a Dockerfile given on stdin (no context); the image's ID.
 fn derive_image(tag: &str, dockerfile: &str) -> String {

@@ -7,25 +7,13 @@
 //! test group in .config/nextest.toml).
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use test_support::{Link, eventually, free_port, http};
 
 mod common;
-use common::{target_dir, text, xtask};
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().unwrap_or_else(|e| {
-        panic!("docker is not on PATH ({e}); install Docker Engine 20.10+ (apt-get install docker.io)")
-    })
-}
-
-fn docker_ok(args: &[&str]) -> String {
-    let out = docker(args);
-    assert!(out.status.success(), "docker {}: {}", args.join(" "), text(&out.stderr));
-    text(&out.stdout).trim().to_string()
-}
+use common::{docker, docker_ok, target_dir, text, xtask};
 
 fn build_manifest() -> serde_json::Value {
     let path = target_dir().join("xtask/images.json");

@@ -41,3 +41,17 @@ pub fn xtask_command() -> Command {
 pub fn xtask(args: &[&str]) -> Output {
     xtask_command().args(args).output().expect("xtask binary runs")
 }
+
+/// `docker ARGS` to completion; a missing docker is a loud failure with its install hint.
+pub fn docker(args: &[&str]) -> Output {
+    Command::new("docker").args(args).output().unwrap_or_else(|e| {
+        panic!("docker is not on PATH ({e}); install Docker Engine 20.10+ (apt-get install docker.io)")
+    })
+}
+
+/// `docker ARGS`, which must succeed; its trimmed stdout.
+pub fn docker_ok(args: &[&str]) -> String {
+    let out = docker(args);
+    assert!(out.status.success(), "docker {}: {}", args.join(" "), text(&out.stderr));
+    text(&out.stdout).trim().to_string()
+}
