@@ -318,31 +318,54 @@ fn a_broken_environment_is_refused_before_anything_changes() {
     let manifest = tmp.path().join("images.json");
     std::fs::write(&manifest, serde_json::json!({ "schema": 1, "images": records }).to_string()).expect("manifest");
     let manifest = manifest.display().to_string();
-    let args = ["deploy", "--target", "docker", "--env", "staging", "--images", manifest.as_str()];
+    let deploy = ["deploy", "--target", "docker", "--images", manifest.as_str()];
+    // xtask with `args` plus `deploy`, the test's variables with `set` over them, `unset` removed.
+    let run = |before: &[&str], env_name: &str, set: &[(&str, &str)], unset: &[&str]| -> (Option<i32>, String) {
+        let mut cmd = xtask_command();
+        cmd.args(before).args(deploy).args(["--env", env_name]);
+        cmd.envs(env.vars.iter().map(|(k, v)| (*k, v.as_str()))).envs(set.iter().copied());
+        for key in unset {
+            cmd.env_remove(key);
+        }
+        let out = cmd.output().expect("xtask runs");
+        (out.status.code(), text(&out.stderr))
+    };
 
     // The API without the Postgres it depends on.
-    let mut cmd = xtask_command();
-    cmd.args(args).envs(env.vars.iter().map(|(k, v)| (*k, v.as_str()))).env("DEPLOY_SERVICES", "redis,api");
-    let out = cmd.output().expect("xtask runs");
-    let said = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let (code, said) = run(&[], "staging", &[("DEPLOY_SERVICES", "redis,api")], &[]);
+    assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("api depends on postgres, which DEPLOY_SERVICES in"), "{said}");
 
     // A service the compose files do not have.
-    let mut cmd = xtask_command();
-    cmd.args(args).envs(env.vars.iter().map(|(k, v)| (*k, v.as_str()))).env("DEPLOY_SERVICES", "postgres,nginx");
-    let out = cmd.output().expect("xtask runs");
-    let said = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let (code, said) = run(&[], "staging", &[("DEPLOY_SERVICES", "postgres,nginx")], &[]);
+    assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("names `nginx`, which the compose files do not define"), "{said}");
 
     // A required secret left unset: compose's own message, one line.
-    let mut cmd = xtask_command();
-    cmd.args(args).envs(env.vars.iter().map(|(k, v)| (*k, v.as_str()))).env_remove("POSTGRES_PASSWORD");
-    let out = cmd.output().expect("xtask runs");
-    let said = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{said}");
+    let (code, said) = run(&[], "staging", &[], &["POSTGRES_PASSWORD"]);
+    assert_eq!(code, Some(2), "{said}");
     assert!(said.contains("compose cannot render environment staging") && said.contains("POSTGRES_PASSWORD"), "{said}");
+
+    // prod needs confirmation before anything is looked at.
+    let (code, said) = run(&[], "prod", &[], &[]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains("deploying to prod needs --yes"), "{said}");
+
+    // A valid environment whose images are not on the host: refused by name, nothing started.
+    let (code, said) = run(&[], "staging", &[], &[]);
+    assert_eq!(code, Some(2), "{said}");
+    assert!(said.contains(":nowhere") && said.contains("is not on the Docker host"), "{said}");
+
+    // A dry run plans every service (all to be created here) and changes nothing.
+    let (code, said) = run(&["--dry-run"], "staging", &[], &[]);
+    assert_eq!(code, Some(0), "{said}");
+    for service in ["postgres", "redis", "api", "gateway"] {
+        assert!(
+            said.lines().any(|l| l.trim_start().starts_with(service) && l.contains("create")),
+            "{service} to be created:\n{said}"
+        );
+    }
+    assert!(said.contains("dry run: nothing was changed on the Docker host"), "{said}");
 
     let filter = format!("label=xtask.project={}", env.project);
     assert_eq!(docker_ok(&["ps", "-aq", "--filter", &filter]), "", "nothing was started");
