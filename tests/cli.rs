@@ -33,6 +33,18 @@ fn a_bad_flag_exits_2_with_one_line() {
 }
 
 #[test]
+fn a_binary_cargo_ran_for_another_checkout_refuses_to_act() {
+    let other = tempfile::tempdir().expect("tempdir");
+    let mut cmd = common::xtask_command();
+    let out = cmd.args(["ci", "--dry-run"]).env("CARGO_MANIFEST_DIR", other.path()).output().expect("xtask runs");
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.trim().lines().count(), 1, "one line, got: {err}");
+    assert!(err.contains("two checkouts share a CARGO_TARGET_DIR"), "{err}");
+    assert!(out.stdout.is_empty(), "nothing planned or run");
+}
+
+#[test]
 fn an_unknown_service_exits_2_with_one_line() {
     let out = xtask(&["test", "--service", "no-such-service", "--dry-run"]);
     assert_eq!(out.status.code(), Some(2));

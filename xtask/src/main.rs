@@ -127,6 +127,25 @@ pub fn target_dir(root: &Path) -> PathBuf {
     }
 }
 
+/// `cargo run` tells the binary which manifest it ran it for. Two checkouts that share one
+/// `CARGO_TARGET_DIR` can get a binary built from the other one: cargo judges freshness by
+/// mtimes, so sources older than the other checkout's build look built. Such an xtask would act
+/// on the checkout it was built from, silently; this names the mix-up instead.
+fn built_elsewhere(built_for: &Path, run_for: Option<&Path>) -> Option<String> {
+    let run_for = run_for?;
+    let same = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    };
+    (!same(built_for, run_for)).then(|| {
+        format!(
+            "this xtask was built from {} but cargo ran it for {}: two checkouts share a CARGO_TARGET_DIR and cargo kept the other one's build; give each checkout its own target dir, or `git ls-files -z | xargs -0 touch` here so cargo rebuilds",
+            built_for.display(),
+            run_for.display()
+        )
+    })
+}
+
 /// The cargo that started us (`$CARGO`), so children use the same toolchain.
 pub fn cargo_program() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string())
@@ -168,6 +187,11 @@ fn main() -> ExitCode {
             };
         }
     };
+    let run_for = std::env::var_os("CARGO_MANIFEST_DIR").map(PathBuf::from);
+    if let Some(problem) = built_elsewhere(Path::new(env!("CARGO_MANIFEST_DIR")), run_for.as_deref()) {
+        eprintln!("error: {problem}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     if cli.format == Format::Sarif && !matches!(cli.command, Command::Scan(_)) {
         eprintln!("error: --format sarif is only for `cargo xtask scan`; use human or json (see `cargo xtask --help`)");
         return ExitCode::from(EXIT_USAGE);
@@ -211,6 +235,17 @@ pub fn fixture_workspace() -> workspace::Workspace {
 mod tests {
     use super::*;
     use clap::CommandFactory;
+
+    #[test]
+    fn a_binary_built_from_another_checkout_is_named() {
+        let here = Path::new(env!("CARGO_MANIFEST_DIR"));
+        assert_eq!(built_elsewhere(here, None), None, "run directly, not through cargo: nothing to compare");
+        assert_eq!(built_elsewhere(here, Some(here)), None);
+        assert_eq!(built_elsewhere(here, Some(&here.join("src/.."))), None, "the same directory spelled differently");
+        let said = built_elsewhere(here, Some(Path::new("/elsewhere/xtask"))).expect("a mix-up");
+        assert!(said.contains(&format!("built from {}", here.display())), "{said}");
+        assert!(said.contains("cargo ran it for /elsewhere/xtask"), "{said}");
+    }
 
     #[test]
     fn cli_definition_is_consistent() {
