@@ -2,7 +2,7 @@
 //! Postgres and Redis containers and the real service images, with real load on loopback:
 //!
 //! 1. v1 of the API and gateway is deployed from nothing: dependencies, apps, the edge that
-//!    holds the published port; the jobs API answers through it.
+//!    holds the published port; the jobs API answers through it, and Prometheus scrapes both.
 //! 2. A v2 of the API whose health check can never pass (it listens where the check does not
 //!    look) is deployed while loadgen sends reads and writes through the edge: the deploy fails
 //!    naming the API, v2 is removed, v1 keeps serving, and not one request fails.
@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-use test_support::{free_port, http};
+use test_support::{eventually, free_port, http};
 
 mod common;
 use common::{docker, docker_ok, target_dir, text, xtask, xtask_command};
@@ -56,23 +56,25 @@ struct Env {
     project: String,
     vars: Vec<(&'static str, String)>,
     gateway_port: u16,
+    prometheus_port: u16,
 }
 
 impl Env {
     fn new() -> Env {
         let project = format!("xtask-test-deploy-{}", std::process::id());
-        let gateway_port = free_port();
+        let (gateway_port, prometheus_port) = (free_port(), free_port());
         let vars = vec![
             ("DEPLOY_PROJECT", project.clone()),
-            ("DEPLOY_SERVICES", "postgres,redis,api,gateway".into()),
+            ("DEPLOY_SERVICES", "postgres,redis,api,gateway,prometheus".into()),
             ("DEPLOY_PUBLISH", "gateway".into()),
             ("DEPLOY_COMPOSE_FILES", "docker-compose.yml,docker-compose.offline.yml".into()),
             ("GATEWAY_PORT", gateway_port.to_string()),
             ("POSTGRES_PORT", free_port().to_string()),
             ("REDIS_PORT", free_port().to_string()),
+            ("PROMETHEUS_PORT", prometheus_port.to_string()),
             ("POSTGRES_PASSWORD", "test-only-password".into()),
         ];
-        Env { project, vars, gateway_port }
+        Env { project, vars, gateway_port, prometheus_port }
     }
 
     fn xtask(&self, args: &[&str]) -> Output {
@@ -110,7 +112,7 @@ impl Drop for Env {
         for net in [self.project.clone(), format!("{}-serving", self.project)] {
             let _ = docker(&["network", "rm", &net]);
         }
-        for vol in ["pgdata", "redisdata"] {
+        for vol in ["pgdata", "redisdata", "promdata"] {
             let _ = docker(&["volume", "rm", &format!("{}_{vol}", self.project)]);
         }
     }
@@ -230,6 +232,17 @@ fn docker_target_replaces_health_gated_under_load_and_rolls_back() {
     assert_eq!(env.running("api").iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), [v1_api.as_str()]);
     let listed = http("GET", &env.url("/v1/jobs?limit=1"), &[], b"").expect("the edge answers");
     assert_eq!(listed.status, 200, "{}", listed.text());
+    // Prometheus, a dependency, reaches our services by name: both are scraped.
+    let prometheus = format!("http://127.0.0.1:{}/api/v1/targets", env.prometheus_port);
+    eventually("Prometheus to scrape the API and the gateway", Duration::from_secs(60), || {
+        let targets: serde_json::Value = serde_json::from_slice(&http("GET", &prometheus, &[], b"").ok()?.body).ok()?;
+        let up = |job: &str| {
+            targets["data"]["activeTargets"]
+                .as_array()
+                .is_some_and(|all| all.iter().any(|t| t["labels"]["job"] == job && t["health"] == "up"))
+        };
+        (up("api") && up("gateway")).then_some(())
+    });
     let again = env.deploy(&v1_path, &[]);
     assert_ok(&again, "deploying the same images again");
     assert!(text(&again.stderr).contains("(0 changed"), "nothing changes the second time:\n{}", text(&again.stderr));

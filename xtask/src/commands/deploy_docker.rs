@@ -5,6 +5,7 @@
 //! How traffic moves, so a replace drops nothing:
 //! - Dependencies (Postgres, Redis, ...) are created once on the project network with their
 //!   service name as alias, and never replaced behind anybody's back (one volume, one server).
+//!   They join the serving network too, where our services answer (Prometheus scrapes them).
 //! - Each of our services runs as `<project>-<service>-<stamp>`. A new version starts beside the
 //!   old one on the project network only (it reaches its dependencies, nobody reaches it), and
 //!   must turn healthy by its own health check. Then it joins `<project>-serving` under the
@@ -962,7 +963,8 @@ fn start(
     previous: Option<&RunSpec>,
 ) -> Result<String> {
     // Apps start where they reach their dependencies but nobody reaches them (the switch comes
-    // after their health check); dependencies are found by name; edges face the serving network.
+    // after their health check); dependencies are found by name on both networks; edges face the
+    // serving network.
     let (network, alias) = match role {
         Role::App => (dep.env.network(), None),
         Role::Dependency => (dep.env.network(), Some(spec.service.as_str())),
@@ -1014,7 +1016,14 @@ fn start(
     args.extend(spec.command.iter().cloned());
     eprintln!("$ docker run -d --name {name} ... {} ({})", spec.image_name, short(&spec.image));
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = docker.checked_quiet(&refs);
+    let result = docker.checked_quiet(&refs).and_then(|_| match role {
+        // Some dependencies call our services (Prometheus scrapes them), and those answer by
+        // name only on the serving network.
+        Role::Dependency => {
+            docker.checked(&["network", "connect", "--alias", &spec.service, &dep.env.serving_network(), &name])
+        }
+        _ => Ok(String::new()),
+    });
     let _ = std::fs::remove_file(&env_file);
     if let Err(e) = result {
         // A container that was created but could not start (a port taken) must not linger.
