@@ -126,43 +126,12 @@ struct Load {
 
 impl Load {
     fn start(env: &Env, dir: &Path, name: &str, seconds: u32) -> Load {
-        let scenario = dir.join(format!("{name}.toml"));
-        std::fs::write(
-            &scenario,
-            format!(
-                r#"name = "{name}"
-base_url = "{}"
-seed = 3
-max_connections = 64
-timeout = "5s"
-lag_tolerance = "100ms"
-
-[[endpoint]]
-name = "create_job"
-method = "POST"
-path = "/v1/jobs"
-headers = {{ "content-type" = "application/json" }}
-body = '{{"kind":"hash","input":"deploy","iterations":10}}'
-expect_status = [201]
-
-[[endpoint]]
-name = "list_jobs"
-path = "/v1/jobs?limit=5"
-weight = 3
-
-[[stage]]
-duration = "{seconds}s"
-rps = 40
-"#,
-                env.url("")
-            ),
-        )
-        .expect("scenario written");
         let out = dir.join(name);
         let child = Command::new(target_dir().join("release/loadgen"))
             .args(["run", "--cores", "1", "--quiet", "--out"])
             .arg(&out)
-            .arg(&scenario)
+            .arg(common::root().join("infra/loadtest/rollout.toml"))
+            .args(["--url", &env.url(""), "--rps", "40", "--duration", &format!("{seconds}s")])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

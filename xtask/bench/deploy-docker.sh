@@ -39,35 +39,14 @@ m["images"]["api"].update(image=sys.argv[3], id=sys.argv[4], dirty=False)
 m["images"]["api"].pop("pushed", None)
 json.dump(m, open(sys.argv[2], "w"))
 EOF
-cat > "$work/load.toml" <<EOF
-name = "rollout"
-base_url = "http://127.0.0.1:$GATEWAY_PORT"
-seed = 5
-max_connections = 128
-timeout = "5s"
-lag_tolerance = "100ms"
-[[endpoint]]
-name = "create_job"
-method = "POST"
-path = "/v1/jobs"
-headers = { "content-type" = "application/json" }
-body = '{"kind":"hash","input":"bench","iterations":10}'
-expect_status = [201]
-[[endpoint]]
-name = "list_jobs"
-path = "/v1/jobs?limit=5"
-weight = 3
-[[stage]]
-duration = "${seconds}s"
-rps = $rate
-EOF
 
 cargo xtask deploy --target docker --env staging --images "$work/v1.json" 2> "$work/first.log" \
   || { cat "$work/first.log"; exit 1; }
 echo "round  to  api replace (s)  deploy wall (s)  requests  failed"
 for round in $(seq 1 "$rounds"); do
   if (( round % 2 )); then to=v2; else to=v1; fi
-  "$target/release/loadgen" run "$work/load.toml" --cores 1 --quiet --out "$work/r$round" > /dev/null 2>&1 &
+  "$target/release/loadgen" run infra/loadtest/rollout.toml --url "http://127.0.0.1:$GATEWAY_PORT" \
+    --rps "$rate" --duration "${seconds}s" --cores 1 --quiet --out "$work/r$round" > /dev/null 2>&1 &
   load=$!
   sleep 3
   start=$(date +%s.%N)
