@@ -201,7 +201,7 @@ mod tests {
         let ctx = crate::test_ctx();
         let err = plan(&ctx, &args(Some("nope"))).expect_err("unknown");
         assert!(err.downcast_ref::<UsageError>().is_some());
-        assert!(err.to_string().contains("jobs, smoke"), "{err}");
+        assert!(err.to_string().contains("jobs, rollout, smoke"), "{err}");
         let err = plan(&ctx, &Args { service: Some("gatewy".into()), ..args(None) }).expect_err("unknown");
         assert!(err.to_string().contains("unknown service `gatewy`"), "{err}");
         let err = plan(&ctx, &Args { service: Some("redis".into()), ..args(None) }).expect_err("not http");
