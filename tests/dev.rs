@@ -252,9 +252,15 @@ fn ctrl_c_while_waiting_stops_xtask_and_leaves_a_consistent_stack() {
         cmd.env(var, port.to_string());
     }
     let mut child = cmd.spawn().expect("xtask starts");
-    eventually("dev up to start waiting for health", Duration::from_secs(300), || {
-        std::fs::read_to_string(log.path()).ok().filter(|t| t.contains("waiting:")).map(|_| ())
-    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    while !std::fs::read_to_string(log.path()).is_ok_and(|t| t.contains("waiting:")) {
+        if std::time::Instant::now() > deadline || child.try_wait().ok().flatten().is_some() {
+            let said = std::fs::read_to_string(log.path()).unwrap_or_default();
+            let _ = child.kill();
+            panic!("dev up never reached waiting for health (exit: {:?}); its output:\n{said}", child.try_wait());
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let pgid = child.id().to_string();
     let killed = Command::new("kill").args(["-INT", "--", &format!("-{pgid}")]).status().expect("kill runs");
     assert!(killed.success());
