@@ -411,7 +411,6 @@ struct Planned {
     service: String,
     role: Role,
     spec: RunSpec,
-    depends_on: Vec<String>,
     /// Published ports (apps: held by an edge when the service is in DEPLOY_PUBLISH).
     ports: Vec<Port>,
 }
@@ -770,7 +769,6 @@ fn plan_service(
             ports: Vec::new(),
             depends_on: svc.depends_on.keys().cloned().collect(),
         },
-        depends_on: svc.depends_on.keys().cloned().collect(),
         ports,
     })
 }
@@ -935,7 +933,7 @@ fn plan(
             unpublished.join(", ")
         );
     }
-    let order = order(&planned.iter().map(|(k, p)| (k.clone(), p.depends_on.clone())).collect())?;
+    let order = order(&planned.iter().map(|(k, p)| (k.clone(), p.spec.depends_on.clone())).collect())?;
     let revision = image::Revision::of(&ctx.root).map_or_else(|_| "unknown".to_string(), |r| r.sha);
     Ok(Deployment { env, planned, order, edges, revision })
 }
@@ -971,8 +969,7 @@ fn start(
         Role::Edge => (dep.env.serving_network(), None),
     };
     let name = match role {
-        Role::Edge => format!("{}-{}", dep.env.project, spec.service),
-        Role::Dependency => format!("{}-{}", dep.env.project, spec.service),
+        Role::Edge | Role::Dependency => format!("{}-{}", dep.env.project, spec.service),
         Role::App => format!("{}-{}-{}", dep.env.project, spec.service, now_stamp()),
     };
     // Values stay out of the process list: they go through a private env file.
@@ -1115,7 +1112,11 @@ fn retire(docker: &Docker, container: &Running) -> Result<()> {
 enum Outcome {
     Unchanged,
     Created(Duration),
-    Replaced { took: Duration, previous: String },
+    /// `previous`: the spec the replaced container ran, what an undo returns to.
+    Replaced {
+        took: Duration,
+        previous: Box<RunSpec>,
+    },
 }
 
 /// Start `spec` beside whatever runs for the service, gate on health, switch, retire the old.
@@ -1152,7 +1153,7 @@ fn replace_app(
         retire(docker, old)?;
     }
     Ok(match previous {
-        Some(p) => Outcome::Replaced { took: started.elapsed(), previous: p.image_name },
+        Some(p) => Outcome::Replaced { took: started.elapsed(), previous: Box::new(p) },
         None => Outcome::Created(started.elapsed()),
     })
 }
@@ -1297,9 +1298,10 @@ pub fn deploy(ctx: &Ctx, env_name: &str, images: Option<&Path>, timeout: Duratio
         };
         match result {
             Ok(outcome) => {
-                if p.role == Role::App && !matches!(outcome, Outcome::Unchanged) {
-                    let before = running.iter().rev().find(|r| r.service == *service && r.status == "running");
-                    switched.push((service.clone(), before.and_then(|r| r.spec.clone())));
+                match &outcome {
+                    Outcome::Replaced { previous, .. } => switched.push((service.clone(), Some((**previous).clone()))),
+                    Outcome::Created(_) if p.role == Role::App => switched.push((service.clone(), None)),
+                    _ => {}
                 }
                 eprintln!("  {service}: {}", describe(&outcome));
                 report.push((service.clone(), outcome));
@@ -1360,7 +1362,7 @@ fn describe(outcome: &Outcome) -> String {
         Outcome::Unchanged => "unchanged".into(),
         Outcome::Created(took) => format!("started, healthy in {:.1}s", took.as_secs_f64()),
         Outcome::Replaced { took, previous } => {
-            format!("replaced {previous}: healthy and switched in {:.1}s", took.as_secs_f64())
+            format!("replaced {}: healthy and switched in {:.1}s", previous.image_name, took.as_secs_f64())
         }
     }
 }
@@ -1542,13 +1544,12 @@ mod tests {
                 healthcheck: true,
                 stop_grace: 1,
                 ports: Vec::new(),
-                depends_on: Vec::new(),
+                depends_on: deps.iter().map(|d| d.to_string()).collect(),
             },
-            depends_on: deps.iter().map(|d| d.to_string()).collect(),
             ports: Vec::new(),
         };
         let needs = |planned: BTreeMap<String, Planned>| -> BTreeMap<String, Vec<String>> {
-            planned.into_iter().map(|(k, p)| (k, p.depends_on)).collect()
+            planned.into_iter().map(|(k, p)| (k, p.spec.depends_on)).collect()
         };
         let planned: BTreeMap<String, Planned> = [
             mk("gateway", &["api"]),
