@@ -1,6 +1,7 @@
 //! The built-in HTTP/1.1 client: a request is bytes encoded once per endpoint and written with
 //! one syscall; a response is parsed in place (httparse) and its body skipped by its framing
-//! (Content-Length, chunked, or until close) without being collected.
+//! (Content-Length, chunked, or until close) without being collected (`http1-wire`, shared
+//! with the gateway).
 //!
 //! It exists because a general client's per-request work (request and header-map values, a
 //! channel between the caller and the connection task, body frames) costs several times the
@@ -9,8 +10,8 @@
 use crate::stats::FailureKind;
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, Method, Uri};
+use http1_wire::{Framing, MessageHeaders, Sink, Wire, WireError};
 use std::net::SocketAddr;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// The request line, headers and body of one endpoint, as sent.
@@ -31,192 +32,56 @@ pub fn encode(method: &Method, uri: &Uri, headers: &HeaderMap, body: &[u8]) -> B
     out.freeze()
 }
 
-// Small to start (responses under test are usually small); it doubles for a large head, and
-// bodies are skipped through it whatever their size, so memory stays per connection, not per byte.
-const READ_CHUNK: usize = 4 * 1024;
-const MAX_HEAD: usize = 64 * 1024;
-
 pub struct WireConnection {
-    stream: TcpStream,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-}
-
-/// How the response body is delimited.
-enum Framing {
-    None,
-    Length(u64),
-    Chunked,
-    UntilClose,
+    wire: Wire<TcpStream>,
 }
 
 impl WireConnection {
     pub async fn connect(addr: SocketAddr) -> Result<WireConnection, FailureKind> {
         let stream = TcpStream::connect(addr).await.map_err(|_| FailureKind::Connect)?;
         stream.set_nodelay(true).map_err(|_| FailureKind::Connect)?;
-        Ok(WireConnection { stream, buf: vec![0; READ_CHUNK], start: 0, end: 0 })
-    }
-
-    /// Reads more bytes into the buffer; end of stream is an error unless `eof_ok`.
-    async fn fill(&mut self) -> Result<usize, FailureKind> {
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        } else if self.end == self.buf.len() {
-            if self.start > 0 {
-                self.buf.copy_within(self.start..self.end, 0);
-                self.end -= self.start;
-                self.start = 0;
-            } else if self.buf.len() < MAX_HEAD {
-                self.buf.resize(self.buf.len() * 2, 0);
-            } else {
-                return Err(FailureKind::Io);
-            }
-        }
-        let n = self.stream.read(&mut self.buf[self.end..]).await.map_err(|_| FailureKind::Io)?;
-        self.end += n;
-        Ok(n)
+        Ok(WireConnection { wire: Wire::new(stream) })
     }
 
     /// Sends the request and reads the whole response: (status, body bytes, connection reusable).
     pub async fn exchange(&mut self, request: &[u8], head_request: bool) -> Result<(u16, u64, bool), FailureKind> {
-        self.stream.write_all(request).await.map_err(|_| FailureKind::Io)?;
+        self.wire.write_all(request).await.map_err(|_| FailureKind::Io)?;
         loop {
-            let (status, framing, keep_alive, head_len) = loop {
-                let mut headers = [httparse::EMPTY_HEADER; 48];
-                let mut response = httparse::Response::new(&mut headers);
-                match response.parse(&self.buf[self.start..self.end]) {
-                    Ok(httparse::Status::Complete(len)) => {
-                        let status = response.code.ok_or(FailureKind::Io)?;
-                        let (framing, keep_alive) = framing(&response, status, head_request)?;
-                        break (status, framing, keep_alive, len);
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if self.fill().await? == 0 {
-                            return Err(FailureKind::Io);
+            let head = self
+                .wire
+                .read_head(|buf| {
+                    let mut headers = [httparse::EMPTY_HEADER; 48];
+                    let mut response = httparse::Response::new(&mut headers);
+                    match response.parse(buf) {
+                        Ok(httparse::Status::Complete(len)) => {
+                            let status = response.code.ok_or(WireError::Malformed("no status"))?;
+                            // Interim responses (100 Continue and the like) precede the real one.
+                            if (100..200).contains(&status) && status != 101 {
+                                return Ok(Some((len, None)));
+                            }
+                            let seen = MessageHeaders::scan(response.headers)?;
+                            let framing = seen.response_framing(status, head_request);
+                            let keep_alive =
+                                seen.persistent(response.version.unwrap_or(1)) && framing != Framing::UntilClose;
+                            Ok(Some((len, Some((status, framing, keep_alive)))))
                         }
+                        Ok(httparse::Status::Partial) => Ok(None),
+                        Err(_) => Err(WireError::Malformed("not an HTTP/1.x response")),
                     }
-                    Err(_) => return Err(FailureKind::Io),
-                }
-            };
-            self.start += head_len;
-            // Interim responses (100 Continue and the like) precede the real one.
-            if (100..200).contains(&status) && status != 101 {
-                continue;
-            }
-            let body = match framing {
-                Framing::None => 0,
-                Framing::Length(n) => self.skip(n).await?,
-                Framing::Chunked => self.skip_chunked().await?,
-                Framing::UntilClose => {
-                    let mut total = (self.end - self.start) as u64;
-                    self.start = self.end;
-                    while self.fill().await? > 0 {
-                        total += (self.end - self.start) as u64;
-                        self.start = self.end;
-                    }
-                    return Ok((status, total, false));
-                }
-            };
+                })
+                .await
+                .map_err(|_| FailureKind::Io)?;
+            let Some((status, framing, keep_alive)) = head else { continue };
+            let body = self.wire.body::<TcpStream>(framing, Sink::Discard).await.map_err(|_| FailureKind::Io)?;
             return Ok((status, body, keep_alive));
         }
     }
-
-    async fn skip(&mut self, mut left: u64) -> Result<u64, FailureKind> {
-        let total = left;
-        loop {
-            let here = ((self.end - self.start) as u64).min(left);
-            self.start += here as usize;
-            left -= here;
-            if left == 0 {
-                return Ok(total);
-            }
-            if self.fill().await? == 0 {
-                return Err(FailureKind::Io);
-            }
-        }
-    }
-
-    /// A line (without CRLF) from the buffer, reading more as needed.
-    async fn line(&mut self) -> Result<Vec<u8>, FailureKind> {
-        loop {
-            if let Some(pos) = self.buf[self.start..self.end].windows(2).position(|w| w == b"\r\n") {
-                let line = self.buf[self.start..self.start + pos].to_vec();
-                self.start += pos + 2;
-                return Ok(line);
-            }
-            if self.fill().await? == 0 {
-                return Err(FailureKind::Io);
-            }
-        }
-    }
-
-    async fn skip_chunked(&mut self) -> Result<u64, FailureKind> {
-        let mut total = 0;
-        loop {
-            let line = self.line().await?;
-            let digits = line.split(|b| *b == b';').next().unwrap_or_default();
-            let text = std::str::from_utf8(digits).map_err(|_| FailureKind::Io)?;
-            let size = u64::from_str_radix(text.trim(), 16).map_err(|_| FailureKind::Io)?;
-            if size == 0 {
-                // Trailers, up to the empty line.
-                while !self.line().await?.is_empty() {}
-                return Ok(total);
-            }
-            total += self.skip(size).await?;
-            if !self.line().await?.is_empty() {
-                return Err(FailureKind::Io);
-            }
-        }
-    }
-}
-
-fn framing(
-    response: &httparse::Response<'_, '_>,
-    status: u16,
-    head_request: bool,
-) -> Result<(Framing, bool), FailureKind> {
-    let http10 = response.version == Some(0);
-    let mut keep_alive = !http10;
-    let mut length = None;
-    let mut chunked = false;
-    for h in response.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let text = std::str::from_utf8(h.value).map_err(|_| FailureKind::Io)?;
-            length = Some(text.trim().parse::<u64>().map_err(|_| FailureKind::Io)?);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = h
-                .value
-                .split(|b| *b == b',')
-                .next_back()
-                .is_some_and(|last| last.trim_ascii().eq_ignore_ascii_case(b"chunked"));
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            for token in h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii) {
-                if token.eq_ignore_ascii_case(b"close") {
-                    keep_alive = false;
-                } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                    keep_alive = true;
-                }
-            }
-        }
-    }
-    let framing = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        Framing::None
-    } else if chunked {
-        Framing::Chunked
-    } else if let Some(n) = length {
-        Framing::Length(n)
-    } else {
-        keep_alive = false;
-        Framing::UntilClose
-    };
-    Ok((framing, keep_alive))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn runtime() -> tokio::runtime::Runtime {
         tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime")

@@ -83,6 +83,11 @@ impl Shutdown {
     }
 
     pub async fn wait(mut self) {
+        self.triggered().await;
+    }
+
+    /// Resolves once it has fired (at once if it already has), without using up the handle.
+    pub async fn triggered(&mut self) {
         let _ = self.rx.wait_for(|stopping| *stopping).await;
     }
 }
@@ -148,62 +153,64 @@ impl Server {
     }
 }
 
+/// What a connection handler of [`Server::serve_connections`] gets beside its stream. Keep it
+/// until the connection is done: shutdown waits for every one to be dropped.
+pub struct Connection {
+    pub metrics: Metrics,
+    pub readiness: Readiness,
+    /// Fires when the listener closes: an idle connection closes then, a request in progress
+    /// finishes first.
+    pub closing: Shutdown,
+    _open: tokio::sync::mpsc::Sender<()>,
+}
+
 impl Server {
-    /// Serve with hyper's HTTP/1 server and no router or middleware layers, for hot paths (the
-    /// gateway's proxy). `handle` gets every request except the built-in endpoints, wrapped in
-    /// the same observation (request id, metrics, logs); shutdown behaves as in [`Server::serve`].
-    pub async fn serve_http1<H, Fut>(self, handle: H) -> Result<(), StartError>
+    /// Serve raw connections, for a service that speaks HTTP itself on its hot path (the
+    /// gateway). `handle` runs once per accepted connection, in a task of its own; it must
+    /// answer the built-in endpoints ([`builtin_endpoint`]) and mark answers `Connection:
+    /// close` while draining ([`Readiness::is_draining`]). Shutdown is as in [`Server::serve`]:
+    /// the listener closes after the shutdown delay, then every connection has the drain
+    /// timeout to finish.
+    pub async fn serve_connections<H, Fut>(self, handle: H) -> Result<(), StartError>
     where
-        H: Fn(Request) -> Fut + Clone + Send + Sync + 'static,
-        Fut: std::future::Future<Output = Response> + Send + 'static,
+        H: Fn(tokio::net::TcpStream, Connection) -> Fut,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        use hyper_util::rt::TokioIo;
         let listener = self.listen().await?;
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         let stop_accepting = self.stop_accepting();
         tokio::pin!(stop_accepting);
-        let (metrics, readiness) = (self.metrics.clone(), self.readiness.clone());
+        let (closing_tx, closing_rx) = watch::channel(false);
+        let (open_tx, mut open_rx) = tokio::sync::mpsc::channel::<()>(1);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
                     let stream = match accepted {
                         Ok((stream, _)) => stream,
                         Err(e) => {
+                            // Out of file descriptors, say: back off instead of spinning on it.
                             tracing::warn!(error = %e, "accept failed");
+                            tokio::time::sleep(Duration::from_millis(10)).await;
                             continue;
                         }
                     };
                     let _ = stream.set_nodelay(true);
-                    let (metrics, readiness, handle) = (metrics.clone(), readiness.clone(), handle.clone());
-                    let service = hyper::service::service_fn(move |request: http::Request<hyper::body::Incoming>| {
-                        let (metrics, readiness, handle) = (metrics.clone(), readiness.clone(), handle.clone());
-                        async move {
-                            let request = request.map(axum::body::Body::new);
-                            let (builtins, ready) = (metrics.clone(), readiness.clone());
-                            let mut response = observed(&metrics, request, |request| async move {
-                                match builtin_endpoint(request.uri().path(), &ready, &builtins).await {
-                                    Some(builtin) => builtin,
-                                    None => handle(request).await,
-                                }
-                            })
-                            .await;
-                            mark_close_if_draining(&readiness, &mut response);
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                    let connection = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(TokioIo::new(stream), service);
-                    let connection = graceful.watch(connection);
-                    tokio::spawn(async move {
-                        let _ = connection.await;
-                    });
+                    let connection = Connection {
+                        metrics: self.metrics.clone(),
+                        readiness: self.readiness.clone(),
+                        closing: Shutdown { rx: closing_rx.clone() },
+                        _open: open_tx.clone(),
+                    };
+                    tokio::spawn(handle(stream, connection));
                 }
                 () = &mut stop_accepting => break,
             }
         }
         drop(listener);
+        let _ = closing_tx.send(true);
+        drop(open_tx);
         tokio::select! {
-            () = graceful.shutdown() => Ok(()),
+            // Every sender dropped: every connection is done.
+            _ = open_rx.recv() => Ok(()),
             // The listener is already closed here: only the drain timeout is left.
             () = tokio::time::sleep(self.config.drain_timeout) => Err(drain_expired(self.config.drain_timeout)),
         }
@@ -281,18 +288,29 @@ fn method_label(method: &http::Method) -> &'static str {
 
 /// A request id for a request that came without one: a per-process random prefix (drawn once)
 /// and a counter, so ids are unique across replicas without a random-number syscall per request.
-fn new_request_id() -> HeaderValue {
+pub fn new_request_id() -> HeaderValue {
+    HeaderValue::from_bytes(&next_request_id()).expect("hex is a valid header value")
+}
+
+/// [`new_request_id`] as bytes (32 lowercase hex digits), for servers that write headers themselves.
+pub fn next_request_id() -> [u8; 32] {
     use std::sync::OnceLock;
     use std::sync::atomic::{AtomicU64, Ordering};
     static PREFIX: OnceLock<u64> = OnceLock::new();
     static NEXT: AtomicU64 = AtomicU64::new(0);
     let prefix = *PREFIX.get_or_init(|| uuid::Uuid::new_v4().as_u64_pair().0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{prefix:016x}{n:016x}")).expect("hex is a valid header value")
+    let mut id = [0u8; 32];
+    for (i, nibble) in
+        (0..16).rev().map(|k| (prefix >> (k * 4)) & 0xf).chain((0..16).rev().map(|k| (n >> (k * 4)) & 0xf)).enumerate()
+    {
+        id[i] = b"0123456789abcdef"[nibble as usize];
+    }
+    id
 }
 
-fn acceptable_id(v: &HeaderValue) -> bool {
-    let b = v.as_bytes();
+/// Is a caller's `x-request-id` fit to log and forward (short, printable ASCII)?
+pub fn acceptable_id(b: &[u8]) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
@@ -301,51 +319,77 @@ async fn observe(State(metrics): State<Metrics>, request: Request, next: Next) -
     observed(&metrics, request, |r| next.run(r)).await
 }
 
-/// What the observe middleware does, for servers that are not an axum `Router` (the gateway's
-/// proxy path): run `handle` with a request id, a span, the in-flight gauge, the per-route
-/// latency metric and a log line. The route label comes from the response's [`RouteLabel`],
-/// else the request's `MatchedPath`.
-pub async fn observed<F, Fut>(metrics: &Metrics, mut request: Request, handle: F) -> Response
+/// Run `handle` with a request id, a span, the in-flight gauge, the per-route latency metric
+/// and a log line. The route label comes from the response's [`RouteLabel`], else the
+/// request's `MatchedPath`.
+async fn observed<F, Fut>(metrics: &Metrics, mut request: Request, handle: F) -> Response
 where
     F: FnOnce(Request) -> Fut,
     Fut: std::future::Future<Output = Response>,
 {
-    let started = Instant::now();
     let id = match request.headers().get(REQUEST_ID) {
-        Some(v) if acceptable_id(v) => v.clone(),
+        Some(v) if acceptable_id(v.as_bytes()) => v.clone(),
         _ => {
             let id = new_request_id();
             request.headers_mut().insert(REQUEST_ID, id.clone());
             id
         }
     };
-    let method = request.method().clone();
     let matched = request.extensions().get::<MatchedPath>().cloned();
-    let probe = is_probe(request.uri().path());
-    let span = tracing::info_span!("request", request_id = id.to_str().unwrap_or_default(), method = %method, path = %request.uri().path());
-
-    // Decremented on drop: a request whose client goes away is dropped mid-await.
-    let in_flight = InFlight::enter(&metrics.in_flight);
-    let mut response = handle(request).instrument(span.clone()).await;
-    drop(in_flight);
-
-    let status = response.status().as_u16();
-    let elapsed = started.elapsed();
+    let observation =
+        Observation::begin(metrics, id.to_str().unwrap_or_default(), request.method(), request.uri().path());
+    let mut response = handle(request).instrument(observation.span().clone()).await;
     let label = response.extensions().get::<RouteLabel>().map(|r| r.0.as_str());
     let route = label.or(matched.as_ref().map(MatchedPath::as_str)).unwrap_or("unmatched");
-    metrics.observe_request(route, method_label(&method), status, elapsed.as_secs_f64());
-    if tracing::enabled!(tracing::Level::DEBUG) || (!probe && tracing::enabled!(tracing::Level::INFO)) {
-        span.in_scope(|| {
-            let ms = elapsed.as_secs_f64() * 1000.0;
-            if probe {
-                tracing::debug!(status, route, latency_ms = ms, "request finished");
-            } else {
-                tracing::info!(status, route, latency_ms = ms, "request finished");
-            }
-        });
-    }
+    observation.finish(route, response.status().as_u16());
     response.headers_mut().insert(REQUEST_ID, id);
     response
+}
+
+/// One request, observed as every service observes its requests: a span carrying the request
+/// id (log lines inside it name the request), the in-flight gauge while it lives (also when it
+/// is dropped half-way because the client went away), and at [`Observation::finish`] the
+/// per-route count and latency and a `request finished` log line. For servers that are not an
+/// axum `Router` (the gateway's proxy path).
+pub struct Observation<'m> {
+    metrics: &'m Metrics,
+    started: Instant,
+    method: &'static str,
+    probe: bool,
+    span: tracing::Span,
+    _in_flight: InFlight<'m>,
+}
+
+impl<'m> Observation<'m> {
+    pub fn begin(metrics: &'m Metrics, request_id: &str, method: &http::Method, path: &str) -> Observation<'m> {
+        Observation {
+            metrics,
+            started: Instant::now(),
+            method: method_label(method),
+            probe: is_probe(path),
+            span: tracing::info_span!("request", request_id, method = %method, path),
+            _in_flight: InFlight::enter(&metrics.in_flight),
+        }
+    }
+
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    pub fn finish(self, route: &str, status: u16) {
+        let elapsed = self.started.elapsed();
+        self.metrics.observe_request(route, self.method, status, elapsed.as_secs_f64());
+        if tracing::enabled!(tracing::Level::DEBUG) || (!self.probe && tracing::enabled!(tracing::Level::INFO)) {
+            self.span.in_scope(|| {
+                let ms = elapsed.as_secs_f64() * 1000.0;
+                if self.probe {
+                    tracing::debug!(status, route, latency_ms = ms, "request finished");
+                } else {
+                    tracing::info!(status, route, latency_ms = ms, "request finished");
+                }
+            });
+        }
+    }
 }
 
 /// `/healthz`, `/readyz` and `/metrics` for servers that are not an axum `Router`.

@@ -69,8 +69,9 @@ pub fn covers(prefix: &str, path: &str) -> bool {
     prefix == "/" || path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
 }
 
-pub fn find<'a>(routes: &'a [Route], path: &str) -> Option<&'a Route> {
-    routes.iter().find(|r| covers(&r.prefix, path))
+/// The index of the route serving `path` (routes are sorted longest prefix first).
+pub fn find(routes: &[Route], path: &str) -> Option<usize> {
+    routes.iter().position(|r| covers(&r.prefix, path))
 }
 
 #[cfg(test)]
@@ -92,9 +93,10 @@ mod tests {
     #[test]
     fn the_longest_matching_prefix_wins_on_segment_boundaries() {
         let routes = parse("/=http://a:1, /v1=http://b:2, /v1/jobs=http://c:3", T).expect("valid");
-        assert_eq!(find(&routes, "/v1/jobs/42").map(|r| r.upstream.as_str()), Some("http://c:3"));
-        assert_eq!(find(&routes, "/v1/jobsx").map(|r| r.upstream.as_str()), Some("http://b:2"));
-        assert_eq!(find(&routes, "/other").map(|r| r.upstream.as_str()), Some("http://a:1"));
+        let upstream = |path| find(&routes, path).map(|i| routes[i].upstream.as_str());
+        assert_eq!(upstream("/v1/jobs/42"), Some("http://c:3"));
+        assert_eq!(upstream("/v1/jobsx"), Some("http://b:2"));
+        assert_eq!(upstream("/other"), Some("http://a:1"));
         let no_root = parse("/v1=http://b:2", T).expect("valid");
         assert!(find(&no_root, "/v2").is_none());
     }

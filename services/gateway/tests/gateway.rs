@@ -247,3 +247,223 @@ fn readiness_turns_false_at_sigterm_while_connections_are_still_accepted() {
     assert_eq!(served.header("connection"), Some("close"), "{:?}", served.headers);
     assert_eq!(gw.wait_exit(Duration::from_secs(10)), Some(0), "{}", gw.logs());
 }
+
+/// A response read off a raw connection: status, head text (lower-cased), body.
+type RawResponse = (u16, String, Vec<u8>);
+
+/// Responses read off a raw connection. Bodies are framed by content-length or chunked, as a
+/// client reads them.
+fn read_responses(stream: &mut std::net::TcpStream, count: usize) -> Vec<RawResponse> {
+    use std::io::Read;
+    stream.set_read_timeout(Some(Duration::from_secs(10))).expect("timeout");
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while out.len() < count {
+        if let Some((response, used)) = parse_one(&buf) {
+            buf.drain(..used);
+            out.push(response);
+            continue;
+        }
+        let n = stream.read(&mut chunk).expect("read a response");
+        assert!(n > 0, "connection closed after {} responses: {:?}", out.len(), String::from_utf8_lossy(&buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    assert!(buf.is_empty(), "bytes after the last response: {:?}", String::from_utf8_lossy(&buf));
+    out
+}
+
+fn parse_one(buf: &[u8]) -> Option<(RawResponse, usize)> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    let status: u16 = head.split(' ').nth(1)?.parse().ok()?;
+    if status == 100 {
+        return parse_one(&buf[end..]).map(|(r, used)| (r, used + end));
+    }
+    let value = |name: &str| head.lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(str::to_string));
+    if value("transfer-encoding").as_deref() == Some("chunked") {
+        let (mut at, mut body) = (end, Vec::new());
+        loop {
+            let line_end = buf[at..].windows(2).position(|w| w == b"\r\n")? + at;
+            let size = usize::from_str_radix(std::str::from_utf8(&buf[at..line_end]).ok()?.trim(), 16).ok()?;
+            at = line_end + 2;
+            if size == 0 {
+                return (buf.len() >= at + 2).then(|| ((status, head, body), at + 2));
+            }
+            body.extend_from_slice(buf.get(at..at + size)?);
+            at += size + 2;
+        }
+    }
+    let length: usize = value("content-length").map_or(Some(0), |v| v.parse().ok())?;
+    let body = buf.get(end..end + length)?.to_vec();
+    Some(((status, head, body), end + length))
+}
+
+fn connect(gw: &ServiceProcess) -> std::net::TcpStream {
+    std::net::TcpStream::connect(("127.0.0.1", gw.port)).expect("connect to the gateway")
+}
+
+fn send_raw(stream: &mut std::net::TcpStream, bytes: &[u8]) {
+    use std::io::Write;
+    stream.write_all(bytes).expect("write");
+}
+
+#[test]
+fn one_kept_alive_connection_carries_pipelined_requests_and_chunked_bodies() {
+    let up = serve(Upstream::default(), 0);
+    let gw = start_gateway(&format!("/api=http://{up}"), &[]);
+    let mut stream = connect(&gw);
+    // Two requests in one write, the second with a chunked body the upstream must get whole.
+    send_raw(
+        &mut stream,
+        b"GET /api/one HTTP/1.1\r\nHost: edge\r\n\r\nPOST /api/two HTTP/1.1\r\nHost: edge\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n",
+    );
+    let responses = read_responses(&mut stream, 2);
+    let seen: Vec<serde_json::Value> = responses
+        .iter()
+        .map(|(status, head, body)| {
+            assert_eq!(*status, 200, "{head}");
+            assert!(head.contains("x-request-id: "), "{head}");
+            assert!(!head.contains("connection: close"), "the connection stays open: {head}");
+            serde_json::from_slice(body).expect("json")
+        })
+        .collect();
+    assert_eq!((seen[0]["method"].as_str(), seen[0]["body_len"].as_u64()), (Some("GET"), Some(0)));
+    assert_eq!((seen[1]["method"].as_str(), seen[1]["body_len"].as_u64()), (Some("POST"), Some(11)));
+
+    // Still open: a third request with Expect: 100-continue gets the interim answer, then its own.
+    send_raw(&mut stream, b"PUT /api/three HTTP/1.1\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+    let mut interim = [0u8; 25];
+    std::io::Read::read_exact(&mut stream, &mut interim).expect("interim answer");
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    send_raw(&mut stream, b"abc");
+    let (status, _, body) = read_responses(&mut stream, 1).remove(0);
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).expect("json")["body_len"], 3);
+}
+
+#[test]
+fn malformed_and_ambiguous_requests_get_a_400_and_the_connection_closes() {
+    let up = serve(Upstream::default(), 0);
+    let gw = start_gateway(&format!("/api=http://{up}"), &[]);
+    for bad in [
+        &b"POST /api/x HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+        b"POST /api/x HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+        b"GET api/x HTTP/1.1\r\n\r\n",
+        b"NOT HTTP AT ALL\r\n\r\n",
+    ] {
+        let mut stream = connect(&gw);
+        send_raw(&mut stream, bad);
+        let (status, head, body) = read_responses(&mut stream, 1).remove(0);
+        assert_eq!(status, 400, "{}", String::from_utf8_lossy(bad));
+        assert!(
+            head.contains("content-type: application/problem+json") && head.contains("connection: close"),
+            "{head}"
+        );
+        assert_eq!(serde_json::from_slice::<serde_json::Value>(&body).expect("json")["code"], "bad_request");
+        let mut rest = Vec::new();
+        assert_eq!(std::io::Read::read_to_end(&mut stream, &mut rest).expect("closed"), 0, "nothing after the 400");
+    }
+    let mut stream = connect(&gw);
+    let huge = format!("GET /api/x HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(70 * 1024));
+    send_raw(&mut stream, huge.as_bytes());
+    assert_eq!(read_responses(&mut stream, 1)[0].0, 431);
+}
+
+/// A raw upstream: answers every request on a connection with `answer`, then closes the
+/// connection after `per_connection` answers without saying so (as a server whose keep-alive
+/// timeout passed does). Returns its address and a count of requests it read.
+fn raw_upstream(answer: &'static [u8], per_connection: usize) -> (SocketAddr, Arc<AtomicUsize>) {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counted = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let counted = counted.clone();
+            std::thread::spawn(move || {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for _ in 0..per_connection {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut chunk) {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    let end = buf.windows(4).position(|w| w == b"\r\n\r\n").expect("head") + 4;
+                    buf.drain(..end);
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    if stream.write_all(answer).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, requests)
+}
+
+#[test]
+fn chunked_and_until_close_answers_are_relayed_whole() {
+    let (chunked, _) = raw_upstream(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nx-up: 1\r\n\r\n4\r\nwiki\r\n5\r\npedia\r\n0\r\n\r\n",
+        10,
+    );
+    let (old, _) = raw_upstream(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end", 1);
+    let gw = start_gateway(&format!("/chunked=http://{chunked}, /old=http://{old}"), &[]);
+    let mut stream = connect(&gw);
+    send_raw(&mut stream, b"GET /chunked HTTP/1.1\r\n\r\nGET /chunked HTTP/1.1\r\n\r\n");
+    for (status, head, body) in read_responses(&mut stream, 2) {
+        assert_eq!((status, body.as_slice()), (200, &b"wikipedia"[..]), "{head}");
+        assert!(head.contains("transfer-encoding: chunked") && head.contains("x-up: 1"), "{head}");
+    }
+    // An answer framed by the upstream's close can only be relayed to a close.
+    let r = http("GET", &gw.url("/old"), &[], b"").expect("GET");
+    assert_eq!((r.status, r.text().as_str()), (200, "until the end"));
+    // An HTTP/1.0 client cannot read chunks: it gets the data, then the close.
+    let mut stream = connect(&gw);
+    send_raw(&mut stream, b"GET /chunked HTTP/1.0\r\n\r\n");
+    let mut all = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut all).expect("read to the close");
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.ends_with("\r\n\r\nwikipedia") && !text.contains("transfer-encoding"), "{text}");
+}
+
+#[test]
+fn a_kept_alive_upstream_connection_the_upstream_closed_is_not_used_again() {
+    // The upstream answers one request per connection and closes silently.
+    let (up, requests) = raw_upstream(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 1);
+    let gw = start_gateway(&format!("/api=http://{up}"), &[("GATEWAY_RETRIES", "0")]);
+    for i in 0..5 {
+        let r = http("POST", &gw.url("/api/x"), &[], b"{}").expect("POST");
+        assert_eq!((r.status, r.text().as_str()), (200, "ok"), "request {i}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(requests.load(Ordering::SeqCst), 5, "each POST reached the upstream exactly once");
+}
+
+#[test]
+fn large_bodies_are_relayed_both_ways_intact() {
+    let up = serve(Upstream::default(), 0);
+    let gw = start_gateway(&format!("/api=http://{up}"), &[("GATEWAY_MAX_BODY_BYTES", "4194304")]);
+    let body: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+    let r = http("POST", &gw.url("/api/big"), &[], &body).expect("POST");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(json(&r)["body_len"], 1_500_000, "the test upstream takes up to 2 MB");
+    let (big, _) = raw_upstream(BIG_ANSWER.get_or_init(big_answer), 1);
+    let gw = start_gateway(&format!("/big=http://{big}"), &[]);
+    let r = http("GET", &gw.url("/big"), &[], b"").expect("GET");
+    assert_eq!(r.body.len(), 2_000_000);
+    assert!(r.body.iter().enumerate().all(|(i, b)| *b == (i % 253) as u8), "the body arrived unchanged");
+}
+
+static BIG_ANSWER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+
+fn big_answer() -> Vec<u8> {
+    let mut answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2000000\r\n\r\n".to_vec();
+    answer.extend((0..2_000_000u32).map(|i| (i % 253) as u8));
+    answer
+}

@@ -1,0 +1,777 @@
+//! The proxy path: one task per client connection reads each request head in place, forwards
+//! the request on a kept-alive upstream connection driven by the same task, and relays the
+//! response back by its framing. No request, header-map or body-frame values are built per
+//! request; the gateway's own answers (errors, `/healthz`, `/readyz`, `/metrics`) are the
+//! service kit's responses, encoded here.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, Method, StatusCode, header};
+use http1_wire::{Framing, MessageHeaders, Sink, Wire, WireError};
+use service_runtime::Problem;
+use service_runtime::server::{Connection, Observation, REQUEST_ID, acceptable_id, builtin_endpoint, next_request_id};
+use tokio::net::TcpStream;
+use tracing::Instrument;
+
+use crate::breaker::Admission;
+use crate::{Gateway, Outcome, Upstream, routes};
+
+/// Headers that describe one hop's connection, never forwarded (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&[u8]; 8] = [
+    b"connection",
+    b"keep-alive",
+    b"proxy-authenticate",
+    b"proxy-authorization",
+    b"te",
+    b"trailer",
+    b"transfer-encoding",
+    b"upgrade",
+];
+
+/// Most headers a request or response may carry.
+const MAX_HEADERS: usize = 96;
+/// A kept-alive client connection with no request in progress is closed after this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(75);
+/// A request head must arrive whole within this long of its first byte (slow-loris).
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connecting to an upstream, within the route's deadline.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Most idle connections kept per upstream.
+const POOL_MAX: usize = 1024;
+
+/// Buffers reused by every request of one client connection.
+#[derive(Default)]
+struct Scratch {
+    /// The upstream request: head, then body.
+    upstream_request: Vec<u8>,
+    /// The request body, collected (within the limit) so an idempotent request can be resent.
+    body: Vec<u8>,
+    /// The response head (and the first bytes of its body) on its way to the client.
+    response: Vec<u8>,
+    request_id: Vec<u8>,
+}
+
+/// What the request head said, kept after the head's bytes are consumed.
+struct RequestHead {
+    method: Method,
+    path: String,
+    /// HTTP/1.x minor version.
+    version: u8,
+    framing: Framing,
+    persistent: bool,
+    expect_continue: bool,
+    /// The route's index, or why there is none.
+    target: Target,
+    /// Where the upstream head's header block ends in `Scratch::upstream_request` (the
+    /// content-length and the blank line come once the body is read).
+    head_len: usize,
+}
+
+enum Target {
+    Route(usize),
+    Builtin,
+    NoRoute,
+}
+
+/// Serve one client connection until it closes, idles out or the listener closes.
+pub async fn serve(gw: Arc<Gateway>, stream: TcpStream, mut conn: Connection) {
+    let mut client = Wire::new(stream);
+    let mut scratch = Scratch::default();
+    loop {
+        if client.buffered().is_empty() {
+            tokio::select! {
+                biased;
+                filled = client.fill() => match filled {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                },
+                () = conn.closing.triggered() => return,
+                () = tokio::time::sleep(IDLE_TIMEOUT) => return,
+            }
+        }
+        match exchange(&gw, &mut client, &conn, &mut scratch).await {
+            Ok(true) => {}
+            Ok(false) | Err(_) => return,
+        }
+    }
+}
+
+/// A request that cannot be served: answer it (when the client can still read) and close.
+enum Refusal {
+    Answer(Response),
+    Silent,
+}
+
+/// One request and its response; `Ok(true)` when the connection stays open for the next.
+async fn exchange(
+    gw: &Gateway,
+    client: &mut Wire<TcpStream>,
+    conn: &Connection,
+    scratch: &mut Scratch,
+) -> Result<bool, WireError> {
+    let head = match tokio::time::timeout(HEAD_TIMEOUT, client.read_head(|buf| parse_request(gw, buf, scratch))).await {
+        Ok(Ok(head)) => head,
+        Ok(Err(e)) => {
+            let refusal = match e {
+                WireError::HeadTooLarge => Refusal::Answer(
+                    Problem::new(
+                        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                        "head_too_large",
+                        "Request head too large",
+                    )
+                    .detail(format!("the request line and headers may be {} bytes at most", http1_wire::MAX_HEAD))
+                    .into_response(),
+                ),
+                WireError::Malformed(what) => Refusal::Answer(
+                    Problem::new(StatusCode::BAD_REQUEST, "bad_request", "Malformed request")
+                        .detail(what)
+                        .into_response(),
+                ),
+                _ => Refusal::Silent,
+            };
+            if let Refusal::Answer(response) = refusal {
+                let bytes = encode(response, &[], 1, false, false).await;
+                let _ = client.write_all(&bytes).await;
+            }
+            return Ok(false);
+        }
+        Err(_) => return Ok(false),
+    };
+    let observation = Observation::begin(
+        &conn.metrics,
+        std::str::from_utf8(&scratch.request_id).unwrap_or_default(),
+        &head.method,
+        &head.path,
+    );
+    let span = observation.span().clone();
+    async move {
+        let (route, status, keep) = respond(gw, client, conn, scratch, &head).await?;
+        observation.finish(route, status);
+        Ok(keep)
+    }
+    .instrument(span)
+    .await
+}
+
+/// Answer a parsed request: the route label, the status sent and whether the connection stays open.
+async fn respond<'g>(
+    gw: &'g Gateway,
+    client: &mut Wire<TcpStream>,
+    conn: &Connection,
+    scratch: &mut Scratch,
+    head: &RequestHead,
+) -> Result<(&'g str, u16, bool), WireError> {
+    let keep = head.persistent && !conn.readiness.is_draining();
+    let is_head = head.method == Method::HEAD;
+    let index = match head.target {
+        Target::Route(index) => index,
+        Target::Builtin | Target::NoRoute => {
+            // A body nobody reads: skip it if it is small, else close after answering.
+            let keep = keep && skip_small_body(client, head.framing).await;
+            let (route, response) = match head.target {
+                Target::Builtin => match builtin_endpoint(&head.path, &conn.readiness, &conn.metrics).await {
+                    Some(response) => (builtin_label(&head.path), response),
+                    None => ("no_route", no_route(&head.path)),
+                },
+                _ => ("no_route", no_route(&head.path)),
+            };
+            let status = response.status().as_u16();
+            client.write_all(&encode(response, &scratch.request_id, head.version, keep, is_head).await).await?;
+            return Ok((route, status, keep));
+        }
+    };
+    let route = &gw.routes[index];
+    let upstream = &gw.upstreams[gw.route_upstream[index]];
+
+    // The body, collected within the limit so an idempotent request can be sent again.
+    scratch.body.clear();
+    if let Framing::Length(n) = head.framing
+        && n > gw.max_body as u64
+    {
+        let response = too_large(gw.max_body);
+        client.write_all(&encode(response, &scratch.request_id, head.version, false, is_head).await).await?;
+        return Ok((&route.prefix, 413, false));
+    }
+    if head.expect_continue && head.framing != Framing::None && client.buffered().is_empty() {
+        client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
+    let collected =
+        client.body::<Vec<u8>>(head.framing, Sink::Collect { body: &mut scratch.body, limit: gw.max_body }).await;
+    match collected {
+        Ok(_) => {}
+        Err(WireError::BodyTooLarge) => {
+            let response = too_large(gw.max_body);
+            client.write_all(&encode(response, &scratch.request_id, head.version, false, is_head).await).await?;
+            return Ok((&route.prefix, 413, false));
+        }
+        Err(e) => return Err(e),
+    }
+    finish_upstream_request(scratch, head);
+
+    let forwarded = forward(gw, route, upstream, scratch, head, keep).await;
+    match forwarded {
+        Err(response) => {
+            let status = response.status().as_u16();
+            client.write_all(&encode(response, &scratch.request_id, head.version, keep, is_head).await).await?;
+            Ok((&route.prefix, status, keep))
+        }
+        Ok(Answer { mut wire, status, framing, upstream_keep, client_keep }) => {
+            // The head (already in `scratch.response`) and the body go out together when small.
+            let keep_chunked = head.version >= 1;
+            let relayed = wire
+                .body(framing, Sink::Forward { to: client.stream_mut(), staged: &mut scratch.response, keep_chunked })
+                .await;
+            match relayed {
+                Ok(_) => {
+                    if upstream_keep && wire.buffered().is_empty() {
+                        upstream.pool.give_back(wire);
+                    }
+                    Ok((&route.prefix, status, client_keep))
+                }
+                Err(e) => {
+                    // The head is out already: all that is left is to close both sides.
+                    tracing::warn!(upstream = %upstream.name, request_id = %String::from_utf8_lossy(&scratch.request_id), error = %e, "response body relay failed");
+                    Ok((&route.prefix, status, false))
+                }
+            }
+        }
+    }
+}
+
+fn builtin_label(path: &str) -> &'static str {
+    match path {
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        _ => "/metrics",
+    }
+}
+
+fn no_route(path: &str) -> Response {
+    Problem::new(StatusCode::NOT_FOUND, "no_route", "No route")
+        .detail(format!("no route serves {path}"))
+        .into_response()
+}
+
+fn too_large(limit: usize) -> Response {
+    Problem::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "Request body too large")
+        .detail(format!("the limit is {limit} bytes"))
+        .into_response()
+}
+
+/// Read and drop a request body of up to 64 KiB; false (close the connection) for anything larger.
+async fn skip_small_body(client: &mut Wire<TcpStream>, framing: Framing) -> bool {
+    match framing {
+        Framing::None => true,
+        Framing::Length(n) if n <= 64 * 1024 => client.body::<Vec<u8>>(framing, Sink::Discard).await.is_ok(),
+        _ => false,
+    }
+}
+
+/// Parse a request head from `buf`, writing the upstream request's head (without its framing
+/// headers) into `scratch.upstream_request` and the request id into `scratch.request_id`.
+fn parse_request(gw: &Gateway, buf: &[u8], scratch: &mut Scratch) -> Result<Option<(usize, RequestHead)>, WireError> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut request = httparse::Request::new(&mut headers);
+    let len = match request.parse(buf) {
+        Ok(httparse::Status::Complete(len)) => len,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(WireError::Malformed("too many headers")),
+        Err(_) => return Err(WireError::Malformed("not an HTTP/1.x request")),
+    };
+    let (Some(method), Some(target), Some(version)) = (request.method, request.path, request.version) else {
+        return Err(WireError::Malformed("incomplete request line"));
+    };
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| WireError::Malformed("bad method"))?;
+    // Origin form (`/path?query`); an absolute form's authority is dropped.
+    let target = match target.strip_prefix("http://").or_else(|| target.strip_prefix("https://")) {
+        Some(rest) => rest.find('/').map_or("/", |i| &rest[i..]),
+        None if target.starts_with('/') => target,
+        None => return Err(WireError::Malformed("request target is not a path")),
+    };
+    let path = target.split('?').next().unwrap_or(target);
+    let seen = MessageHeaders::scan(request.headers)?;
+    let framing = seen.request_framing()?;
+
+    scratch.request_id.clear();
+    let incoming_id = request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(REQUEST_ID)).map(|h| h.value);
+    let generated = match incoming_id {
+        Some(id) if acceptable_id(id) => {
+            scratch.request_id.extend_from_slice(id);
+            false
+        }
+        _ => {
+            scratch.request_id.extend_from_slice(&next_request_id());
+            true
+        }
+    };
+
+    let target_kind = if matches!(path, "/healthz" | "/readyz" | "/metrics") {
+        Target::Builtin
+    } else {
+        match routes::find(&gw.routes, path) {
+            Some(i) => Target::Route(i),
+            None => Target::NoRoute,
+        }
+    };
+    let mut head_len = 0;
+    if let Target::Route(index) = target_kind {
+        let out = &mut scratch.upstream_request;
+        out.clear();
+        out.extend_from_slice(method.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\nhost: ");
+        out.extend_from_slice(gw.upstreams[gw.route_upstream[index]].pool.authority.as_bytes());
+        out.extend_from_slice(b"\r\n");
+        let named = connection_named(request.headers);
+        for h in request.headers.iter() {
+            let name = h.name.as_bytes();
+            let drop = is_hop_by_hop(name, &named)
+                || name.eq_ignore_ascii_case(b"content-length")
+                || name.eq_ignore_ascii_case(b"expect")
+                || name.eq_ignore_ascii_case(b"x-forwarded-host")
+                || (generated && name.eq_ignore_ascii_case(REQUEST_ID.as_bytes()));
+            if drop {
+                continue;
+            }
+            // The caller's Host travels as x-forwarded-host; the upstream gets its own.
+            if name.eq_ignore_ascii_case(b"host") {
+                out.extend_from_slice(b"x-forwarded-host");
+            } else {
+                out.extend_from_slice(name);
+            }
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        if generated {
+            out.extend_from_slice(REQUEST_ID.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(&scratch.request_id);
+            out.extend_from_slice(b"\r\n");
+        }
+        head_len = out.len();
+    }
+    Ok(Some((
+        len,
+        RequestHead {
+            path: path.to_string(),
+            version,
+            framing,
+            persistent: seen.persistent(version),
+            expect_continue: seen.expect_continue,
+            target: target_kind,
+            head_len,
+            method,
+        },
+    )))
+}
+
+/// The header names a `Connection` header lists (they describe this hop only).
+fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
+    let mut named = Vec::new();
+    for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
+        named.extend(h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()));
+    }
+    named
+}
+
+fn is_hop_by_hop(name: &[u8], named: &[&[u8]]) -> bool {
+    HOP_BY_HOP.iter().chain(named).any(|hop| name.eq_ignore_ascii_case(hop))
+}
+
+/// Append the framing and the collected body to the upstream request.
+fn finish_upstream_request(scratch: &mut Scratch, head: &RequestHead) {
+    let out = &mut scratch.upstream_request;
+    out.truncate(head.head_len);
+    let has_body = !scratch.body.is_empty() || matches!(head.method, Method::POST | Method::PUT | Method::PATCH);
+    if has_body {
+        out.extend_from_slice(b"content-length: ");
+        out.extend_from_slice(scratch.body.len().to_string().as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&scratch.body);
+}
+
+fn is_idempotent(method: &Method) -> bool {
+    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+}
+
+/// An upstream's answer whose head is encoded for the client in `Scratch::response`; its
+/// body is still to be relayed from `wire`.
+struct Answer {
+    wire: Wire<TcpStream>,
+    status: u16,
+    framing: Framing,
+    upstream_keep: bool,
+    client_keep: bool,
+}
+
+/// Why one attempt got no answer.
+enum SendFailure {
+    /// Never reached the upstream: safe to retry whatever the method.
+    Connect(String),
+    /// Sent, but no usable answer.
+    Exchange(WireError),
+}
+
+/// Send the request within the route's deadline, retrying as the route allows, through the
+/// upstream's breaker. `Err` is the gateway's own answer.
+async fn forward(
+    gw: &Gateway,
+    route: &routes::Route,
+    upstream: &Upstream,
+    scratch: &mut Scratch,
+    head: &RequestHead,
+    client_keep: bool,
+) -> Result<Answer, Response> {
+    let deadline = Instant::now() + route.timeout;
+    let attempts = if is_idempotent(&head.method) { 1 + gw.retries } else { 1 };
+    for attempt in 1..=attempts {
+        if let Admission::Reject(wait) = upstream.breaker.allow(Instant::now()) {
+            upstream.show_breaker();
+            upstream.count(Outcome::CircuitOpen);
+            let mut response = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "circuit_open", "Upstream unavailable")
+                .detail(format!("{} failed repeatedly; not sending it more traffic for now", upstream.name))
+                .into_response();
+            if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                response.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return Err(response);
+        }
+        upstream.show_breaker();
+        let last = attempt == attempts;
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let sent = tokio::time::timeout(remaining, send(upstream, scratch, head, client_keep)).await;
+        match sent {
+            Err(_) => {
+                // Never retried: the upstream may still be working on it.
+                upstream.breaker.failure(Instant::now());
+                upstream.show_breaker();
+                upstream.count(Outcome::Timeout);
+                return Err(Problem::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", "Upstream timed out")
+                    .detail(format!("{} did not answer within {}ms", upstream.name, route.timeout.as_millis()))
+                    .into_response());
+            }
+            Ok(Err(failure)) => {
+                upstream.breaker.failure(Instant::now());
+                upstream.show_breaker();
+                upstream.count(Outcome::Error);
+                let connect = matches!(failure, SendFailure::Connect(_));
+                if connect && !last {
+                    gw.retried.get_or_create(&vec![("route".into(), route.prefix.clone())]).inc();
+                    backoff(attempt, deadline).await;
+                    continue;
+                }
+                let why = match &failure {
+                    SendFailure::Connect(e) => format!("connect: {e}"),
+                    SendFailure::Exchange(e) => format!("exchange: {e}"),
+                };
+                tracing::warn!(upstream = %upstream.name, request_id = %String::from_utf8_lossy(&scratch.request_id), error = %why, "upstream request failed");
+                return Err(Problem::new(StatusCode::BAD_GATEWAY, "bad_gateway", "Upstream unreachable")
+                    .detail(format!(
+                        "{}: {}",
+                        upstream.name,
+                        if connect { "connection failed" } else { "request failed" }
+                    ))
+                    .into_response());
+            }
+            Ok(Ok(answer)) => {
+                if matches!(answer.status, 502..=504) {
+                    upstream.breaker.failure(Instant::now());
+                    upstream.show_breaker();
+                    upstream.count(Outcome::UpstreamUnavailable);
+                    if !last {
+                        // The unread answer goes with its connection.
+                        drop(answer);
+                        gw.retried.get_or_create(&vec![("route".into(), route.prefix.clone())]).inc();
+                        backoff(attempt, deadline).await;
+                        continue;
+                    }
+                } else {
+                    upstream.breaker.success();
+                    upstream.show_breaker();
+                    upstream.count(Outcome::Ok);
+                }
+                return Ok(answer);
+            }
+        }
+    }
+    unreachable!("the last attempt always returns")
+}
+
+/// 25 ms, 50 ms, 100 ms ... between attempts, never past the route's deadline.
+async fn backoff(attempt: u32, deadline: Instant) {
+    let wait = Duration::from_millis(25u64 << attempt.min(6).saturating_sub(1));
+    let remaining = deadline.saturating_duration_since(Instant::now());
+    tokio::time::sleep(wait.min(remaining)).await;
+}
+
+/// One attempt: write the request on a pooled connection (or a new one) and read the answer's
+/// head. A pooled connection the upstream closed meanwhile is found before use, or fails before
+/// any byte of an answer; the request then goes out once more on a fresh connection, which is
+/// safe for a request that was never written and for an idempotent one.
+async fn send(
+    upstream: &Upstream,
+    scratch: &mut Scratch,
+    head: &RequestHead,
+    client_keep: bool,
+) -> Result<Answer, SendFailure> {
+    let mut pooled = upstream.pool.take();
+    loop {
+        let reused = pooled.is_some();
+        let mut wire = match pooled.take() {
+            Some(wire) => wire,
+            None => upstream.pool.connect().await?,
+        };
+        if let Err(e) = wire.write_all(&scratch.upstream_request).await {
+            if reused {
+                continue;
+            }
+            return Err(SendFailure::Exchange(e));
+        }
+        match read_answer(&mut wire, scratch, head, client_keep).await {
+            Ok((status, framing, upstream_keep, client_keep)) => {
+                return Ok(Answer { wire, status, framing, upstream_keep, client_keep });
+            }
+            Err(WireError::Eof | WireError::Io(_)) if reused && is_idempotent(&head.method) => continue,
+            Err(e) => return Err(SendFailure::Exchange(e)),
+        }
+    }
+}
+
+/// Read the upstream's response head (skipping interim 1xx answers) and encode the client's
+/// into `scratch.response`: (status, body framing, upstream connection reusable, client
+/// connection kept).
+async fn read_answer(
+    wire: &mut Wire<TcpStream>,
+    scratch: &mut Scratch,
+    head: &RequestHead,
+    client_keep: bool,
+) -> Result<(u16, Framing, bool, bool), WireError> {
+    let is_head = head.method == Method::HEAD;
+    loop {
+        let answer = wire
+            .read_head(|buf| {
+                let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+                let mut response = httparse::Response::new(&mut headers);
+                let len = match response.parse(buf) {
+                    Ok(httparse::Status::Complete(len)) => len,
+                    Ok(httparse::Status::Partial) => return Ok(None),
+                    Err(_) => return Err(WireError::Malformed("not an HTTP/1.x response")),
+                };
+                let status = response.code.ok_or(WireError::Malformed("no status"))?;
+                if (100..200).contains(&status) {
+                    return Ok(Some((len, None)));
+                }
+                let seen = MessageHeaders::scan(response.headers)?;
+                let framing = seen.response_framing(status, is_head);
+                let upstream_keep = seen.persistent(response.version.unwrap_or(1)) && framing != Framing::UntilClose;
+                // A body that runs to the close, or chunks an HTTP/1.0 client cannot read framed,
+                // end the client's connection too.
+                let client_keep = client_keep
+                    && framing != Framing::UntilClose
+                    && !(framing == Framing::Chunked && head.version == 0);
+                let out = &mut scratch.response;
+                out.clear();
+                out.extend_from_slice(b"HTTP/1.1 ");
+                out.extend_from_slice(status.to_string().as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
+                out.extend_from_slice(b"\r\n");
+                let named = connection_named(response.headers);
+                for h in response.headers.iter() {
+                    let name = h.name.as_bytes();
+                    if is_hop_by_hop(name, &named)
+                        || name.eq_ignore_ascii_case(REQUEST_ID.as_bytes())
+                        || (seen.transfer_encoding && name.eq_ignore_ascii_case(b"content-length"))
+                    {
+                        continue;
+                    }
+                    out.extend_from_slice(name);
+                    out.extend_from_slice(b": ");
+                    out.extend_from_slice(h.value);
+                    out.extend_from_slice(b"\r\n");
+                }
+                if framing == Framing::Chunked && head.version >= 1 {
+                    out.extend_from_slice(b"transfer-encoding: chunked\r\n");
+                }
+                finish_head(out, &scratch.request_id, head.version, client_keep);
+                Ok(Some((len, Some((status, framing, upstream_keep, client_keep)))))
+            })
+            .await?;
+        if let Some(answer) = answer {
+            return Ok(answer);
+        }
+    }
+}
+
+/// The request id and the connection header, then the blank line.
+fn finish_head(out: &mut Vec<u8>, request_id: &[u8], version: u8, keep: bool) {
+    if !request_id.is_empty() {
+        out.extend_from_slice(REQUEST_ID.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(request_id);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !keep {
+        out.extend_from_slice(b"connection: close\r\n");
+    } else if version == 0 {
+        out.extend_from_slice(b"connection: keep-alive\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One of the gateway's own answers, as bytes on the wire.
+async fn encode(response: Response, request_id: &[u8], version: u8, keep: bool, is_head: bool) -> Vec<u8> {
+    let (parts, body) = response.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX).await.unwrap_or_default();
+    let mut out = Vec::with_capacity(256 + body.len());
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(parts.status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(parts.status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        if matches!(name, &header::CONTENT_LENGTH | &header::TRANSFER_ENCODING | &header::CONNECTION) {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"content-length: ");
+    out.extend_from_slice(body.len().to_string().as_bytes());
+    out.extend_from_slice(b"\r\n");
+    finish_head(&mut out, request_id, version, keep);
+    if !is_head {
+        out.extend_from_slice(&body);
+    }
+    out
+}
+
+/// Kept-alive connections to one upstream, each with its read buffer, used by one request at a
+/// time and driven by that request's own task.
+pub struct Pool {
+    /// `host:port`.
+    pub authority: String,
+    idle: std::sync::Mutex<Vec<Wire<TcpStream>>>,
+}
+
+impl Pool {
+    pub fn new(upstream: &str) -> Pool {
+        Pool { authority: upstream.trim_start_matches("http://").to_string(), idle: std::sync::Mutex::default() }
+    }
+
+    /// An idle connection the upstream has not closed meanwhile.
+    fn take(&self) -> Option<Wire<TcpStream>> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some(wire) = idle.pop() {
+            // Idle means nothing to read: end of stream (closed) or stray bytes make it unusable.
+            match wire.stream().try_read(&mut [0u8; 1]) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Some(wire),
+                _ => continue,
+            }
+        }
+        None
+    }
+
+    fn give_back(&self, wire: Wire<TcpStream>) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < POOL_MAX {
+            idle.push(wire);
+        }
+    }
+
+    async fn connect(&self) -> Result<Wire<TcpStream>, SendFailure> {
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&self.authority))
+            .await
+            .map_err(|_| SendFailure::Connect("timed out".into()))?
+            .map_err(|e| SendFailure::Connect(e.to_string()))?;
+        let _ = stream.set_nodelay(true);
+        Ok(Wire::new(stream))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(routes: &str) -> Gateway {
+        let routes = routes::parse(routes, Duration::from_secs(1)).expect("routes");
+        let upstreams: Vec<Upstream> = routes
+            .iter()
+            .map(|r| Upstream {
+                name: r.upstream.clone(),
+                breaker: crate::breaker::Breaker::new(1, Duration::from_secs(1)),
+                state_gauge: Default::default(),
+                outcomes: Vec::new(),
+                pool: Pool::new(&r.upstream),
+            })
+            .collect();
+        Gateway {
+            route_upstream: (0..routes.len()).collect(),
+            routes,
+            upstreams,
+            max_body: 1024,
+            retries: 0,
+            retried: Default::default(),
+        }
+    }
+
+    fn parsed(gw: &Gateway, raw: &[u8]) -> (Result<Option<(usize, RequestHead)>, WireError>, Scratch) {
+        let mut scratch = Scratch::default();
+        let result = parse_request(gw, raw, &mut scratch);
+        (result, scratch)
+    }
+
+    #[test]
+    fn the_upstream_request_keeps_end_to_end_headers_only() {
+        let gw = gateway("/api=http://127.0.0.1:9000");
+        let raw = b"POST http://edge.example/api/jobs?x=1 HTTP/1.1\r\nHost: edge.example\r\nConnection: keep-alive, x-hop\r\nx-hop: 1\r\nKeep-Alive: 5\r\nContent-Length: 2\r\nExpect: 100-continue\r\nx-forwarded-host: spoofed\r\nAccept: */*\r\nx-request-id: abc-1\r\n\r\n{}";
+        let (result, mut scratch) = parsed(&gw, raw);
+        let (len, head) = result.expect("parses").expect("complete");
+        assert_eq!(len, raw.len() - 2, "the body is not part of the head");
+        assert!(matches!(head.target, Target::Route(0)) && head.expect_continue && head.persistent);
+        scratch.body.extend_from_slice(b"{}");
+        finish_upstream_request(&mut scratch, &head);
+        assert_eq!(
+            String::from_utf8_lossy(&scratch.upstream_request),
+            "POST /api/jobs?x=1 HTTP/1.1\r\nhost: 127.0.0.1:9000\r\nx-forwarded-host: edge.example\r\nAccept: */*\r\nx-request-id: abc-1\r\ncontent-length: 2\r\n\r\n{}"
+        );
+        assert_eq!(scratch.request_id, b"abc-1");
+    }
+
+    #[test]
+    fn a_request_without_a_usable_id_gets_a_new_one_upstream() {
+        let gw = gateway("/=http://127.0.0.1:9000");
+        let (result, scratch) = parsed(&gw, b"GET / HTTP/1.0\r\nx-request-id: has spaces\r\n\r\n");
+        let (_, head) = result.expect("parses").expect("complete");
+        assert!(!head.persistent, "HTTP/1.0 closes unless asked to keep alive");
+        assert_eq!(scratch.request_id.len(), 32);
+        let sent = String::from_utf8_lossy(&scratch.upstream_request).into_owned();
+        assert_eq!(sent.matches("x-request-id").count(), 1, "{sent}");
+        assert!(sent.contains(std::str::from_utf8(&scratch.request_id).expect("hex")), "{sent}");
+    }
+
+    #[test]
+    fn targets_are_routes_builtins_or_nothing() {
+        let gw = gateway("/api=http://127.0.0.1:9000");
+        let target = |raw: &[u8]| parsed(&gw, raw).0.expect("parses").expect("complete").1.target;
+        assert!(matches!(target(b"GET /api/x HTTP/1.1\r\n\r\n"), Target::Route(0)));
+        assert!(matches!(target(b"GET /healthz HTTP/1.1\r\n\r\n"), Target::Builtin));
+        assert!(matches!(target(b"GET /apix HTTP/1.1\r\n\r\n"), Target::NoRoute));
+        assert!(parsed(&gw, b"GET /api/x HTTP/1.1\r\nHost: a").0.expect("partial is fine").is_none());
+        for bad in [
+            &b"GET api HTTP/1.1\r\n\r\n"[..],
+            b"\x00\x01\x02 / HTTP/1.1\r\n\r\n",
+            b"POST /api HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+        ] {
+            assert!(parsed(&gw, bad).0.is_err(), "{}", String::from_utf8_lossy(bad));
+        }
+    }
+}
