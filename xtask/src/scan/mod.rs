@@ -1,6 +1,7 @@
 //! One security gate over every scanner: findings in one model, one ignore file, one table,
 //! one SARIF file, one exit code (see `commands/scan.rs` for what runs).
 
+pub mod compose;
 pub mod deny;
 pub mod ignore;
 pub mod sarif;
