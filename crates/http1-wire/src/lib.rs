@@ -78,9 +78,11 @@ impl MessageHeaders {
         for h in headers {
             let name = h.name.as_bytes();
             if name.eq_ignore_ascii_case(b"content-length") {
-                let length = std::str::from_utf8(h.value)
+                let digits = h.value.trim_ascii();
+                let length = std::str::from_utf8(digits)
                     .ok()
-                    .and_then(|t| t.trim().parse::<u64>().ok())
+                    .filter(|d| !d.is_empty() && d.len() <= 19 && d.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|d| d.parse::<u64>().ok())
                     .ok_or(WireError::Malformed("content-length is not a number"))?;
                 if seen.content_length.is_some_and(|l| l != length) {
                     return Err(WireError::Malformed("conflicting content-length headers"));
@@ -116,7 +118,10 @@ impl MessageHeaders {
     /// A request's body framing. Both Content-Length and Transfer-Encoding, or a coding other
     /// than chunked, is refused: a proxy that guessed could be made to see two requests where
     /// the next hop sees one (request smuggling).
-    pub fn request_framing(&self) -> Result<Framing, WireError> {
+    pub fn request_framing(&self, version: u8) -> Result<Framing, WireError> {
+        if self.transfer_encoding && version == 0 {
+            return Err(WireError::Malformed("transfer-encoding in an HTTP/1.0 request"));
+        }
         match (self.transfer_encoding, self.content_length) {
             (true, Some(_)) => Err(WireError::Malformed("both content-length and transfer-encoding")),
             (true, None) if self.chunked => Ok(Framing::Chunked),
@@ -177,11 +182,11 @@ impl<W: AsyncWrite + Unpin> Sink<'_, W> {
     }
 
     /// Write what is staged; called before every read, so a body is relayed as it arrives.
-    async fn flush(&mut self) -> Result<(), WireError> {
+    async fn flush(&mut self, limit: Option<std::time::Duration>) -> Result<(), WireError> {
         if let Sink::Forward { to, staged, .. } = self
             && !staged.is_empty()
         {
-            to.write_all(staged).await?;
+            within(limit, to.write_all(staged)).await?;
             staged.clear();
         }
         Ok(())
@@ -194,11 +199,24 @@ pub struct Wire<S> {
     buf: Vec<u8>,
     start: usize,
     end: usize,
+    /// Longest wait for the next bytes of a body, or for a write, before giving up.
+    io_timeout: Option<std::time::Duration>,
+}
+
+fn timed_out() -> WireError {
+    WireError::Io(io::Error::new(io::ErrorKind::TimedOut, "no progress within the I/O timeout"))
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     pub fn new(stream: S) -> Wire<S> {
-        Wire { stream, buf: vec![0; READ_CHUNK], start: 0, end: 0 }
+        Wire { stream, buf: vec![0; READ_CHUNK], start: 0, end: 0, io_timeout: None }
+    }
+
+    /// Bound every wait for body bytes and every write (a peer that stops reading or sending
+    /// mid-message must not hold the connection forever). Heads are bounded by the caller.
+    pub fn with_io_timeout(mut self, timeout: std::time::Duration) -> Wire<S> {
+        self.io_timeout = Some(timeout);
+        self
     }
 
     pub fn stream(&self) -> &S {
@@ -237,6 +255,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         let n = self.stream.read(&mut self.buf[self.end..]).await?;
         self.end += n;
         Ok(n)
+    }
+
+    /// [`Wire::fill`] within the I/O timeout, for body bytes.
+    async fn fill_body(&mut self) -> Result<usize, WireError> {
+        match self.io_timeout {
+            Some(limit) => tokio::time::timeout(limit, self.fill()).await.map_err(|_| timed_out())?,
+            None => self.fill().await,
+        }
     }
 
     /// Parse a head from the buffer, reading more until `parse` finds a whole one. `parse`
@@ -286,14 +312,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                     sink.put(&self.buf[self.start..self.end], false)?;
                     self.start = self.end;
                     total += here as u64;
-                    sink.flush().await?;
-                    if self.fill().await? == 0 {
+                    sink.flush(self.io_timeout).await?;
+                    if self.fill_body().await? == 0 {
                         break total;
                     }
                 }
             }
         };
-        sink.flush().await?;
+        sink.flush(self.io_timeout).await?;
         Ok(total)
     }
 
@@ -311,8 +337,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             if left == 0 {
                 return Ok(total);
             }
-            sink.flush().await?;
-            if self.fill().await? == 0 {
+            sink.flush(self.io_timeout).await?;
+            if self.fill_body().await? == 0 {
                 return Err(WireError::Eof);
             }
         }
@@ -328,8 +354,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
             if self.end - self.start >= 4096 {
                 return Err(WireError::Malformed("chunk line too long"));
             }
-            sink.flush().await?;
-            if self.fill().await? == 0 {
+            sink.flush(self.io_timeout).await?;
+            if self.fill_body().await? == 0 {
                 return Err(WireError::Eof);
             }
         }
@@ -340,10 +366,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         loop {
             let len = self.line(sink).await?;
             let line = &self.buf[self.start..self.start + len];
-            let digits = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+            if line.contains(&b'\n') {
+                return Err(WireError::Malformed("bare LF in a chunk line"));
+            }
+            let digits = line.split(|b| *b == b';').next().unwrap_or_default().trim_ascii_end();
             let size = std::str::from_utf8(digits)
                 .ok()
-                .filter(|d| !d.is_empty() && d.len() <= 15)
+                .filter(|d| !d.is_empty() && d.len() <= 15 && d.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|d| u64::from_str_radix(d, 16).ok())
                 .ok_or(WireError::Malformed("bad chunk size"))?;
             sink.put(&self.buf[self.start..self.start + len + 2], true)?;
@@ -368,9 +397,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         }
     }
 
+    /// Write within the I/O timeout.
     pub async fn write_all(&mut self, bytes: &[u8]) -> Result<(), WireError> {
-        self.stream.write_all(bytes).await?;
-        Ok(())
+        within(self.io_timeout, self.stream.write_all(bytes)).await
+    }
+}
+
+/// An I/O future within an optional limit. A future that is ready at once never arms its timer.
+async fn within(limit: Option<std::time::Duration>, io: impl Future<Output = io::Result<()>>) -> Result<(), WireError> {
+    match limit {
+        Some(limit) => tokio::time::timeout(limit, io).await.map_err(|_| timed_out())?.map_err(WireError::Io),
+        None => io.await.map_err(WireError::Io),
     }
 }
 
@@ -493,6 +530,20 @@ mod tests {
         });
     }
 
+    #[test]
+    fn a_body_that_stops_arriving_times_out() {
+        runtime().block_on(async {
+            let (ours, mut theirs) = tokio::io::duplex(64);
+            theirs.write_all(b"12345").await.expect("write");
+            let mut w = Wire::new(ours).with_io_timeout(std::time::Duration::from_millis(50));
+            let mut body = Vec::new();
+            let sink: Sink<'_, Vec<u8>> = Sink::Collect { body: &mut body, limit: 64 };
+            let err = w.body(Framing::Length(10), sink).await.expect_err("stalled");
+            assert!(matches!(&err, WireError::Io(e) if e.kind() == io::ErrorKind::TimedOut), "{err}");
+            drop(theirs);
+        });
+    }
+
     fn request_headers(raw: &[u8]) -> Result<MessageHeaders, WireError> {
         let mut headers = [httparse::EMPTY_HEADER; 16];
         let mut request = httparse::Request::new(&mut headers);
@@ -502,7 +553,7 @@ mod tests {
 
     #[test]
     fn ambiguous_request_framing_is_refused() {
-        let framing = |raw: &[u8]| request_headers(raw).and_then(|h| h.request_framing());
+        let framing = |raw: &[u8]| request_headers(raw).and_then(|h| h.request_framing(1));
         assert_eq!(framing(b"POST / HTTP/1.1\r\ncontent-length: 3\r\n\r\n").ok(), Some(Framing::Length(3)));
         assert_eq!(framing(b"POST / HTTP/1.1\r\ntransfer-encoding: chunked\r\n\r\n").ok(), Some(Framing::Chunked));
         assert_eq!(framing(b"GET / HTTP/1.1\r\n\r\n").ok(), Some(Framing::None));
@@ -511,6 +562,7 @@ mod tests {
             b"POST / HTTP/1.1\r\ntransfer-encoding: chunked, gzip\r\n\r\n",
             b"POST / HTTP/1.1\r\ncontent-length: 3\r\ncontent-length: 4\r\n\r\n",
             b"POST / HTTP/1.1\r\ncontent-length: -3\r\n\r\n",
+            b"POST / HTTP/1.1\r\ncontent-length: +3\r\n\r\n",
         ] {
             assert!(framing(smuggled).is_err(), "{}", String::from_utf8_lossy(smuggled));
         }
@@ -518,5 +570,7 @@ mod tests {
             request_headers(b"POST / HTTP/1.1\r\nConnection: Keep-Alive\r\nExpect: 100-continue\r\n\r\n").expect("ok");
         assert!(h.expect_continue && h.persistent(0) && h.persistent(1));
         assert!(!request_headers(b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n").expect("ok").persistent(1));
+        let chunked10 = request_headers(b"POST / HTTP/1.0\r\ntransfer-encoding: chunked\r\n\r\n").expect("ok");
+        assert!(chunked10.request_framing(0).is_err(), "HTTP/1.0 has no chunked requests");
     }
 }

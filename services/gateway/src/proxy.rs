@@ -40,6 +40,10 @@ const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Most idle connections kept per upstream.
 const POOL_MAX: usize = 1024;
+/// Longest wait for the next bytes of a body, or for a write, on either side.
+const IO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Buffers a connection keeps between requests; a larger one (a big body) is given back.
+const SCRATCH_KEEP: usize = 64 * 1024;
 
 /// Buffers reused by every request of one client connection.
 #[derive(Default)]
@@ -51,6 +55,17 @@ struct Scratch {
     /// The response head (and the first bytes of its body) on its way to the client.
     response: Vec<u8>,
     request_id: Vec<u8>,
+}
+
+impl Scratch {
+    /// An idle connection holds small buffers, whatever its largest request was.
+    fn shrink(&mut self) {
+        for buf in [&mut self.upstream_request, &mut self.body, &mut self.response] {
+            if buf.capacity() > SCRATCH_KEEP {
+                *buf = Vec::new();
+            }
+        }
+    }
 }
 
 /// What the request head said, kept after the head's bytes are consumed.
@@ -77,7 +92,7 @@ enum Target {
 
 /// Serve one client connection until it closes, idles out or the listener closes.
 pub async fn serve(gw: Arc<Gateway>, stream: TcpStream, mut conn: Connection) {
-    let mut client = Wire::new(stream);
+    let mut client = Wire::new(stream).with_io_timeout(IO_TIMEOUT);
     let mut scratch = Scratch::default();
     loop {
         if client.buffered().is_empty() {
@@ -91,9 +106,10 @@ pub async fn serve(gw: Arc<Gateway>, stream: TcpStream, mut conn: Connection) {
                 () = tokio::time::sleep(IDLE_TIMEOUT) => return,
             }
         }
-        match exchange(&gw, &mut client, &conn, &mut scratch).await {
-            Ok(true) => {}
-            Ok(false) | Err(_) => return,
+        let keep = exchange(&gw, &mut client, &conn, &mut scratch).await;
+        scratch.shrink();
+        if !matches!(keep, Ok(true)) {
+            return;
         }
     }
 }
@@ -168,8 +184,9 @@ async fn respond<'g>(
     let index = match head.target {
         Target::Route(index) => index,
         Target::Builtin | Target::NoRoute => {
-            // A body nobody reads: skip it if it is small, else close after answering.
-            let keep = keep && skip_small_body(client, head.framing).await;
+            // A body nobody reads: skip it if it is small and already on its way, else close
+            // after answering (a client waiting for 100 Continue never sends it).
+            let keep = keep && !head.expect_continue && skip_small_body(client, head.framing).await;
             let (route, response) = match head.target {
                 Target::Builtin => match builtin_endpoint(&head.path, &conn.readiness, &conn.metrics).await {
                     Some(response) => (builtin_label(&head.path), response),
@@ -194,7 +211,8 @@ async fn respond<'g>(
         client.write_all(&encode(response, &scratch.request_id, head.version, false, is_head).await).await?;
         return Ok((&route.prefix, 413, false));
     }
-    if head.expect_continue && head.framing != Framing::None && client.buffered().is_empty() {
+    // HTTP/1.0 clients know no interim answers (RFC 9110 section 10.1.1).
+    if head.expect_continue && head.version >= 1 && head.framing != Framing::None && client.buffered().is_empty() {
         client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
     let collected =
@@ -231,9 +249,19 @@ async fn respond<'g>(
                     Ok((&route.prefix, status, client_keep))
                 }
                 Err(e) => {
-                    // The head is out already: all that is left is to close both sides.
                     tracing::warn!(upstream = %upstream.name, request_id = %String::from_utf8_lossy(&scratch.request_id), error = %e, "response body relay failed");
-                    Ok((&route.prefix, status, false))
+                    if scratch.response.is_empty() {
+                        // The head is out already: all that is left is to close both sides.
+                        return Ok((&route.prefix, status, false));
+                    }
+                    // Nothing reached the client yet (the body was bad from its first bytes).
+                    let response = Problem::new(StatusCode::BAD_GATEWAY, "bad_gateway", "Upstream answer unreadable")
+                        .detail(format!("{}: the response body was malformed", upstream.name))
+                        .into_response();
+                    let _ = client
+                        .write_all(&encode(response, &scratch.request_id, head.version, false, is_head).await)
+                        .await;
+                    Ok((&route.prefix, 502, false))
                 }
             }
         }
@@ -292,20 +320,18 @@ fn parse_request(gw: &Gateway, buf: &[u8], scratch: &mut Scratch) -> Result<Opti
     };
     let path = target.split('?').next().unwrap_or(target);
     let seen = MessageHeaders::scan(request.headers)?;
-    let framing = seen.request_framing()?;
+    let framing = seen.request_framing(version)?;
+    let hosts = request.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count();
+    if hosts > 1 || (hosts == 0 && version >= 1) {
+        return Err(WireError::Malformed("an HTTP/1.1 request needs exactly one Host header"));
+    }
 
     scratch.request_id.clear();
     let incoming_id = request.headers.iter().find(|h| h.name.eq_ignore_ascii_case(REQUEST_ID)).map(|h| h.value);
-    let generated = match incoming_id {
-        Some(id) if acceptable_id(id) => {
-            scratch.request_id.extend_from_slice(id);
-            false
-        }
-        _ => {
-            scratch.request_id.extend_from_slice(&next_request_id());
-            true
-        }
-    };
+    match incoming_id {
+        Some(id) if acceptable_id(id) => scratch.request_id.extend_from_slice(id),
+        _ => scratch.request_id.extend_from_slice(&next_request_id()),
+    }
 
     let target_kind = if matches!(path, "/healthz" | "/readyz" | "/metrics") {
         Target::Builtin
@@ -332,7 +358,7 @@ fn parse_request(gw: &Gateway, buf: &[u8], scratch: &mut Scratch) -> Result<Opti
                 || name.eq_ignore_ascii_case(b"content-length")
                 || name.eq_ignore_ascii_case(b"expect")
                 || name.eq_ignore_ascii_case(b"x-forwarded-host")
-                || (generated && name.eq_ignore_ascii_case(REQUEST_ID.as_bytes()));
+                || name.eq_ignore_ascii_case(REQUEST_ID.as_bytes());
             if drop {
                 continue;
             }
@@ -346,12 +372,11 @@ fn parse_request(gw: &Gateway, buf: &[u8], scratch: &mut Scratch) -> Result<Opti
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
-        if generated {
-            out.extend_from_slice(REQUEST_ID.as_bytes());
-            out.extend_from_slice(b": ");
-            out.extend_from_slice(&scratch.request_id);
-            out.extend_from_slice(b"\r\n");
-        }
+        // The one id this request is known by, whatever the caller sent or named in Connection.
+        out.extend_from_slice(REQUEST_ID.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(&scratch.request_id);
+        out.extend_from_slice(b"\r\n");
         head_len = out.len();
     }
     Ok(Some((
@@ -369,11 +394,15 @@ fn parse_request(gw: &Gateway, buf: &[u8], scratch: &mut Scratch) -> Result<Opti
     )))
 }
 
-/// The header names a `Connection` header lists (they describe this hop only).
+/// The header names a `Connection` header lists (they describe this hop only). Framing and
+/// Host are never dropped on a peer's say-so: without them the next hop could not frame or
+/// route the message.
 fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
+    const KEPT: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"host"];
     let mut named = Vec::new();
     for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
-        named.extend(h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii).filter(|t| !t.is_empty()));
+        let tokens = h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
+        named.extend(tokens.filter(|t| !t.is_empty() && !KEPT.iter().any(|k| t.eq_ignore_ascii_case(k))));
     }
     named
 }
@@ -583,9 +612,12 @@ async fn read_answer(
                 out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
                 out.extend_from_slice(b"\r\n");
                 let named = connection_named(response.headers);
+                // Chunks pass through as they came, so the codings they name stay named.
+                let relay_te = framing == Framing::Chunked && head.version >= 1;
                 for h in response.headers.iter() {
                     let name = h.name.as_bytes();
-                    if is_hop_by_hop(name, &named)
+                    let te = name.eq_ignore_ascii_case(b"transfer-encoding");
+                    if (is_hop_by_hop(name, &named) && !(te && relay_te))
                         || name.eq_ignore_ascii_case(REQUEST_ID.as_bytes())
                         || (seen.transfer_encoding && name.eq_ignore_ascii_case(b"content-length"))
                     {
@@ -595,9 +627,6 @@ async fn read_answer(
                     out.extend_from_slice(b": ");
                     out.extend_from_slice(h.value);
                     out.extend_from_slice(b"\r\n");
-                }
-                if framing == Framing::Chunked && head.version >= 1 {
-                    out.extend_from_slice(b"transfer-encoding: chunked\r\n");
                 }
                 finish_head(out, &scratch.request_id, head.version, client_keep);
                 Ok(Some((len, Some((status, framing, upstream_keep, client_keep)))))
@@ -693,7 +722,7 @@ impl Pool {
             .map_err(|_| SendFailure::Connect("timed out".into()))?
             .map_err(|e| SendFailure::Connect(e.to_string()))?;
         let _ = stream.set_nodelay(true);
-        Ok(Wire::new(stream))
+        Ok(Wire::new(stream).with_io_timeout(IO_TIMEOUT))
     }
 }
 
@@ -749,7 +778,10 @@ mod tests {
     #[test]
     fn a_request_without_a_usable_id_gets_a_new_one_upstream() {
         let gw = gateway("/=http://127.0.0.1:9000");
-        let (result, scratch) = parsed(&gw, b"GET / HTTP/1.0\r\nx-request-id: has spaces\r\n\r\n");
+        let (result, scratch) = parsed(
+            &gw,
+            b"GET / HTTP/1.0\r\nx-request-id: has spaces\r\nx-request-id: second\r\nConnection: x-request-id\r\n\r\n",
+        );
         let (_, head) = result.expect("parses").expect("complete");
         assert!(!head.persistent, "HTTP/1.0 closes unless asked to keep alive");
         assert_eq!(scratch.request_id.len(), 32);
@@ -762,14 +794,16 @@ mod tests {
     fn targets_are_routes_builtins_or_nothing() {
         let gw = gateway("/api=http://127.0.0.1:9000");
         let target = |raw: &[u8]| parsed(&gw, raw).0.expect("parses").expect("complete").1.target;
-        assert!(matches!(target(b"GET /api/x HTTP/1.1\r\n\r\n"), Target::Route(0)));
-        assert!(matches!(target(b"GET /healthz HTTP/1.1\r\n\r\n"), Target::Builtin));
-        assert!(matches!(target(b"GET /apix HTTP/1.1\r\n\r\n"), Target::NoRoute));
+        assert!(matches!(target(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n"), Target::Route(0)));
+        assert!(matches!(target(b"GET /healthz HTTP/1.0\r\n\r\n"), Target::Builtin));
+        assert!(matches!(target(b"GET /apix HTTP/1.1\r\nHost: a\r\n\r\n"), Target::NoRoute));
         assert!(parsed(&gw, b"GET /api/x HTTP/1.1\r\nHost: a").0.expect("partial is fine").is_none());
         for bad in [
-            &b"GET api HTTP/1.1\r\n\r\n"[..],
-            b"\x00\x01\x02 / HTTP/1.1\r\n\r\n",
-            b"POST /api HTTP/1.1\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+            &b"GET api HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"\x00\x01\x02 / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST /api HTTP/1.1\r\nHost: a\r\ncontent-length: 1\r\ntransfer-encoding: chunked\r\n\r\n",
+            b"GET /api HTTP/1.1\r\n\r\n",
+            b"GET /api HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
         ] {
             assert!(parsed(&gw, bad).0.is_err(), "{}", String::from_utf8_lossy(bad));
         }
