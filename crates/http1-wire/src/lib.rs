@@ -273,10 +273,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
         mut parse: impl FnMut(&[u8]) -> Result<Option<(usize, T)>, WireError>,
     ) -> Result<T, WireError> {
         loop {
-            if self.start < self.end
-                && let Some((len, taken)) = parse(&self.buf[self.start..self.end])?
-            {
-                self.start += len;
+            if let Some(taken) = self.try_head(&mut parse)? {
                 return Ok(taken);
             }
             if self.end - self.start >= MAX_HEAD {
@@ -286,6 +283,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
                 return Err(WireError::Eof);
             }
         }
+    }
+
+    /// [`Wire::read_head`] over what is buffered only: `None` when no whole head is there yet.
+    pub fn try_head<T>(
+        &mut self,
+        mut parse: impl FnMut(&[u8]) -> Result<Option<(usize, T)>, WireError>,
+    ) -> Result<Option<T>, WireError> {
+        if self.start == self.end {
+            return Ok(None);
+        }
+        let Some((len, taken)) = parse(&self.buf[self.start..self.end])? else { return Ok(None) };
+        self.start += len;
+        Ok(Some(taken))
     }
 
     /// Move the body that follows a head into `sink`; returns the body's length (data bytes).

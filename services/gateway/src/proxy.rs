@@ -4,6 +4,7 @@
 //! request; the gateway's own answers (errors, `/healthz`, `/readyz`, `/metrics`) are the
 //! service kit's responses, encoded here.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,6 +14,7 @@ use http1_wire::{Framing, MessageHeaders, Sink, Wire, WireError};
 use service_runtime::Problem;
 use service_runtime::server::{Connection, Observation, REQUEST_ID, acceptable_id, builtin_endpoint, next_request_id};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tracing::Instrument;
 
 use crate::breaker::Admission;
@@ -68,6 +70,37 @@ impl Scratch {
     }
 }
 
+/// A connection's two timers: the idle wait between requests and the deadline of the request
+/// in flight. Each is moved only when it would fire too late, so deadlines that only grow (the
+/// next request's) cost no timer operation until the earliest of them passes; a fresh timer
+/// per request would cost a timer-wheel insert and removal, and often a wake-up of the driver.
+struct Timers {
+    idle: Pin<Box<Sleep>>,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl Timers {
+    fn new() -> Timers {
+        let far = tokio::time::Instant::now() + IDLE_TIMEOUT;
+        Timers { idle: Box::pin(tokio::time::sleep_until(far)), deadline: Box::pin(tokio::time::sleep_until(far)) }
+    }
+}
+
+/// Resolves once `deadline` has passed, using `timer` lazily (see [`Timers`]).
+async fn until(timer: &mut Pin<Box<Sleep>>, deadline: tokio::time::Instant) {
+    loop {
+        if timer.deadline() > deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().await;
+        if tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        // It fired for an earlier request's deadline: wait for this one's.
+        timer.as_mut().reset(deadline);
+    }
+}
+
 /// What the request head said, kept after the head's bytes are consumed.
 struct RequestHead {
     method: Method,
@@ -94,8 +127,10 @@ enum Target {
 pub async fn serve(gw: Arc<Gateway>, stream: TcpStream, mut conn: Connection) {
     let mut client = Wire::new(stream).with_io_timeout(IO_TIMEOUT);
     let mut scratch = Scratch::default();
+    let mut timers = Timers::new();
     loop {
         if client.buffered().is_empty() {
+            let idle_until = tokio::time::Instant::now() + IDLE_TIMEOUT;
             tokio::select! {
                 biased;
                 filled = client.fill() => match filled {
@@ -103,10 +138,10 @@ pub async fn serve(gw: Arc<Gateway>, stream: TcpStream, mut conn: Connection) {
                     Ok(_) => {}
                 },
                 () = conn.closing.triggered() => return,
-                () = tokio::time::sleep(IDLE_TIMEOUT) => return,
+                () = until(&mut timers.idle, idle_until) => return,
             }
         }
-        let keep = exchange(&gw, &mut client, &conn, &mut scratch).await;
+        let keep = exchange(&gw, &mut client, &conn, &mut scratch, &mut timers.deadline).await;
         scratch.shrink();
         if !matches!(keep, Ok(true)) {
             return;
@@ -126,8 +161,15 @@ async fn exchange(
     client: &mut Wire<TcpStream>,
     conn: &Connection,
     scratch: &mut Scratch,
+    deadline_timer: &mut Pin<Box<Sleep>>,
 ) -> Result<bool, WireError> {
-    let head = match tokio::time::timeout(HEAD_TIMEOUT, client.read_head(|buf| parse_request(gw, buf, scratch))).await {
+    // A head that is all here already needs no timer.
+    let head = match client.try_head(|buf| parse_request(gw, buf, scratch)) {
+        Ok(Some(head)) => Ok(Ok(head)),
+        Ok(None) => tokio::time::timeout(HEAD_TIMEOUT, client.read_head(|buf| parse_request(gw, buf, scratch))).await,
+        Err(e) => Ok(Err(e)),
+    };
+    let head = match head {
         Ok(Ok(head)) => head,
         Ok(Err(e)) => {
             let refusal = match e {
@@ -163,7 +205,7 @@ async fn exchange(
     );
     let span = observation.span().clone();
     async move {
-        let (route, status, keep) = respond(gw, client, conn, scratch, &head).await?;
+        let (route, status, keep) = respond(gw, client, conn, scratch, &head, deadline_timer).await?;
         observation.finish(route, status);
         Ok(keep)
     }
@@ -178,6 +220,7 @@ async fn respond<'g>(
     conn: &Connection,
     scratch: &mut Scratch,
     head: &RequestHead,
+    deadline_timer: &mut Pin<Box<Sleep>>,
 ) -> Result<(&'g str, u16, bool), WireError> {
     let keep = head.persistent && !conn.readiness.is_draining();
     let is_head = head.method == Method::HEAD;
@@ -228,7 +271,7 @@ async fn respond<'g>(
     }
     finish_upstream_request(scratch, head);
 
-    let forwarded = forward(gw, route, upstream, scratch, head, keep).await;
+    let forwarded = forward(gw, route, upstream, scratch, head, keep, deadline_timer).await;
     match forwarded {
         Err(response) => {
             let status = response.status().as_u16();
@@ -456,8 +499,9 @@ async fn forward(
     scratch: &mut Scratch,
     head: &RequestHead,
     client_keep: bool,
+    deadline_timer: &mut Pin<Box<Sleep>>,
 ) -> Result<Answer, Response> {
-    let deadline = Instant::now() + route.timeout;
+    let deadline = tokio::time::Instant::now() + route.timeout;
     let attempts = if is_idempotent(&head.method) { 1 + gw.retries } else { 1 };
     for attempt in 1..=attempts {
         if let Admission::Reject(wait) = upstream.breaker.allow(Instant::now()) {
@@ -473,10 +517,13 @@ async fn forward(
         }
         upstream.show_breaker();
         let last = attempt == attempts;
-        let remaining = deadline.saturating_duration_since(Instant::now());
-        let sent = tokio::time::timeout(remaining, send(upstream, scratch, head, client_keep)).await;
+        let sent = tokio::select! {
+            biased;
+            sent = send(upstream, scratch, head, client_keep) => Ok(sent),
+            () = until(deadline_timer, deadline) => Err(()),
+        };
         match sent {
-            Err(_) => {
+            Err(()) => {
                 // Never retried: the upstream may still be working on it.
                 upstream.breaker.failure(Instant::now());
                 upstream.show_breaker();
@@ -533,10 +580,9 @@ async fn forward(
 }
 
 /// 25 ms, 50 ms, 100 ms ... between attempts, never past the route's deadline.
-async fn backoff(attempt: u32, deadline: Instant) {
+async fn backoff(attempt: u32, deadline: tokio::time::Instant) {
     let wait = Duration::from_millis(25u64 << attempt.min(6).saturating_sub(1));
-    let remaining = deadline.saturating_duration_since(Instant::now());
-    tokio::time::sleep(wait.min(remaining)).await;
+    tokio::time::sleep_until(deadline.min(tokio::time::Instant::now() + wait)).await;
 }
 
 /// One attempt: write the request on a pooled connection (or a new one) and read the answer's

@@ -332,7 +332,10 @@ fn one_kept_alive_connection_carries_pipelined_requests_and_chunked_bodies() {
     assert_eq!((seen[1]["method"].as_str(), seen[1]["body_len"].as_u64()), (Some("POST"), Some(11)));
 
     // Still open: a third request with Expect: 100-continue gets the interim answer, then its own.
-    send_raw(&mut stream, b"PUT /api/three HTTP/1.1\r\nHost: edge\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n");
+    send_raw(
+        &mut stream,
+        b"PUT /api/three HTTP/1.1\r\nHost: edge\r\nContent-Length: 3\r\nExpect: 100-continue\r\n\r\n",
+    );
     let mut interim = [0u8; 25];
     std::io::Read::read_exact(&mut stream, &mut interim).expect("interim answer");
     assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
