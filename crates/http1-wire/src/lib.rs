@@ -413,11 +413,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
     }
 }
 
-/// An I/O future within an optional limit. A future that is ready at once never arms its timer.
+/// An I/O future within an optional limit.
 async fn within(limit: Option<std::time::Duration>, io: impl Future<Output = io::Result<()>>) -> Result<(), WireError> {
-    match limit {
-        Some(limit) => tokio::time::timeout(limit, io).await.map_err(|_| timed_out())?.map_err(WireError::Io),
-        None => io.await.map_err(WireError::Io),
+    let Some(limit) = limit else { return io.await.map_err(WireError::Io) };
+    let mut io = std::pin::pin!(io);
+    // Most writes finish at once; only one that has to wait pays for a timer (and a clock read).
+    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(io.as_mut().poll(cx))).await;
+    match first {
+        std::task::Poll::Ready(done) => done.map_err(WireError::Io),
+        std::task::Poll::Pending => {
+            tokio::time::timeout(limit, io).await.map_err(|_| timed_out())?.map_err(WireError::Io)
+        }
     }
 }
 

@@ -57,6 +57,8 @@ struct Scratch {
     /// The response head (and the first bytes of its body) on its way to the client.
     response: Vec<u8>,
     request_id: Vec<u8>,
+    /// The request's path (without the query), for routing labels, logs and built-in endpoints.
+    path: String,
 }
 
 impl Scratch {
@@ -104,7 +106,6 @@ async fn until(timer: &mut Pin<Box<Sleep>>, deadline: tokio::time::Instant) {
 /// What the request head said, kept after the head's bytes are consumed.
 struct RequestHead {
     method: Method,
-    path: String,
     /// HTTP/1.x minor version.
     version: u8,
     framing: Framing,
@@ -201,7 +202,7 @@ async fn exchange(
         &conn.metrics,
         std::str::from_utf8(&scratch.request_id).unwrap_or_default(),
         &head.method,
-        &head.path,
+        &scratch.path,
     );
     let span = observation.span().clone();
     async move {
@@ -231,11 +232,11 @@ async fn respond<'g>(
             // after answering (a client waiting for 100 Continue never sends it).
             let keep = keep && !head.expect_continue && skip_small_body(client, head.framing).await;
             let (route, response) = match head.target {
-                Target::Builtin => match builtin_endpoint(&head.path, &conn.readiness, &conn.metrics).await {
-                    Some(response) => (builtin_label(&head.path), response),
-                    None => ("no_route", no_route(&head.path)),
+                Target::Builtin => match builtin_endpoint(&scratch.path, &conn.readiness, &conn.metrics).await {
+                    Some(response) => (builtin_label(&scratch.path), response),
+                    None => ("no_route", no_route(&scratch.path)),
                 },
-                _ => ("no_route", no_route(&head.path)),
+                _ => ("no_route", no_route(&scratch.path)),
             };
             let status = response.status().as_u16();
             client.write_all(&encode(response, &scratch.request_id, head.version, keep, is_head).await).await?;
@@ -362,6 +363,8 @@ fn parse_request(gw: &Gateway, buf: &[u8], scratch: &mut Scratch) -> Result<Opti
         None => return Err(WireError::Malformed("request target is not a path")),
     };
     let path = target.split('?').next().unwrap_or(target);
+    scratch.path.clear();
+    scratch.path.push_str(path);
     let seen = MessageHeaders::scan(request.headers)?;
     let framing = seen.request_framing(version)?;
     let hosts = request.headers.iter().filter(|h| h.name.eq_ignore_ascii_case("host")).count();
@@ -425,7 +428,6 @@ fn parse_request(gw: &Gateway, buf: &[u8], scratch: &mut Scratch) -> Result<Opti
     Ok(Some((
         len,
         RequestHead {
-            path: path.to_string(),
             version,
             framing,
             persistent: seen.persistent(version),
@@ -440,18 +442,39 @@ fn parse_request(gw: &Gateway, buf: &[u8], scratch: &mut Scratch) -> Result<Opti
 /// The header names a `Connection` header lists (they describe this hop only). Framing and
 /// Host are never dropped on a peer's say-so: without them the next hop could not frame or
 /// route the message.
-fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Vec<&'h [u8]> {
-    const KEPT: [&[u8]; 3] = [b"content-length", b"transfer-encoding", b"host"];
-    let mut named = Vec::new();
+fn connection_named<'h>(headers: &[httparse::Header<'h>]) -> Named<'h> {
+    const KEPT: [&[u8]; 5] = [b"content-length", b"transfer-encoding", b"host", b"close", b"keep-alive"];
+    let mut named = Named { names: [&[]; NAMED_MAX], len: 0 };
     for h in headers.iter().filter(|h| h.name.eq_ignore_ascii_case("connection")) {
         let tokens = h.value.split(|b| *b == b',').map(<[u8]>::trim_ascii);
-        named.extend(tokens.filter(|t| !t.is_empty() && !KEPT.iter().any(|k| t.eq_ignore_ascii_case(k))));
+        for token in tokens.filter(|t| !t.is_empty() && !KEPT.iter().any(|k| t.eq_ignore_ascii_case(k))) {
+            if named.len < NAMED_MAX {
+                named.names[named.len] = token;
+                named.len += 1;
+            }
+        }
     }
     named
 }
 
-fn is_hop_by_hop(name: &[u8], named: &[&[u8]]) -> bool {
-    HOP_BY_HOP.iter().chain(named).any(|hop| name.eq_ignore_ascii_case(hop))
+/// Most header names one message's `Connection` headers may mark as hop-by-hop (more are
+/// forwarded: harmless, and no allocation per message).
+const NAMED_MAX: usize = 16;
+
+/// Header names a `Connection` header listed, without allocating.
+struct Named<'h> {
+    names: [&'h [u8]; NAMED_MAX],
+    len: usize,
+}
+
+fn is_hop_by_hop(name: &[u8], named: &Named<'_>) -> bool {
+    HOP_BY_HOP.iter().chain(&named.names[..named.len]).any(|hop| name.eq_ignore_ascii_case(hop))
+}
+
+/// A decimal number onto the wire, without a temporary string.
+fn push_decimal(out: &mut Vec<u8>, n: usize) {
+    use std::io::Write as _;
+    let _ = write!(out, "{n}");
 }
 
 /// Append the framing and the collected body to the upstream request.
@@ -461,7 +484,7 @@ fn finish_upstream_request(scratch: &mut Scratch, head: &RequestHead) {
     let has_body = !scratch.body.is_empty() || matches!(head.method, Method::POST | Method::PUT | Method::PATCH);
     if has_body {
         out.extend_from_slice(b"content-length: ");
-        out.extend_from_slice(scratch.body.len().to_string().as_bytes());
+        push_decimal(out, scratch.body.len());
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"\r\n");
@@ -501,10 +524,12 @@ async fn forward(
     client_keep: bool,
     deadline_timer: &mut Pin<Box<Sleep>>,
 ) -> Result<Answer, Response> {
-    let deadline = tokio::time::Instant::now() + route.timeout;
+    let started = tokio::time::Instant::now();
+    let deadline = started + route.timeout;
     let attempts = if is_idempotent(&head.method) { 1 + gw.retries } else { 1 };
     for attempt in 1..=attempts {
-        if let Admission::Reject(wait) = upstream.breaker.allow(Instant::now()) {
+        let now = if attempt == 1 { started.into_std() } else { Instant::now() };
+        if let Admission::Reject(wait) = upstream.breaker.allow(now) {
             upstream.show_breaker();
             upstream.count(Outcome::CircuitOpen);
             let mut response = Problem::new(StatusCode::SERVICE_UNAVAILABLE, "circuit_open", "Upstream unavailable")
@@ -653,7 +678,7 @@ async fn read_answer(
                 let out = &mut scratch.response;
                 out.clear();
                 out.extend_from_slice(b"HTTP/1.1 ");
-                out.extend_from_slice(status.to_string().as_bytes());
+                push_decimal(out, usize::from(status));
                 out.push(b' ');
                 out.extend_from_slice(response.reason.unwrap_or("").as_bytes());
                 out.extend_from_slice(b"\r\n");
@@ -720,7 +745,7 @@ async fn encode(response: Response, request_id: &[u8], version: u8, keep: bool, 
         out.extend_from_slice(b"\r\n");
     }
     out.extend_from_slice(b"content-length: ");
-    out.extend_from_slice(body.len().to_string().as_bytes());
+    push_decimal(&mut out, body.len());
     out.extend_from_slice(b"\r\n");
     finish_head(&mut out, request_id, version, keep);
     if !is_head {
