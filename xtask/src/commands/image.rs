@@ -920,6 +920,39 @@ mod tests {
         assert!(elf_interpreter(b"#!/bin/sh\n").is_err());
     }
 
+    /// Against a real git repository: the tag is the commit's first 12 digits, with `-dirty`
+    /// once the tree has uncommitted changes, and `created` is the commit time either way.
+    #[test]
+    fn the_tag_is_the_commit_and_says_dirty_when_the_tree_is() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let git = |args: &[&str]| {
+            let mut all = vec!["-c", "user.email=t@example.invalid", "-c", "user.name=t"];
+            all.extend(args);
+            crate::git::git(dir.path(), &all).expect("git")
+        };
+        git(&["init", "--quiet"]);
+        std::fs::write(dir.path().join("a.txt"), "one\n").expect("write");
+        git(&["add", "a.txt"]);
+        let env_date = [("GIT_COMMITTER_DATE", "2001-09-09T01:46:40Z")];
+        let out = std::process::Command::new("git")
+            .args(["-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "--quiet", "-m", "one"])
+            .envs(env_date)
+            .current_dir(dir.path())
+            .status()
+            .expect("git commit");
+        assert!(out.success());
+        let clean = Revision::of(dir.path()).expect("revision");
+        assert_eq!((clean.tag.len(), clean.dirty), (12, false), "{clean:?}");
+        assert!(clean.sha.starts_with(&clean.tag));
+        assert_eq!(clean.created, "2001-09-09T01:46:40Z");
+
+        std::fs::write(dir.path().join("a.txt"), "two\n").expect("write");
+        let dirty = Revision::of(dir.path()).expect("revision");
+        assert_eq!(dirty.tag, format!("{}-dirty", clean.tag));
+        assert!(dirty.dirty);
+        assert_eq!(dirty.created, clean.created, "still the commit's time, not the edit's");
+    }
+
     #[test]
     fn registries_are_host_and_port_without_a_scheme() {
         assert!(validate_registry("127.0.0.1:5000").is_ok());
