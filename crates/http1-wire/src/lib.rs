@@ -438,12 +438,12 @@ mod tests {
     /// A wire reading `input` in 7-byte pieces, so every parse has to read more than once.
     fn wire(input: &'static [u8]) -> Wire<tokio::io::DuplexStream> {
         let (ours, mut theirs) = tokio::io::duplex(7);
+        // Writing stops with an error once the test has read what it wanted and dropped its end.
         tokio::spawn(async move {
             for piece in input.chunks(7) {
-                if theirs.write_all(piece).await.is_err() {
-                    return;
-                }
+                theirs.write_all(piece).await?;
             }
+            Ok::<_, io::Error>(())
         });
         Wire::new(ours)
     }

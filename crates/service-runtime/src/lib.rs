@@ -25,7 +25,7 @@ pub use config::{ConfigError, Env};
 pub use health::Readiness;
 pub use metrics::Metrics;
 pub use problem::Problem;
-pub use server::{RouteLabel, ServerConfig};
+pub use server::ServerConfig;
 
 /// Exit code when configuration is missing or invalid (nothing was started).
 pub const EXIT_CONFIG: u8 = 2;

@@ -40,11 +40,6 @@ impl ServerConfig {
     }
 }
 
-/// Put this in a response's extensions to label its metrics with a route the router cannot
-/// see (the gateway labels by matched prefix).
-#[derive(Clone, Debug)]
-pub struct RouteLabel(pub String);
-
 /// Fires once when the process is asked to stop. Clone it into every loop that must stop.
 #[derive(Clone)]
 pub struct Shutdown {
@@ -251,8 +246,9 @@ async fn metrics_text(State(metrics): State<Metrics>) -> Response {
     response
 }
 
-fn is_probe(path: &str) -> bool {
-    matches!(path, "/healthz" | "/readyz" | "/metrics")
+/// The built-in endpoint `path` names, if any (also its metrics route label).
+pub fn builtin_route(path: &str) -> Option<&'static str> {
+    ["/healthz", "/readyz", "/metrics"].into_iter().find(|b| *b == path)
 }
 
 struct InFlight<'a>(&'a prometheus_client::metrics::gauge::Gauge);
@@ -314,19 +310,9 @@ pub fn acceptable_id(b: &[u8]) -> bool {
     !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
 }
 
-/// Request id, span, in-flight gauge, latency metric and one log line per request.
-async fn observe(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
-    observed(&metrics, request, |r| next.run(r)).await
-}
-
-/// Run `handle` with a request id, a span, the in-flight gauge, the per-route latency metric
-/// and a log line. The route label comes from the response's [`RouteLabel`], else the
-/// request's `MatchedPath`.
-async fn observed<F, Fut>(metrics: &Metrics, mut request: Request, handle: F) -> Response
-where
-    F: FnOnce(Request) -> Fut,
-    Fut: std::future::Future<Output = Response>,
-{
+/// The observe middleware: a request id, a span, the in-flight gauge, the per-route latency
+/// metric (labelled by the router's `MatchedPath`) and one log line per request.
+async fn observe(State(metrics): State<Metrics>, mut request: Request, next: Next) -> Response {
     let id = match request.headers().get(REQUEST_ID) {
         Some(v) if acceptable_id(v.as_bytes()) => v.clone(),
         _ => {
@@ -337,10 +323,9 @@ where
     };
     let matched = request.extensions().get::<MatchedPath>().cloned();
     let observation =
-        Observation::begin(metrics, id.to_str().unwrap_or_default(), request.method(), request.uri().path());
-    let mut response = handle(request).instrument(observation.span().clone()).await;
-    let label = response.extensions().get::<RouteLabel>().map(|r| r.0.as_str());
-    let route = label.or(matched.as_ref().map(MatchedPath::as_str)).unwrap_or("unmatched");
+        Observation::begin(&metrics, id.to_str().unwrap_or_default(), request.method(), request.uri().path());
+    let mut response = next.run(request).instrument(observation.span().clone()).await;
+    let route = matched.as_ref().map_or("unmatched", MatchedPath::as_str);
     observation.finish(route, response.status().as_u16());
     response.headers_mut().insert(REQUEST_ID, id);
     response
@@ -349,8 +334,8 @@ where
 /// One request, observed as every service observes its requests: a span carrying the request
 /// id (log lines inside it name the request), the in-flight gauge while it lives (also when it
 /// is dropped half-way because the client went away), and at [`Observation::finish`] the
-/// per-route count and latency and a `request finished` log line. For servers that are not an
-/// axum `Router` (the gateway's proxy path).
+/// per-route count and latency and a `request finished` log line. The axum middleware and the
+/// gateway's proxy path both observe through it.
 pub struct Observation<'m> {
     metrics: &'m Metrics,
     started: Instant,
@@ -366,7 +351,7 @@ impl<'m> Observation<'m> {
             metrics,
             started: Instant::now(),
             method: method_label(method),
-            probe: is_probe(path),
+            probe: builtin_route(path).is_some(),
             span: tracing::info_span!("request", request_id, method = %method, path),
             _in_flight: InFlight::enter(&metrics.in_flight),
         }
@@ -394,12 +379,9 @@ impl<'m> Observation<'m> {
 
 /// `/healthz`, `/readyz` and `/metrics` for servers that are not an axum `Router`.
 pub async fn builtin_endpoint(path: &str, readiness: &Readiness, metrics: &Metrics) -> Option<Response> {
-    let (route, mut response) = match path {
-        "/healthz" => ("/healthz", "ok".into_response()),
-        "/readyz" => ("/readyz", readyz(State(readiness.clone())).await),
-        "/metrics" => ("/metrics", metrics_text(State(metrics.clone())).await),
-        _ => return None,
-    };
-    response.extensions_mut().insert(RouteLabel(route.to_string()));
-    Some(response)
+    Some(match builtin_route(path)? {
+        "/healthz" => "ok".into_response(),
+        "/readyz" => readyz(State(readiness.clone())).await,
+        _ => metrics_text(State(metrics.clone())).await,
+    })
 }

@@ -12,7 +12,9 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, StatusCode, header};
 use http1_wire::{Framing, MessageHeaders, Sink, Wire, WireError};
 use service_runtime::Problem;
-use service_runtime::server::{Connection, Observation, REQUEST_ID, acceptable_id, builtin_endpoint, next_request_id};
+use service_runtime::server::{
+    Connection, Observation, REQUEST_ID, acceptable_id, builtin_endpoint, builtin_route, next_request_id,
+};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tracing::Instrument;
@@ -113,14 +115,12 @@ struct RequestHead {
     expect_continue: bool,
     /// The route's index, or why there is none.
     target: Target,
-    /// Where the upstream head's header block ends in `Scratch::upstream_request` (the
-    /// content-length and the blank line come once the body is read).
-    head_len: usize,
 }
 
 enum Target {
     Route(usize),
-    Builtin,
+    /// `/healthz`, `/readyz` or `/metrics`, also the metrics' route label.
+    Builtin(&'static str),
     NoRoute,
 }
 
@@ -150,12 +150,6 @@ pub async fn serve(gw: Arc<Gateway>, stream: TcpStream, mut conn: Connection) {
     }
 }
 
-/// A request that cannot be served: answer it (when the client can still read) and close.
-enum Refusal {
-    Answer(Response),
-    Silent,
-}
-
 /// One request and its response; `Ok(true)` when the connection stays open for the next.
 async fn exchange(
     gw: &Gateway,
@@ -173,8 +167,9 @@ async fn exchange(
     let head = match head {
         Ok(Ok(head)) => head,
         Ok(Err(e)) => {
+            // A request that cannot be served is answered when the client can still read, then closed.
             let refusal = match e {
-                WireError::HeadTooLarge => Refusal::Answer(
+                WireError::HeadTooLarge => Some(
                     Problem::new(
                         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                         "head_too_large",
@@ -183,14 +178,14 @@ async fn exchange(
                     .detail(format!("the request line and headers may be {} bytes at most", http1_wire::MAX_HEAD))
                     .into_response(),
                 ),
-                WireError::Malformed(what) => Refusal::Answer(
+                WireError::Malformed(what) => Some(
                     Problem::new(StatusCode::BAD_REQUEST, "bad_request", "Malformed request")
                         .detail(what)
                         .into_response(),
                 ),
-                _ => Refusal::Silent,
+                _ => None,
             };
-            if let Refusal::Answer(response) = refusal {
+            if let Some(response) = refusal {
                 let bytes = encode(response, &[], 1, false, false).await;
                 let _ = client.write_all(&bytes).await;
             }
@@ -224,39 +219,37 @@ async fn respond<'g>(
     deadline_timer: &mut Pin<Box<Sleep>>,
 ) -> Result<(&'g str, u16, bool), WireError> {
     let keep = head.persistent && !conn.readiness.is_draining();
-    let is_head = head.method == Method::HEAD;
     let index = match head.target {
         Target::Route(index) => index,
-        Target::Builtin | Target::NoRoute => {
+        Target::Builtin(_) | Target::NoRoute => {
             // A body nobody reads: skip it if it is small and already on its way, else close
             // after answering (a client waiting for 100 Continue never sends it).
             let keep = keep && !head.expect_continue && skip_small_body(client, head.framing).await;
-            let (route, response) = match head.target {
-                Target::Builtin => match builtin_endpoint(&scratch.path, &conn.readiness, &conn.metrics).await {
-                    Some(response) => (builtin_label(&scratch.path), response),
-                    None => ("no_route", no_route(&scratch.path)),
-                },
-                _ => ("no_route", no_route(&scratch.path)),
+            let builtin = match head.target {
+                Target::Builtin(route) => {
+                    builtin_endpoint(route, &conn.readiness, &conn.metrics).await.map(|r| (route, r))
+                }
+                _ => None,
             };
-            let status = response.status().as_u16();
-            client.write_all(&encode(response, &scratch.request_id, head.version, keep, is_head).await).await?;
+            let (route, response) = builtin.unwrap_or_else(|| ("no_route", no_route(&scratch.path)));
+            let status = answer(client, response, scratch, head, keep).await?;
             return Ok((route, status, keep));
         }
     };
     let route = &gw.routes[index];
     let upstream = &gw.upstreams[gw.route_upstream[index]];
 
-    // The body, collected within the limit so an idempotent request can be sent again.
-    scratch.body.clear();
-    if let Framing::Length(n) = head.framing
-        && n > gw.max_body as u64
-    {
-        let response = too_large(gw.max_body);
-        client.write_all(&encode(response, &scratch.request_id, head.version, false, is_head).await).await?;
-        return Ok((&route.prefix, 413, false));
-    }
+    // The body, collected within the limit so an idempotent request can be sent again. A
+    // declared length over the limit is refused unread (and never invited with 100 Continue);
     // HTTP/1.0 clients know no interim answers (RFC 9110 section 10.1.1).
-    if head.expect_continue && head.version >= 1 && head.framing != Framing::None && client.buffered().is_empty() {
+    scratch.body.clear();
+    let declared_too_large = matches!(head.framing, Framing::Length(n) if n > gw.max_body as u64);
+    if head.expect_continue
+        && !declared_too_large
+        && head.version >= 1
+        && head.framing != Framing::None
+        && client.buffered().is_empty()
+    {
         client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
     let collected =
@@ -264,9 +257,8 @@ async fn respond<'g>(
     match collected {
         Ok(_) => {}
         Err(WireError::BodyTooLarge) => {
-            let response = too_large(gw.max_body);
-            client.write_all(&encode(response, &scratch.request_id, head.version, false, is_head).await).await?;
-            return Ok((&route.prefix, 413, false));
+            let status = answer(client, too_large(gw.max_body), scratch, head, false).await?;
+            return Ok((&route.prefix, status, false));
         }
         Err(e) => return Err(e),
     }
@@ -274,11 +266,7 @@ async fn respond<'g>(
 
     let forwarded = forward(gw, route, upstream, scratch, head, keep, deadline_timer).await;
     match forwarded {
-        Err(response) => {
-            let status = response.status().as_u16();
-            client.write_all(&encode(response, &scratch.request_id, head.version, keep, is_head).await).await?;
-            Ok((&route.prefix, status, keep))
-        }
+        Err(response) => Ok((&route.prefix, answer(client, response, scratch, head, keep).await?, keep)),
         Ok(Answer { mut wire, status, framing, upstream_keep, client_keep }) => {
             // The head (already in `scratch.response`) and the body go out together when small.
             let keep_chunked = head.version >= 1;
@@ -302,9 +290,7 @@ async fn respond<'g>(
                     let response = Problem::new(StatusCode::BAD_GATEWAY, "bad_gateway", "Upstream answer unreadable")
                         .detail(format!("{}: the response body was malformed", upstream.name))
                         .into_response();
-                    let _ = client
-                        .write_all(&encode(response, &scratch.request_id, head.version, false, is_head).await)
-                        .await;
+                    let _ = answer(client, response, scratch, head, false).await;
                     Ok((&route.prefix, 502, false))
                 }
             }
@@ -312,12 +298,18 @@ async fn respond<'g>(
     }
 }
 
-fn builtin_label(path: &str) -> &'static str {
-    match path {
-        "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        _ => "/metrics",
-    }
+/// One of the gateway's own answers to the client; the status sent.
+async fn answer(
+    client: &mut Wire<TcpStream>,
+    response: Response,
+    scratch: &Scratch,
+    head: &RequestHead,
+    keep: bool,
+) -> Result<u16, WireError> {
+    let status = response.status().as_u16();
+    let is_head = head.method == Method::HEAD;
+    client.write_all(&encode(response, &scratch.request_id, head.version, keep, is_head).await).await?;
+    Ok(status)
 }
 
 fn no_route(path: &str) -> Response {
@@ -379,15 +371,12 @@ fn parse_request(gw: &Gateway, buf: &[u8], scratch: &mut Scratch) -> Result<Opti
         _ => scratch.request_id.extend_from_slice(&next_request_id()),
     }
 
-    let target_kind = if matches!(path, "/healthz" | "/readyz" | "/metrics") {
-        Target::Builtin
-    } else {
-        match routes::find(&gw.routes, path) {
-            Some(i) => Target::Route(i),
-            None => Target::NoRoute,
-        }
+    let target_kind = match (builtin_route(path), routes::find(&gw.routes, path)) {
+        (Some(builtin), _) => Target::Builtin(builtin),
+        (None, Some(i)) => Target::Route(i),
+        (None, None) => Target::NoRoute,
     };
-    let mut head_len = 0;
+    // The upstream head's header block; its content-length and blank line come once the body is read.
     if let Target::Route(index) = target_kind {
         let out = &mut scratch.upstream_request;
         out.clear();
@@ -423,7 +412,6 @@ fn parse_request(gw: &Gateway, buf: &[u8], scratch: &mut Scratch) -> Result<Opti
         out.extend_from_slice(b": ");
         out.extend_from_slice(&scratch.request_id);
         out.extend_from_slice(b"\r\n");
-        head_len = out.len();
     }
     Ok(Some((
         len,
@@ -433,7 +421,6 @@ fn parse_request(gw: &Gateway, buf: &[u8], scratch: &mut Scratch) -> Result<Opti
             persistent: seen.persistent(version),
             expect_continue: seen.expect_continue,
             target: target_kind,
-            head_len,
             method,
         },
     )))
@@ -480,7 +467,6 @@ fn push_decimal(out: &mut Vec<u8>, n: usize) {
 /// Append the framing and the collected body to the upstream request.
 fn finish_upstream_request(scratch: &mut Scratch, head: &RequestHead) {
     let out = &mut scratch.upstream_request;
-    out.truncate(head.head_len);
     let has_body = !scratch.body.is_empty() || matches!(head.method, Method::POST | Method::PUT | Method::PATCH);
     if has_body {
         out.extend_from_slice(b"content-length: ");
@@ -866,7 +852,7 @@ mod tests {
         let gw = gateway("/api=http://127.0.0.1:9000");
         let target = |raw: &[u8]| parsed(&gw, raw).0.expect("parses").expect("complete").1.target;
         assert!(matches!(target(b"GET /api/x HTTP/1.1\r\nHost: a\r\n\r\n"), Target::Route(0)));
-        assert!(matches!(target(b"GET /healthz HTTP/1.0\r\n\r\n"), Target::Builtin));
+        assert!(matches!(target(b"GET /healthz HTTP/1.0\r\n\r\n"), Target::Builtin("/healthz")));
         assert!(matches!(target(b"GET /apix HTTP/1.1\r\nHost: a\r\n\r\n"), Target::NoRoute));
         assert!(parsed(&gw, b"GET /api/x HTTP/1.1\r\nHost: a").0.expect("partial is fine").is_none());
         for bad in [

@@ -307,13 +307,9 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
 
     if !skip.contains(&Scan::Secrets) {
         let path = out.join("secrets.json");
-        plan.push(Step::internal(
-            "scan:secrets",
-            "built-in secret rules over git-tracked files",
-            Internal::SecretScan { repo: repo.clone(), out: path.clone() },
-            "cargo xtask secrets --no-trivy",
-        ));
-        inputs.push(Input { source: "secrets".into(), format: InputFormat::Findings, path, vuln: false });
+        let task = Internal::SecretScan { repo: repo.clone(), out: path.clone() };
+        let about = "built-in secret rules over git-tracked files";
+        builtin_scan("secrets", about, task, path, "cargo xtask secrets --no-trivy", &mut plan, &mut inputs);
     }
 
     let trivy_step = |name: &str, description: &str, run: TrivyRun, reproduce: &str| {
@@ -495,13 +491,10 @@ fn config_steps(
     // trivy has no compose scanner; xtask checks compose files itself, with or without trivy.
     if repo.join("infra/compose").is_dir() {
         let path = out.join("compose.json");
-        plan.push(Step::internal(
-            "scan:compose",
-            "compose-file checks: privileged, host namespaces, Docker socket, capabilities, root, ports, tags",
-            Internal::ComposeScan { repo: repo.to_path_buf(), out: path.clone() },
-            "cargo xtask scan --skip deny --skip secrets --skip fs --skip images",
-        ));
-        inputs.push(Input { source: "compose".into(), format: InputFormat::Findings, path, vuln: false });
+        let task = Internal::ComposeScan { repo: repo.to_path_buf(), out: path.clone() };
+        let about = "compose-file checks: privileged, host namespaces, Docker socket, capabilities, root, ports, tags";
+        let reproduce = "cargo xtask scan --skip deny --skip secrets --skip fs --skip images";
+        builtin_scan("compose", about, task, path, reproduce, plan, inputs);
     }
     if !trivy {
         not_run.push(ScannerStatus {
@@ -528,6 +521,20 @@ fn config_steps(
     let target = ConfigTarget { source: "trivy-k8s", dir: &rendered, skip_dirs: &[], prefix: "rendered overlay " };
     trivy_config(&target, "trivy config: rendered overlays", repo, out, plan, inputs);
     Ok(())
+}
+
+/// A scan xtask does itself (`task` writes a findings file at `path`), and its report input.
+fn builtin_scan(
+    source: &str,
+    about: &str,
+    task: Internal,
+    path: PathBuf,
+    reproduce: &str,
+    plan: &mut Plan,
+    inputs: &mut Vec<Input>,
+) {
+    plan.push(Step::internal(&format!("scan:{source}"), about, task, reproduce));
+    inputs.push(Input { source: source.into(), format: InputFormat::Findings, path, vuln: false });
 }
 
 fn remove_stale(path: &Path) -> Result<()> {
@@ -724,28 +731,20 @@ pub fn secret_scan(repo: &Path, out: &Path, log: &mut dyn std::io::Write) -> Res
     Ok(())
 }
 
-/// Every compose file under infra/compose (any `*.yml` / `*.yaml` with `services`), checked.
+/// Every git-tracked compose file under infra/compose (any `*.yml` / `*.yaml` with `services`),
+/// checked; tracked files, as the secret scan reads them.
 pub fn compose_scan(repo: &Path, out: &Path, log: &mut dyn std::io::Write) -> Result<()> {
     remove_stale(out)?;
     ensure_parent(out)?;
-    let mut files = Vec::new();
-    let mut dirs = vec![repo.join("infra/compose")];
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-            let path = entry?.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if path.extension().is_some_and(|e| e == "yml" || e == "yaml") {
-                files.push(path);
-            }
-        }
-    }
-    files.sort();
+    let tracked = crate::git::tracked_files(repo).with_context(|| format!("listing files in {}", repo.display()))?;
+    let files: Vec<&String> = tracked
+        .iter()
+        .filter(|f| f.starts_with("infra/compose/") && (f.ends_with(".yml") || f.ends_with(".yaml")))
+        .collect();
     let mut findings = Vec::new();
-    for file in &files {
-        let rel = file.strip_prefix(repo).unwrap_or(file).display().to_string();
-        let text = std::fs::read_to_string(file).with_context(|| format!("reading {rel}"))?;
-        findings.extend(scan::compose::check(&rel, &text).map_err(anyhow::Error::msg)?);
+    for rel in &files {
+        let text = std::fs::read_to_string(repo.join(rel)).with_context(|| format!("reading {rel}"))?;
+        findings.extend(scan::compose::check(rel, &text).map_err(anyhow::Error::msg)?);
     }
     writeln!(log, "{} compose file(s) checked, {} finding(s)", files.len(), findings.len())?;
     std::fs::write(out, serde_json::to_vec_pretty(&findings)?)?;
