@@ -953,6 +953,69 @@ mod tests {
         assert_eq!(dirty.created, clean.created, "still the commit's time, not the edit's");
     }
 
+    /// `image build --changed` on a real git repository holding a copy of the affected-packages
+    /// fixture (util <- kit <- {api, worker}; gateway only runs the api): each edit selects the
+    /// images whose binaries it can alter, for both the cargo command and the image steps.
+    #[test]
+    fn changed_rebuilds_only_the_images_an_edit_can_alter() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/affected");
+        let copied = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(fixture.join("."))
+            .arg(dir.path())
+            .status()
+            .expect("cp runs");
+        assert!(copied.success());
+        let git = |args: &[&str]| {
+            let mut all = vec!["-c", "user.email=t@example.invalid", "-c", "user.name=t"];
+            all.extend(args);
+            crate::git::git(dir.path(), &all).expect("git")
+        };
+        git(&["init", "--quiet"]);
+        git(&["add", "--all"]);
+        git(&["commit", "--quiet", "-m", "fixture"]);
+        let ctx = Ctx { root: dir.path().to_path_buf(), ..crate::test_ctx() };
+        let ws = Workspace::load(dir.path()).expect("fixture workspace loads");
+        let args = BuildArgs { changed: true, base: Some("HEAD".into()), no_load: true, ..Default::default() };
+        let built = |edit: Option<&str>| -> (Vec<String>, Vec<String>) {
+            if let Some(file) = edit {
+                let path = dir.path().join(file);
+                let text = std::fs::read_to_string(&path).expect("read");
+                std::fs::write(&path, text + "\n").expect("write one more line");
+            }
+            let plan = plan(&ctx, &ws, &args).expect("plan");
+            git(&["checkout", "--quiet", "--", "."]);
+            let assembled = plan
+                .steps
+                .iter()
+                .filter_map(|s| s.name.strip_prefix("image:assemble:").map(String::from))
+                .collect::<Vec<_>>();
+            let compiled = plan
+                .steps
+                .iter()
+                .find(|s| s.name == "image:compile")
+                .map(|s| match &s.action {
+                    crate::plan::Action::Exec { args, .. } => {
+                        args.windows(2).filter(|w| w[0] == "-p").map(|w| w[1].clone()).collect()
+                    }
+                    crate::plan::Action::Internal(_) => panic!("image:compile runs cargo"),
+                })
+                .unwrap_or_default();
+            (assembled, compiled)
+        };
+
+        let (none, no_compile) = built(None);
+        assert!(none.is_empty() && no_compile.is_empty(), "a clean tree rebuilds nothing: {none:?} {no_compile:?}");
+        let leaf = built(Some("services/gateway/src/main.rs"));
+        assert_eq!(leaf, (vec!["gateway".to_string()], vec!["gateway".to_string()]));
+        let shared = built(Some("crates/util/src/lib.rs"));
+        assert_eq!(shared.0, ["api", "worker"], "util reaches api and worker through kit; gateway only runs api");
+        assert_eq!(shared.1, shared.0, "cargo builds exactly the images' services");
+        let (everything, _) = built(Some("Cargo.toml"));
+        assert_eq!(everything, ["api", "gateway", "worker"], "a workspace-level file rebuilds every image");
+    }
+
     #[test]
     fn registries_are_host_and_port_without_a_scheme() {
         assert!(validate_registry("127.0.0.1:5000").is_ok());
