@@ -13,7 +13,7 @@ use std::time::Duration;
 use test_support::{Link, eventually, free_port, http};
 
 mod common;
-use common::{docker, docker_ok, target_dir, text, xtask};
+use common::{docker, docker_ok, target_dir, text, xtask, xtask_command};
 
 fn build_manifest() -> serde_json::Value {
     let path = target_dir().join("xtask/images.json");
@@ -164,18 +164,49 @@ fn assert_runs_healthy_as_nonroot(
     assert_eq!(health.status, 200, "{image} /healthz: {}", health.text());
 }
 
-/// The docker builder (infra/docker/Dockerfile, cargo-chef) with a builder image assembled
-/// here: debootstrapped Debian plus this machine's toolchain (no Rust image can be pulled).
-#[test]
-fn the_docker_builder_with_a_locally_made_builder_image_makes_a_healthy_image() {
+/// The docker builder (cargo-chef inside containers) with a builder image assembled here:
+/// debootstrapped Debian plus this machine's toolchain (no Rust image can be pulled). `buildkit`
+/// picks the path: `Dockerfile.buildkit` with cache mounts, or `Dockerfile` through Docker's legacy
+/// builder (`DOCKER_BUILDKIT=0`: no `RUN --mount`, layer caching only).
+fn docker_builder_makes_a_healthy_image(buildkit: bool) {
     let out = xtask(&["image", "builder"]);
     assert!(out.status.success(), "cargo xtask image builder:\n{}", text(&out.stderr));
-    let manifest = build_images(&["--builder", "docker", "--service", "gateway"]);
+    let mut build = xtask_command();
+    build.args(["image", "build", "--builder", "docker", "--service", "gateway"]);
+    if !buildkit {
+        build.env("DOCKER_BUILDKIT", "0");
+    }
+    let out = build.output().expect("xtask binary runs");
+    let said = text(&out.stderr);
+    assert!(out.status.success(), "cargo xtask image build --builder docker:\n{}\n{said}", text(&out.stdout));
+    if buildkit {
+        assert!(
+            said.contains("docker builder: BuildKit through") && said.contains("infra/docker/Dockerfile.buildkit"),
+            "no BuildKit-capable docker client: install the buildx plugin, or the 20.10 CLI at /usr/bin/docker \
+             (apt-get install docker.io):\n{said}"
+        );
+    } else {
+        assert!(
+            said.contains("docker builder: legacy builder") && said.contains("(infra/docker/Dockerfile)"),
+            "{said}"
+        );
+    }
+    let manifest = build_manifest();
     let record = &manifest["images"]["gateway"];
     assert_eq!(record["builder"], "docker");
     let network = Network::create();
     let env = [("GATEWAY_ROUTES", "/v1/jobs=http://127.0.0.1:9".to_string())];
     assert_runs_healthy_as_nonroot("gateway", record, &network, &env);
+}
+
+#[test]
+fn the_docker_builder_with_buildkit_makes_a_healthy_image() {
+    docker_builder_makes_a_healthy_image(true);
+}
+
+#[test]
+fn the_docker_builder_without_buildkit_makes_a_healthy_image() {
+    docker_builder_makes_a_healthy_image(false);
 }
 
 /// The scan's image part on real images: a CycloneDX SBOM per image listing the crates that
@@ -221,6 +252,8 @@ fn sha256_of(path: &str) -> String {
     text(&out.stdout).split_whitespace().next().expect("a digest").to_string()
 }
 
+/// Two builds of one commit: the second writes every tar again, and compiles the gateway again
+/// from a clean state, and every tar must come out with the same sha256.
 #[test]
 fn two_builds_of_one_commit_write_byte_identical_tars() {
     let first = build_images(&["--no-load"]);
@@ -235,7 +268,18 @@ fn two_builds_of_one_commit_write_byte_identical_tars() {
         digests.push((tar.to_string(), sha256_of(tar)));
         std::fs::remove_file(tar).expect("remove the tar before rebuilding");
     }
+    // Compile one service again from its sources (the gateway: the quickest to link), so the
+    // comparison covers cargo's output too, not only how xtask writes the tars.
+    let binary = target_dir().join("x86_64-unknown-linux-gnu/release/gateway");
+    let clean = std::process::Command::new(env!("CARGO"))
+        .args(["clean", "--release", "--target", "x86_64-unknown-linux-gnu", "-p", "gateway"])
+        .current_dir(common::root())
+        .output()
+        .expect("cargo clean runs");
+    assert!(clean.status.success(), "cargo clean -p gateway: {}", text(&clean.stderr));
+    assert!(!binary.exists(), "{} still there after cargo clean", binary.display());
     build_images(&["--no-load"]);
+    assert!(binary.exists(), "the gateway was compiled again");
     for (tar, digest) in digests {
         assert_eq!(sha256_of(&tar), digest, "{tar} changed between two builds of one commit");
     }

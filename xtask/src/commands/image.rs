@@ -495,7 +495,12 @@ fn docker_steps(
     plan.notes.push(if buildkit == "1" {
         format!("docker builder: BuildKit through {program}, cache mounts for the registry and target dir")
     } else {
-        "docker builder: legacy builder (no BuildKit client here): layer caching only".to_string()
+        let why = if std::env::var("DOCKER_BUILDKIT").is_ok_and(|v| v == "0") {
+            "DOCKER_BUILDKIT=0"
+        } else {
+            "no BuildKit client here: docker buildx, or the 20.10 CLI at /usr/bin/docker"
+        };
+        format!("docker builder: legacy builder ({why}): layer caching only")
     });
     let mut built = Vec::new();
     for service in services {
