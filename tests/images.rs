@@ -270,9 +270,9 @@ fn two_builds_of_one_commit_write_byte_identical_tars() {
     }
     // Compile one service again from its sources (the gateway: the quickest to link), so the
     // comparison covers cargo's output too, not only how xtask writes the tars.
-    let binary = target_dir().join("x86_64-unknown-linux-gnu/release/gateway");
+    let binary = target_dir().join("x86_64-unknown-linux-gnu/image/gateway");
     let clean = std::process::Command::new(env!("CARGO"))
-        .args(["clean", "--release", "--target", "x86_64-unknown-linux-gnu", "-p", "gateway"])
+        .args(["clean", "--profile", "image", "--target", "x86_64-unknown-linux-gnu", "-p", "gateway"])
         .current_dir(common::root())
         .output()
         .expect("cargo clean runs");

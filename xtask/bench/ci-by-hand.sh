@@ -31,7 +31,7 @@ cargo build --workspace --locked --release
 
 # The image stage's compile; writing the image tars and the trivy scans have no by-hand
 # equivalent short of Dockerfiles, so the by-hand baseline stops here.
-CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS='-C target-feature=+crt-static' cargo auditable build --release --locked --target x86_64-unknown-linux-gnu -p api -p gateway -p worker
+CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static -C linker-plugin-lto -C link-arg=-Wl,--thinlto-cache-dir=$target/x86_64-unknown-linux-gnu/thinlto-cache -C link-arg=-Wl,--thinlto-cache-policy=cache_size_bytes=1g" cargo auditable build --profile image --locked --target x86_64-unknown-linux-gnu -p api -p gateway -p worker
 
 # The Kubernetes manifests: render each overlay, then the schema and policy checks.
 mkdir -p "$target"/xtask/k8s/rendered

@@ -11,7 +11,8 @@ connections="${2:-32}"
 for tool in nginx wrk taskset; do
   command -v "$tool" >/dev/null || { echo "error: $tool not found (apt-get install nginx-light wrk util-linux)" >&2; exit 1; }
 done
-cargo build --release --locked -p gateway --quiet
+# The binary the gateway's image ships (static, `image` profile, built by xtask's host builder).
+cargo xtask image build --service gateway --no-load >/dev/null
 target="${CARGO_TARGET_DIR:-target}"
 work=$(mktemp -d /tmp/gateway-bench.XXXXXX)
 cleanup() {
@@ -49,7 +50,7 @@ CONF
 taskset -c 1 nginx -c "$work/upstream.conf" -p "$work"
 taskset -c 0 nginx -c "$work/proxy.conf" -p "$work"
 TOKIO_WORKER_THREADS=1 RUST_LOG=warn GATEWAY_ROUTES="/=http://127.0.0.1:18181" LISTEN_HOST=127.0.0.1 PORT=18183 \
-  taskset -c 0 "$target"/release/gateway 2>"$work/gateway.log" &
+  taskset -c 0 "$target"/x86_64-unknown-linux-gnu/image/gateway 2>"$work/gateway.log" &
 gateway_pid=$!
 for _ in $(seq 1 100); do
   curl -fs http://127.0.0.1:18183/ >/dev/null 2>&1 && curl -fs http://127.0.0.1:18182/ >/dev/null 2>&1 && break

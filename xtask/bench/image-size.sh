@@ -14,7 +14,7 @@ rootfs=$target/xtask/rootfs/rust-builder
 cargo xtask image build --service "$svc" >/dev/null 2>&1
 field() { python3 -c "import json,sys; print(json.load(open('$target/xtask/images.json'))['images']['$svc']['$1'])"; }
 image=$(field image)
-binary=$(stat -c %s "$target/x86_64-unknown-linux-gnu/release/$svc")
+binary=$(stat -c %s "$target/x86_64-unknown-linux-gnu/image/$svc")
 ours=$(docker image inspect --format '{{.Size}}' "$image")
 layer=$(field layer_size)
 

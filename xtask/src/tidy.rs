@@ -185,15 +185,15 @@ fn the_by_hand_benchmark_baseline_runs_what_ci_runs() {
     let script = read("xtask/bench/ci-by-hand.sh");
     let plan = crate::commands::ci::plan(&crate::test_ctx(), &Default::default()).expect("ci plan");
     for step in &plan.steps {
-        let crate::plan::Action::Exec { program, .. } = &step.action else {
+        let crate::plan::Action::Exec { program, args, .. } = &step.action else {
             continue;
         };
         if program != &crate::cargo_program() {
             continue;
         }
         // The script sets its own ports and names the target dir through a variable: compare
-        // the command without its environment prefix, from the target dir on.
-        let line: String = step.command_line().split(' ').skip_while(|w| w.contains('=')).collect::<Vec<_>>().join(" ");
+        // the command without its environment, from the target dir on.
+        let line = crate::plan::shell_line(&Default::default(), "cargo", args);
         let line = line.split("/target/").map(|s| s.to_string()).collect::<Vec<_>>();
         let wanted = line.last().expect("non-empty");
         assert!(
@@ -258,6 +258,20 @@ fn tests_that_start_other_binaries_declare_it() {
                 );
             }
         }
+    }
+}
+
+/// The docker builder compiles with the host builder's flags (with its target dir at
+/// /src/target), so both builders make the same kind of binary.
+#[test]
+fn the_dockerfiles_build_with_the_host_builders_flags() {
+    let flags = crate::commands::image::image_rustflags(Path::new("/src/target")).expect("flags");
+    let wanted = format!("ENV CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS=\"{flags}\"");
+    for file in ["infra/docker/Dockerfile", "infra/docker/Dockerfile.buildkit"] {
+        let text = read(file);
+        assert!(text.lines().any(|l| l == wanted), "{file} must set `{wanted}`");
+        let profile = format!("--profile {}", crate::commands::image::PROFILE);
+        assert_eq!(text.matches(&profile).count(), 2, "{file}: cook and build both use `{profile}`");
     }
 }
 
