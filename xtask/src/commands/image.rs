@@ -48,6 +48,7 @@ pub fn image_rustflags(target_dir: &Path) -> Result<String> {
          -C link-arg=-Wl,--thinlto-cache-policy=cache_size_bytes=1g"
     ))
 }
+
 /// Version of the `images.json` layout; bump when a field changes meaning.
 pub const MANIFEST_SCHEMA: u32 = 1;
 
