@@ -22,11 +22,18 @@ fn build_manifest() -> serde_json::Value {
 }
 
 fn build_images(extra: &[&str]) -> serde_json::Value {
+    build_images_with(extra, &[]).0
+}
+
+/// `cargo xtask image build EXTRA` with `env` set, which must succeed: the build manifest, and
+/// what xtask said on stderr.
+fn build_images_with(extra: &[&str], env: &[(&str, &str)]) -> (serde_json::Value, String) {
     let mut args = vec!["image", "build"];
     args.extend(extra);
-    let out = xtask(&args);
-    assert!(out.status.success(), "cargo xtask {}:\n{}\n{}", args.join(" "), text(&out.stdout), text(&out.stderr));
-    build_manifest()
+    let out = xtask_command().args(&args).envs(env.iter().copied()).output().expect("xtask binary runs");
+    let said = text(&out.stderr);
+    assert!(out.status.success(), "cargo xtask {}:\n{}\n{said}", args.join(" "), text(&out.stdout));
+    (build_manifest(), said)
 }
 
 /// A container removed when the test ends, pass or fail.
@@ -171,14 +178,8 @@ fn assert_runs_healthy_as_nonroot(
 fn docker_builder_makes_a_healthy_image(buildkit: bool) {
     let out = xtask(&["image", "builder"]);
     assert!(out.status.success(), "cargo xtask image builder:\n{}", text(&out.stderr));
-    let mut build = xtask_command();
-    build.args(["image", "build", "--builder", "docker", "--service", "gateway"]);
-    if !buildkit {
-        build.env("DOCKER_BUILDKIT", "0");
-    }
-    let out = build.output().expect("xtask binary runs");
-    let said = text(&out.stderr);
-    assert!(out.status.success(), "cargo xtask image build --builder docker:\n{}\n{said}", text(&out.stdout));
+    let env: &[(&str, &str)] = if buildkit { &[] } else { &[("DOCKER_BUILDKIT", "0")] };
+    let (manifest, said) = build_images_with(&["--builder", "docker", "--service", "gateway"], env);
     if buildkit {
         assert!(
             said.contains("docker builder: BuildKit through") && said.contains("infra/docker/Dockerfile.buildkit"),
@@ -191,7 +192,6 @@ fn docker_builder_makes_a_healthy_image(buildkit: bool) {
             "{said}"
         );
     }
-    let manifest = build_manifest();
     let record = &manifest["images"]["gateway"];
     assert_eq!(record["builder"], "docker");
     let network = Network::create();

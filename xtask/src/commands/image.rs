@@ -950,27 +950,27 @@ mod tests {
         assert!(elf_interpreter(b"#!/bin/sh\n").is_err());
     }
 
+    /// `git ARGS` in `dir` as a fixed committer at a fixed commit time (2001-09-09T01:46:40Z).
+    fn git(dir: &Path, args: &[&str]) {
+        let status = crate::runner::clean_command("git")
+            .args(["-c", "user.email=t@example.invalid", "-c", "user.name=t"])
+            .args(args)
+            .env("GIT_COMMITTER_DATE", "2001-09-09T01:46:40Z")
+            .current_dir(dir)
+            .status()
+            .expect("git runs");
+        assert!(status.success(), "git {args:?} in {}", dir.display());
+    }
+
     /// Against a real git repository: the tag is the commit's first 12 digits, with `-dirty`
     /// once the tree has uncommitted changes, and `created` is the commit time either way.
     #[test]
     fn the_tag_is_the_commit_and_says_dirty_when_the_tree_is() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let git = |args: &[&str]| {
-            let mut all = vec!["-c", "user.email=t@example.invalid", "-c", "user.name=t"];
-            all.extend(args);
-            crate::git::git(dir.path(), &all).expect("git")
-        };
-        git(&["init", "--quiet"]);
+        git(dir.path(), &["init", "--quiet"]);
         std::fs::write(dir.path().join("a.txt"), "one\n").expect("write");
-        git(&["add", "a.txt"]);
-        let env_date = [("GIT_COMMITTER_DATE", "2001-09-09T01:46:40Z")];
-        let out = std::process::Command::new("git")
-            .args(["-c", "user.email=t@example.invalid", "-c", "user.name=t", "commit", "--quiet", "-m", "one"])
-            .envs(env_date)
-            .current_dir(dir.path())
-            .status()
-            .expect("git commit");
-        assert!(out.success());
+        git(dir.path(), &["add", "a.txt"]);
+        git(dir.path(), &["commit", "--quiet", "-m", "one"]);
         let clean = Revision::of(dir.path()).expect("revision");
         assert_eq!((clean.tag.len(), clean.dirty), (12, false), "{clean:?}");
         assert!(clean.sha.starts_with(&clean.tag));
@@ -997,14 +997,9 @@ mod tests {
             .status()
             .expect("cp runs");
         assert!(copied.success());
-        let git = |args: &[&str]| {
-            let mut all = vec!["-c", "user.email=t@example.invalid", "-c", "user.name=t"];
-            all.extend(args);
-            crate::git::git(dir.path(), &all).expect("git")
-        };
-        git(&["init", "--quiet"]);
-        git(&["add", "--all"]);
-        git(&["commit", "--quiet", "-m", "fixture"]);
+        git(dir.path(), &["init", "--quiet"]);
+        git(dir.path(), &["add", "--all"]);
+        git(dir.path(), &["commit", "--quiet", "-m", "fixture"]);
         let ctx = Ctx { root: dir.path().to_path_buf(), ..crate::test_ctx() };
         let ws = Workspace::load(dir.path()).expect("fixture workspace loads");
         let args = BuildArgs { changed: true, base: Some("HEAD".into()), no_load: true, ..Default::default() };
@@ -1015,7 +1010,7 @@ mod tests {
                 std::fs::write(&path, text + "\n").expect("write one more line");
             }
             let plan = plan(&ctx, &ws, &args).expect("plan");
-            git(&["checkout", "--quiet", "--", "."]);
+            git(dir.path(), &["checkout", "--quiet", "--", "."]);
             let assembled = plan
                 .steps
                 .iter()
