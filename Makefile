@@ -1,6 +1,6 @@
 # Muscle memory only: every target is exactly one `cargo xtask` command, so `make X` and
 # `cargo xtask X` never differ. `make help` lists what xtask can do.
-.PHONY: help ci test lint fmt fmt-check build release deny secrets image scan dev-up dev-down loadtest doctor setup workflows
+.PHONY: help ci test test-e2e lint fmt fmt-check build release deny secrets image scan dev-up dev-down loadtest doctor setup workflows
 .DEFAULT_GOAL := help
 
 help:
@@ -9,6 +9,8 @@ ci:
 	cargo xtask ci
 test:
 	cargo xtask test
+test-e2e:
+	cargo xtask test --e2e
 lint:
 	cargo xtask lint
 fmt:

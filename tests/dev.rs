@@ -236,7 +236,7 @@ fn ctrl_c_while_waiting_stops_xtask_and_leaves_a_consistent_stack() {
     let mut cmd = Command::new("env");
     cmd.args([
         "--default-signal=INT",
-        env!("CARGO_BIN_EXE_xtask"),
+        common::xtask_bin().to_str().expect("a UTF-8 path"),
         "dev",
         "up",
         "--offline",
@@ -244,6 +244,7 @@ fn ctrl_c_while_waiting_stops_xtask_and_leaves_a_consistent_stack() {
         &stack.project,
     ])
     .current_dir(root())
+    .env("CARGO_MANIFEST_DIR", root().join("xtask"))
     .env("NO_COLOR", "1")
     .stdout(std::process::Stdio::null())
     .stderr(log.reopen().expect("log"))

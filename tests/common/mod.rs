@@ -4,9 +4,36 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// The workspace root: the tests are built as xtask's, whose manifest sits in `<root>/xtask`.
+/// The workspace root: this package's manifest sits in `<root>/tests`.
 pub fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf()
+}
+
+/// The xtask binary under test. `cargo xtask test --e2e` passes its own path in `XTASK_BIN`;
+/// run any other way (`cargo nextest run -p e2e`), the tests build it once with cargo and ask
+/// cargo where it is, so they never run a stale copy.
+pub fn xtask_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("XTASK_BIN").filter(|b| !b.is_empty()) {
+            return PathBuf::from(bin);
+        }
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "--package", "xtask", "--locked", "--message-format=json"])
+            .current_dir(root())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("cargo runs");
+        assert!(out.status.success(), "cargo build --package xtask failed (its errors are above)");
+        text(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| m["target"]["name"] == "xtask" && m["target"]["kind"][0] == "bin")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo names the xtask executable it built")
+    })
+    .clone()
 }
 
 pub fn text(bytes: &[u8]) -> String {
@@ -30,10 +57,15 @@ pub fn target_dir() -> PathBuf {
 }
 
 /// The real `cargo xtask` binary, run from the workspace root with plain (uncoloured, not
-/// GitHub Actions) output: what every end-to-end test starts from.
+/// GitHub Actions) output: what every end-to-end test starts from. `CARGO_MANIFEST_DIR` is what
+/// `cargo xtask` gives it (the test runner set this package's for the test itself).
 pub fn xtask_command() -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.current_dir(root()).env_remove("GITHUB_ACTIONS").env("CARGO_TERM_COLOR", "never").env("NO_COLOR", "1");
+    let mut cmd = Command::new(xtask_bin());
+    cmd.current_dir(root())
+        .env_remove("GITHUB_ACTIONS")
+        .env("CARGO_TERM_COLOR", "never")
+        .env("NO_COLOR", "1")
+        .env("CARGO_MANIFEST_DIR", root().join("xtask"));
     cmd
 }
 

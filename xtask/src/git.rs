@@ -2,22 +2,13 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 
-use crate::runner::clean_command;
+use crate::process::Cmd;
 
 pub fn git(dir: &Path, args: &[&str]) -> Result<String> {
     let git = crate::tools::GIT.require()?;
-    let out = clean_command(git)
-        .arg("-C")
-        .arg(dir)
-        .args(args)
-        .output()
-        .with_context(|| format!("running git {}", args.join(" ")))?;
-    if !out.status.success() {
-        bail!("git {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Cmd::new(git).arg("-C").arg(dir).args(args).read()
 }
 
 fn nul_separated(text: &str) -> Vec<String> {

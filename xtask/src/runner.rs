@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-use crate::plan::{Action, Internal, Lane, Plan, Step};
+use crate::plan::{Action, Lane, Plan, Step, Task};
 use crate::summary::{RunReport, Status, StepResult};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
@@ -70,33 +70,6 @@ impl Ui {
 
 pub struct Options {
     pub keep_going: bool,
-}
-
-/// Variables cargo sets for the crate it runs (xtask). Passed on, they make child cargo
-/// invocations see a changed environment and rebuild crates whose build scripts watch them.
-pub fn is_cargo_injected(key: &str) -> bool {
-    const PREFIXES: &[&str] = &["CARGO_PKG_", "CARGO_MANIFEST_", "CARGO_CFG_", "CARGO_BIN_EXE_"];
-    const EXACT: &[&str] = &[
-        "CARGO_CRATE_NAME",
-        "CARGO_BIN_NAME",
-        "CARGO_PRIMARY_PACKAGE",
-        "CARGO_TARGET_TMPDIR",
-        "CARGO_RUSTC_CURRENT_DIR",
-    ];
-    PREFIXES.iter().any(|p| key.starts_with(p)) || EXACT.contains(&key)
-}
-
-/// A command with the cargo-injected variables removed: the only way xtask spawns processes.
-pub fn clean_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new(program);
-    for (key, _) in std::env::vars_os() {
-        if let Some(k) = key.to_str()
-            && is_cargo_injected(k)
-        {
-            cmd.env_remove(k);
-        }
-    }
-    cmd
 }
 
 /// A finished step and everything it printed.
@@ -277,8 +250,8 @@ fn build_command(step: &Step) -> Option<Command> {
     let Action::Exec { program, args, env, cwd } = &step.action else {
         return None;
     };
-    let mut cmd = clean_command(program);
-    cmd.args(args).envs(env).current_dir(cwd).stdin(Stdio::null());
+    let mut cmd = crate::process::Cmd::new(program).args(args).envs(env).current_dir(cwd).to_command();
+    cmd.stdin(Stdio::null());
     Some(cmd)
 }
 
@@ -297,32 +270,9 @@ fn finish(step: &Step, started: Instant, outcome: Result<std::process::ExitStatu
     }
 }
 
-fn run_internal(step: &Step, task: &Internal, log: &mut dyn Write) -> StepResult {
+fn run_internal(step: &Step, task: &dyn Task, log: &mut dyn Write) -> StepResult {
     let started = Instant::now();
-    let outcome = match task {
-        Internal::PrepareAdvisoryDb { .. } => crate::commands::deny::prepare_advisory_db(task, log),
-        Internal::LinkPypiBinary { python, binary, link } => {
-            crate::commands::setup::link_pypi_binary(python, binary, link, log)
-        }
-        Internal::StartTestDeps { dir, pg_port, redis_port } => {
-            crate::commands::test_deps::start(dir, *pg_port, *redis_port, log)
-        }
-        Internal::StopTestDeps { dir } => crate::commands::test_deps::stop(dir, log),
-        Internal::AssembleImage(a) => crate::commands::image::assemble(a, log),
-        Internal::RecordImages(r) => crate::commands::image::record(r, log),
-        Internal::Debootstrap(d) => crate::commands::image::debootstrap(d, log),
-        Internal::ImportBuilder(b) => crate::commands::image::import_builder(b, log),
-        Internal::ImportRootfs(r) => crate::commands::image::import_rootfs(r, log),
-        Internal::DevUp(u) => crate::commands::dev::up(u, log),
-        Internal::Capture(c) => crate::commands::scan::capture(c, log),
-        Internal::ProbeVulnDb(p) => crate::commands::scan::probe_vuln_db(p, log),
-        Internal::Trivy(t) => crate::commands::scan::run_trivy(t, log),
-        Internal::ScanImages(i) => crate::commands::scan::scan_images(i, log),
-        Internal::SecretScan { repo, out } => crate::commands::scan::secret_scan(repo, out, log),
-        Internal::ComposeScan { repo, out } => crate::commands::scan::compose_scan(repo, out, log),
-        Internal::ScanReport(r) => crate::commands::scan::report(r, log),
-    };
-    match outcome {
+    match task.run(log) {
         Ok(()) => passed(step, started.elapsed()),
         Err(e) => failed(step, None, format!("{e:#}"), started.elapsed()),
     }
@@ -335,7 +285,7 @@ fn run_streaming(step: &Step, stdout_to_stderr: bool) -> StepResult {
     }
     let Some(mut cmd) = build_command(step) else {
         let Action::Internal(task) = &step.action else { unreachable!("exec steps build a command") };
-        return run_internal(step, task, &mut std::io::stderr());
+        return run_internal(step, task.as_ref(), &mut std::io::stderr());
     };
     if stdout_to_stderr {
         cmd.stdout(Stdio::from(std::io::stderr().lock().as_fd_owned()));
@@ -352,7 +302,7 @@ fn run_captured(step: &Step, bar: Option<&indicatif::ProgressBar>) -> Captured {
     let Some(mut cmd) = build_command(step) else {
         let Action::Internal(task) = &step.action else { unreachable!("exec steps build a command") };
         let mut log = Vec::new();
-        let result = run_internal(step, task, &mut log);
+        let result = run_internal(step, task.as_ref(), &mut log);
         return (result, log);
     };
     if bar.is_some() && std::env::var_os("NO_COLOR").is_none() {
@@ -437,15 +387,6 @@ mod tests {
 
     fn ui() -> Ui {
         Ui { format: Format::Human, color: false, tty: false, verbose: false, github: false }
-    }
-
-    #[test]
-    fn cargo_injected_variables_are_recognised() {
-        assert!(is_cargo_injected("CARGO_PKG_NAME"));
-        assert!(is_cargo_injected("CARGO_MANIFEST_DIR"));
-        assert!(!is_cargo_injected("CARGO_HOME"));
-        assert!(!is_cargo_injected("CARGO_TARGET_DIR"));
-        assert!(!is_cargo_injected("CARGO"));
     }
 
     #[test]

@@ -125,11 +125,12 @@ fn every_member_uses_the_workspace_lints() {
 fn xtask_never_depends_on_service_crates() {
     let ws = crate::workspace::Workspace::load(&project_root()).expect("workspace");
     let xtask = &ws.members["xtask"];
-    // Its end-to-end tests may use test-support (dev-dependency); the binary itself stays thin.
+    // Not even as dev-dependencies: the end-to-end tests are their own package (tests/), so
+    // `cargo test -p xtask` compiles no sqlx or tokio.
     assert!(
-        xtask.build_deps.is_empty(),
-        "xtask depends on workspace crates {:?}: keep it thin, hand off instead",
-        xtask.build_deps
+        xtask.build_deps.is_empty() && xtask.deps.is_empty(),
+        "xtask depends on workspace crates {:?}: keep it thin, hand off instead (end-to-end tests go in tests/)",
+        xtask.deps
     );
 }
 
@@ -373,5 +374,41 @@ fn every_service_has_a_k8s_base_that_agrees_with_its_metadata() {
                 "{name}: no {kind}.yaml"
             );
         }
+    }
+}
+
+/// One process layer: `process.rs` is the only file that builds a `std::process::Command`, so
+/// every child gets the cleaned environment and every failure reads the same way.
+#[test]
+fn only_the_process_layer_starts_processes() {
+    let src = project_root().join("xtask/src");
+    // Spelled in two halves so this file does not match itself.
+    let needle = concat!("Command", "::new");
+    let mut offenders = Vec::new();
+    for file in files_under(&src, "rs") {
+        if file.ends_with("process.rs") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file).expect("readable source");
+        for (i, line) in text.lines().enumerate() {
+            let spawns = line
+                .match_indices(needle)
+                .any(|(at, _)| !line[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_'));
+            if spawns {
+                offenders.push(format!("{}:{}", file.strip_prefix(&src).unwrap_or(&file).display(), i + 1));
+            }
+        }
+    }
+    assert!(offenders.is_empty(), "start processes through process::Cmd, not std's {needle}: {}", offenders.join(", "));
+}
+
+/// The engine knows no command: plans, the runner, the process layer, reports and installs
+/// never name `commands::` (commands define their internal steps as `plan::Task` values).
+#[test]
+fn the_engine_never_imports_a_command() {
+    for file in ["plan.rs", "runner.rs", "process.rs", "summary.rs", "install.rs", "tools.rs"] {
+        let text = read(&format!("xtask/src/{file}"));
+        let named = text.lines().position(|l| l.contains(concat!("commands", "::")));
+        assert!(named.is_none(), "xtask/src/{file}:{}: the engine names a command module", named.unwrap_or(0) + 1);
     }
 }

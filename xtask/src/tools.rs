@@ -4,7 +4,6 @@
 //! bumping a tool is one line and CI can key its cache on that file's hash).
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
@@ -206,8 +205,8 @@ pub const DEBOOTSTRAP: Tool = Tool {
 /// prefers it to docker-compose 1.29 and `setup` does not install v1 beside it.
 pub fn compose_v2() -> Option<String> {
     let docker = which::which("docker").ok()?;
-    let out = crate::runner::clean_command(docker).args(["compose", "version", "--short"]).output().ok()?;
-    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let version = crate::process::Cmd::new(docker).args(["compose", "version", "--short"]).read().ok()?;
+    Some(version.trim().to_string())
 }
 
 /// Every tool `doctor` reports on, in the order it prints them.
@@ -293,17 +292,11 @@ impl Tool {
 
     pub fn version(&self, path: &PathBuf) -> Result<String> {
         if self.version_args.is_empty() {
-            let out = Command::new(crate::cargo_program())
-                .args(["install", "--list"])
-                .output()
-                .context("running cargo install --list")?;
-            return installed_version(&String::from_utf8_lossy(&out.stdout), self.name)
+            let list = crate::process::Cmd::new(crate::cargo_program()).args(["install", "--list"]).read()?;
+            return installed_version(&list, self.name)
                 .with_context(|| format!("{} is not in `cargo install --list`", self.name));
         }
-        let out = Command::new(path)
-            .args(self.version_args)
-            .output()
-            .with_context(|| format!("running {} {}", path.display(), self.version_args.join(" ")))?;
+        let out = crate::process::Cmd::new(path).args(self.version_args).output()?;
         let text = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
         parse_version(&text).with_context(|| format!("no version number in `{}` output: {}", self.name, text.trim()))
     }

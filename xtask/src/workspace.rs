@@ -54,11 +54,13 @@ const SERVICE_KEYS: &[&str] = &["port", "health", "ready", "needs"];
 
 impl Workspace {
     pub fn load(root: &Path) -> Result<Workspace> {
-        let metadata = cargo_metadata::MetadataCommand::new()
-            .cargo_path(crate::cargo_program())
-            .manifest_path(root.join("Cargo.toml"))
-            .no_deps()
-            .exec()
+        let manifest = root.join("Cargo.toml");
+        let json = crate::process::Cmd::new(crate::cargo_program())
+            .args(["metadata", "--format-version", "1", "--no-deps", "--manifest-path"])
+            .arg(&manifest)
+            .read()
+            .map_err(|e| UsageError(format!("cannot read the workspace at {}: {e:#}", root.display())))?;
+        let metadata = cargo_metadata::MetadataCommand::parse(json)
             .map_err(|e| UsageError(format!("cannot read the workspace at {}: {e}", root.display())))?;
         Workspace::from_metadata(&metadata)
     }

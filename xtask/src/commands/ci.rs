@@ -10,7 +10,7 @@ use anyhow::Result;
 
 use crate::commands::{build, deny, fmt, image, k8s, lint, scan, secrets, test};
 use crate::plan::Plan;
-use crate::tools::{DOCKER, KUBECTL, NEXTEST, TRIVY, Tool};
+use crate::tools::{DOCKER, KUBECTL, TRIVY, Tool};
 use crate::{Ctx, UsageError, affected};
 
 /// One stage of `ci` and the granular command that is its CI job.
@@ -30,7 +30,13 @@ pub const STAGES: &[Stage] = &[
     Stage { name: "secrets", command: "secrets", about: "Secret scan", needs_setup: true, prepare: &[] },
     Stage { name: "fmt", command: "fmt --check", about: "Formatting", needs_setup: false, prepare: &[] },
     Stage { name: "lint", command: "lint", about: "Clippy", needs_setup: false, prepare: &[] },
-    Stage { name: "test", command: "test", about: "Tests", needs_setup: true, prepare: &[] },
+    Stage {
+        name: "test",
+        command: "test --e2e",
+        about: "Tests (fast and end-to-end tiers)",
+        needs_setup: true,
+        prepare: &[],
+    },
     Stage { name: "deny", command: "deny", about: "Dependency policy (cargo-deny)", needs_setup: true, prepare: &[] },
     Stage { name: "build", command: "build --release", about: "Release build", needs_setup: false, prepare: &[] },
     Stage {
@@ -67,11 +73,6 @@ pub struct Args {
     /// Check advisories against this local advisory-db copy instead of fetching it.
     #[arg(long, value_name = "PATH", env = "XTASK_ADVISORY_DB")]
     pub advisory_db: Option<PathBuf>,
-}
-
-/// `CI` is set (as GitHub Actions and .ci/run set it): missing tools fail instead of skipping.
-pub fn in_ci() -> bool {
-    std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "false")
 }
 
 /// Tools a stage's steps cannot run without.
@@ -133,7 +134,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             plan.notes.push(format!("stage {} skipped (--skip)", stage.name));
             continue;
         }
-        if let Some(note) = missing_tool_note(stage.name, in_ci(), |t| t.locate().is_some()) {
+        if let Some(note) = missing_tool_note(stage.name, crate::in_ci(), |t| ctx.will_have(t)) {
             plan.notes.push(note);
             continue;
         }
@@ -147,7 +148,10 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             "lint" if nothing_affected => continue,
             "lint" => lint::plan(ctx, &packages),
             "test" if nothing_affected => continue,
-            "test" => test::plan_for(ctx, &ws, &packages, None, NEXTEST.locate().is_some())?,
+            "test" => {
+                let run = test::TestRun { packages: &packages, partition: None, e2e: true };
+                test::plan_for(ctx, &ws, &run, &test::TestFacts::gather(ctx, true))?
+            }
             "deny" => deny::plan(ctx, &deny::Args { advisory_db: args.advisory_db.clone(), ..deny::Args::default() })?,
             "build" => build::plan(ctx, &ws, &build::Args { release: true, ..build::Args::default() })?,
             "k8s" => k8s::validate_plan(ctx, &k8s::ValidateArgs::default())?,
@@ -161,8 +165,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
                 &scan::Args {
                     skip: vec![scan::Scan::Deny, scan::Scan::Secrets],
                     advisory_db: args.advisory_db.clone(),
-                    require_vuln_db: std::env::var("XTASK_REQUIRE_VULN_DB")
-                        .is_ok_and(|v| ["1", "true", "yes", "on"].contains(&v.trim().to_ascii_lowercase().as_str())),
+                    require_vuln_db: crate::env_flag("XTASK_REQUIRE_VULN_DB"),
                     ..Default::default()
                 },
             )?,

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
-use crate::plan::{Internal, Plan, Step};
-use crate::runner::clean_command;
+use crate::plan::{Plan, Step, Task};
+use crate::process::Cmd;
 use crate::tools::{CARGO_DENY, GIT};
 use crate::{Ctx, UsageError};
 
@@ -51,7 +51,7 @@ impl Default for Args {
 const SIBLING_SNAPSHOT: &str = "../shared/advisory-db";
 
 pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
-    let (mut plan, cargo_args) = steps(ctx, args)?;
+    let DenySteps { prep: mut plan, cargo_args, rerun } = steps(ctx, args, DenyOutput::Human)?;
     let offline = cargo_args.iter().any(|a| a == "--offline");
     let mut step = Step::cargo(
         "deny",
@@ -64,11 +64,8 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         &ctx.root,
     )
     .requiring(&CARGO_DENY);
-    if let Some(db) = plan.steps.iter().find_map(|s| match &s.action {
-        crate::plan::Action::Internal(Internal::PrepareAdvisoryDb { source, .. }) => Some(source.clone()),
-        _ => None,
-    }) {
-        step = step.reproduced_by(&format!("cargo xtask deny --offline --advisory-db {}", db.display()));
+    if let Some(rerun) = rerun {
+        step = step.reproduced_by(&rerun);
     }
     plan.push(step);
     Ok(plan)
@@ -76,7 +73,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
 
 /// The preparation steps (advisory-db checkout, crate fetch) and the `cargo deny ...` arguments,
 /// shared by `deny` and `scan` (which asks for JSON).
-pub fn steps(ctx: &Ctx, args: &Args) -> Result<(Plan, Vec<String>)> {
+pub fn steps(ctx: &Ctx, args: &Args, output: DenyOutput) -> Result<DenySteps> {
     let mut plan = Plan::new("deny");
     let mut advisory_db = args.advisory_db.clone();
     let sibling = ctx.root.join(SIBLING_SNAPSHOT);
@@ -88,9 +85,8 @@ pub fn steps(ctx: &Ctx, args: &Args) -> Result<(Plan, Vec<String>)> {
     }
     let offline = args.offline || advisory_db.is_some();
     if !offline {
-        let mut cargo_args = vec!["deny", "--workspace", "--all-features", "check", "--show-stats"];
-        cargo_args.extend(CHECKS);
-        return Ok((plan, cargo_args.into_iter().map(String::from).collect()));
+        let cargo_args = deny_args(&["--workspace", "--all-features"], output);
+        return Ok(DenySteps { prep: plan, cargo_args, rerun: None });
     }
     let Some(source) = &advisory_db else {
         return Err(UsageError(
@@ -122,7 +118,7 @@ pub fn steps(ctx: &Ctx, args: &Args) -> Result<(Plan, Vec<String>)> {
         Step::internal(
             "deny:advisory-db",
             "dated git checkout of the advisory-db snapshot",
-            Internal::PrepareAdvisoryDb {
+            PrepareAdvisoryDb {
                 source: source.clone(),
                 checkout,
                 config_in: ctx.root.join("deny.toml"),
@@ -142,10 +138,39 @@ pub fn steps(ctx: &Ctx, args: &Args) -> Result<(Plan, Vec<String>)> {
         &ctx.root,
     ));
     let config = config_out.display().to_string();
-    let mut cargo_args =
-        vec!["deny", "--offline", "--workspace", "--all-features", "--config", &config, "check", "--show-stats"];
-    cargo_args.extend(CHECKS);
-    Ok((plan, cargo_args.into_iter().map(String::from).collect()))
+    let cargo_args = deny_args(&["--offline", "--workspace", "--all-features", "--config", &config], output);
+    let rerun = Some(format!("cargo xtask deny --offline --advisory-db {}", source.display()));
+    Ok(DenySteps { prep: plan, cargo_args, rerun })
+}
+
+/// How cargo-deny reports: statistics for people, or JSON diagnostics for `scan`'s gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyOutput {
+    Human,
+    Json,
+}
+
+/// What running cargo-deny takes: preparation steps, its arguments, and the rerun line when
+/// that differs from the cargo command (an offline database must be prepared first).
+pub struct DenySteps {
+    pub prep: Plan,
+    pub cargo_args: Vec<String>,
+    pub rerun: Option<String>,
+}
+
+/// `cargo deny GLOBAL... [--format json] check [--show-stats] CHECKS...`.
+fn deny_args(global: &[&str], output: DenyOutput) -> Vec<String> {
+    let mut args = vec!["deny"];
+    args.extend(global);
+    if output == DenyOutput::Json {
+        args.extend(["--format", "json"]);
+    }
+    args.push("check");
+    if output == DenyOutput::Human {
+        args.push("--show-stats");
+    }
+    args.extend(CHECKS);
+    args.into_iter().map(String::from).collect()
 }
 
 /// When and from which commit a snapshot was taken.
@@ -204,10 +229,30 @@ pub fn today() -> i64 {
 }
 
 /// The internal step behind `deny --offline`: make the checkout and the derived config.
-pub fn prepare_advisory_db(task: &Internal, log: &mut dyn Write) -> Result<()> {
-    let Internal::PrepareAdvisoryDb { source, checkout, config_in, config_out, max_age_days } = task else {
-        bail!("prepare_advisory_db called with another task: {}", task.summary());
-    };
+/// Turn a plain-files advisory-db snapshot into the dated git checkout cargo-deny reads.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct PrepareAdvisoryDb {
+    pub source: PathBuf,
+    pub checkout: PathBuf,
+    pub config_in: PathBuf,
+    pub config_out: PathBuf,
+    pub max_age_days: u32,
+}
+
+impl Task for PrepareAdvisoryDb {
+    fn summary(&self) -> String {
+        format!("dated git checkout of {} at {}", self.source.display(), self.checkout.display())
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("prepare-advisory-db", self)
+    }
+    fn run(&self, log: &mut dyn Write) -> Result<()> {
+        prepare_advisory_db(self, log)
+    }
+}
+
+pub fn prepare_advisory_db(task: &PrepareAdvisoryDb, log: &mut dyn Write) -> Result<()> {
+    let PrepareAdvisoryDb { source, checkout, config_in, config_out, max_age_days } = task;
     let snap = snapshot_of(source)?;
     let age = today() - snap.day;
     writeln!(
@@ -246,21 +291,11 @@ pub fn prepare_advisory_db(task: &Internal, log: &mut dyn Write) -> Result<()> {
                 "-m",
             ],
         ] {
-            let mut cmd = clean_command(&git);
-            cmd.arg("-C").arg(checkout).args(&args);
+            let mut cmd = Cmd::new(&git).arg("-C").arg(checkout).args(&args);
             if args.contains(&"commit") {
-                cmd.arg(format!("advisory-db snapshot {} ({})", snap.commit, snap.date));
+                cmd = cmd.arg(format!("advisory-db snapshot {} ({})", snap.commit, snap.date));
             }
-            let out =
-                cmd.env("GIT_AUTHOR_DATE", &when).env("GIT_COMMITTER_DATE", &when).output().context("running git")?;
-            if !out.status.success() {
-                bail!(
-                    "git {} in {}: {}",
-                    args.join(" "),
-                    checkout.display(),
-                    String::from_utf8_lossy(&out.stderr).trim()
-                );
-            }
+            cmd.env("GIT_AUTHOR_DATE", &when).env("GIT_COMMITTER_DATE", &when).run()?;
         }
         std::fs::write(&marker, &stamp)?;
     }

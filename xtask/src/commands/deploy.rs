@@ -18,6 +18,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::commands::image::{self, BuildManifest};
 use crate::commands::k8s;
+use crate::process::Cmd;
 use crate::workspace::Workspace;
 use crate::{Ctx, UsageError};
 
@@ -97,36 +98,34 @@ struct Kube {
 }
 
 impl Kube {
-    fn command(&self, args: &[&str]) -> Command {
+    fn cmd(&self, args: &[&str]) -> Cmd {
+        Cmd::new(&self.program).args(args)
+    }
+
+    fn announce(args: &[&str]) {
         eprintln!("$ kubectl {}", args.join(" "));
-        let mut cmd = Command::new(&self.program);
-        cmd.args(args);
-        cmd
+    }
+
+    /// A long-running kubectl whose streams the caller wires itself.
+    fn command(&self, args: &[&str]) -> Command {
+        Kube::announce(args);
+        self.cmd(args).to_command()
     }
 
     /// For polling: the same call without announcing it each time.
     fn quiet_output(&self, args: &[&str]) -> Result<Output> {
-        Command::new(&self.program)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {}", self.program))
+        self.cmd(args).output()
     }
 
     fn output(&self, args: &[&str]) -> Result<Output> {
-        self.command(args)
-            .stdin(Stdio::null())
-            .output()
-            .with_context(|| format!("running {} (is kubectl installed?)", self.program))
+        Kube::announce(args);
+        self.cmd(args).output()
     }
 
-    /// Runs and insists on success; the error carries kubectl's own words.
+    /// Runs and insists on success; the error carries kubectl's last words.
     fn checked(&self, args: &[&str]) -> Result<String> {
-        let out = self.output(args)?;
-        if !out.status.success() {
-            bail!("`kubectl {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        Kube::announce(args);
+        self.cmd(args).read()
     }
 }
 
@@ -494,8 +493,7 @@ fn validate(ctx: &Ctx, env: &str, file: &Path) -> Result<()> {
         unreachable!("policy_step runs cargo")
     };
     eprintln!("$ {}", step.command_line());
-    let status =
-        crate::runner::clean_command(program).args(args).current_dir(cwd).status().context("running k8s-policy")?;
+    let status = Cmd::new(program).args(args).current_dir(cwd).status()?;
     if !status.success() {
         bail!("the pinned render of {env} fails validation (above); nothing was applied");
     }
@@ -571,11 +569,13 @@ fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<ExitCode> {
 
     // 3: what would change.
     let file = render_file.display().to_string();
-    let diff = kube.output(&["diff", "--server-side", "--field-manager=xtask", "--force-conflicts", "-f", &file])?;
+    // `kubectl diff` exits 1 when there are differences; anything else but 0 is a failure.
+    let diff_args = ["diff", "--server-side", "--field-manager=xtask", "--force-conflicts", "-f", &file];
+    Kube::announce(&diff_args);
+    let diff = kube.cmd(&diff_args).ok_codes(&[0, 1]).checked_output()?;
     match diff.status.code() {
         Some(0) => eprintln!("kubectl diff: no changes in {env}"),
-        Some(1) => print!("{}", String::from_utf8_lossy(&diff.stdout)),
-        _ => bail!("`kubectl diff` failed: {}", String::from_utf8_lossy(&diff.stderr).trim()),
+        _ => print!("{}", String::from_utf8_lossy(&diff.stdout)),
     }
     if ctx.dry_run {
         eprintln!("dry run: rendered, pinned, validated and diffed {env}; nothing was applied");

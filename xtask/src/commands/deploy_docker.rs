@@ -29,7 +29,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Output, Stdio};
+use std::process::{ExitCode, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -37,6 +37,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::commands::dev;
 use crate::commands::image::{self, BuildManifest};
+use crate::process::Cmd;
 use crate::workspace::Workspace;
 use crate::{Ctx, UsageError};
 
@@ -420,11 +421,7 @@ struct Docker;
 
 impl Docker {
     fn quiet(&self, args: &[&str]) -> Result<Output> {
-        Command::new("docker")
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .context("running docker (is Docker installed? `cargo xtask doctor` checks)")
+        Cmd::new("docker").args(args).output()
     }
 
     fn checked(&self, args: &[&str]) -> Result<String> {
@@ -433,11 +430,7 @@ impl Docker {
     }
 
     fn checked_quiet(&self, args: &[&str]) -> Result<String> {
-        let out = self.quiet(args)?;
-        if !out.status.success() {
-            bail!("`docker {}` failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+        Ok(Cmd::new("docker").args(args).read()?.trim().to_string())
     }
 
     fn image_exists(&self, image: &str) -> bool {
@@ -580,9 +573,7 @@ fn compose_config(root: &Path, env: &DockerEnv, dir: &Path) -> Result<(ComposeCo
         ))
         .into());
     }
-    let mut cmd = compose_command(root, env, &copies, &["config"])?;
-    cmd.stdin(Stdio::null());
-    let out = cmd.output().context("running compose")?;
+    let out = compose_command(root, env, &copies, &["config"])?.output()?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         return Err(UsageError(format!(
@@ -607,19 +598,17 @@ fn depends_on_names(service: &serde_yaml::Value) -> Vec<String> {
 }
 
 /// Compose on the environment's copies of the files, with its variables.
-fn compose_command(root: &Path, env: &DockerEnv, copies: &[PathBuf], sub: &[&str]) -> Result<Command> {
+fn compose_command(root: &Path, env: &DockerEnv, copies: &[PathBuf], sub: &[&str]) -> Result<Cmd> {
     let program = dev::compose_program()?;
-    let mut cmd = crate::runner::clean_command(&program[0]);
-    cmd.args(&program[1..]).args(["--project-name", &env.project]);
-    cmd.arg("--project-directory").arg(root.join(dev::COMPOSE_DIR));
+    let mut cmd = Cmd::new(&program[0]).args(&program[1..]).args(["--project-name", &env.project]);
+    cmd = cmd.arg("--project-directory").arg(root.join(dev::COMPOSE_DIR));
     for f in copies {
-        cmd.arg("--file").arg(f);
+        cmd = cmd.arg("--file").arg(f);
     }
     // The environment's file, not the developer's infra/compose/.env; the process wins over it.
-    cmd.arg("--env-file").arg(&env.file);
+    cmd = cmd.arg("--env-file").arg(&env.file);
     // Our images come from the build manifest; the tag only has to satisfy the file's `:?`.
-    cmd.args(sub).envs(&env.vars).env("IMAGE_TAG", "from-build-manifest").current_dir(root);
-    Ok(cmd)
+    Ok(cmd.args(sub).envs(&env.vars).env("IMAGE_TAG", "from-build-manifest").current_dir(root))
 }
 
 /// Our image for a service: the pushed digest reference when there is one, else Docker's ID.
@@ -1253,9 +1242,9 @@ fn ensure_image(docker: &Docker, env: &DockerEnv, root: &Path, copies: &[PathBuf
         ))
         .into());
     }
-    let mut cmd = compose_command(root, env, copies, &["build", n.service])?;
+    let cmd = compose_command(root, env, copies, &["build", n.service])?;
     eprintln!("$ compose build {} (image {} is missing)", n.service, n.image);
-    let status = cmd.status().context("running compose build")?;
+    let status = cmd.status()?;
     if !status.success() {
         bail!("building the image of {} failed (above); nothing was changed", n.service);
     }

@@ -9,15 +9,16 @@
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitCode, Stdio};
+use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 
 use crate::commands::image;
-use crate::plan::{Internal, Plan, Step};
-use crate::runner::{Format, clean_command};
+use crate::plan::{Plan, Step, Task};
+use crate::process::Cmd;
+use crate::runner::Format;
 use crate::tools::{DEBOOTSTRAP, DOCKER};
 use crate::{Ctx, UsageError};
 
@@ -216,10 +217,8 @@ impl Compose {
         step
     }
 
-    pub fn command(&self, sub: &[&str]) -> Command {
-        let mut cmd = clean_command(&self.program[0]);
-        cmd.args(self.args(sub)).envs(&self.env).current_dir(&self.cwd);
-        cmd
+    pub fn command(&self, sub: &[&str]) -> Cmd {
+        Cmd::new(&self.program[0]).args(self.args(sub)).envs(&self.env).current_dir(&self.cwd)
     }
 }
 
@@ -279,7 +278,11 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
             Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_FAILED) })
         }
         DevCommand::Urls => {
-            print!("{}", urls(&env_values(&ctx.root))?);
+            let values = env_values(&ctx.root);
+            match ctx.ui.format {
+                Format::Json | Format::Sarif => println!("{}", serde_json::to_string_pretty(&url_map(&values)?)?),
+                Format::Human => print!("{}", urls(&values)?),
+            }
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -301,6 +304,23 @@ fn confirm_reset(project: &str) -> Result<()> {
 
 pub fn urls(values: &BTreeMap<String, String>) -> Result<String> {
     let mut out = String::new();
+    for (what, url) in url_list(values)? {
+        out.push_str(&format!("  {what:<32} {url}\n"));
+    }
+    Ok(out)
+}
+
+/// Service name to URL, for `dev urls --format json`.
+fn url_map(values: &BTreeMap<String, String>) -> Result<BTreeMap<&'static str, String>> {
+    let mut map = BTreeMap::new();
+    for ((service, ..), (_, url)) in PORTS.iter().zip(url_list(values)?) {
+        map.insert(*service, url);
+    }
+    Ok(map)
+}
+
+fn url_list(values: &BTreeMap<String, String>) -> Result<Vec<(&'static str, String)>> {
+    let mut out = Vec::new();
     for (service, var, default, what) in PORTS {
         let port = port_of(values, var, *default)?;
         let url = match *service {
@@ -312,7 +332,7 @@ pub fn urls(values: &BTreeMap<String, String>) -> Result<String> {
             "redis" => format!("redis://127.0.0.1:{port}"),
             _ => format!("http://127.0.0.1:{port}"),
         };
-        out.push_str(&format!("  {what:<32} {url}\n"));
+        out.push((*what, url));
     }
     Ok(out)
 }
@@ -327,12 +347,12 @@ pub fn base_plan(ctx: &Ctx, args: &BaseArgs) -> Result<Plan> {
             Step::internal(
                 "dev:debootstrap",
                 "minimal Debian bookworm via debootstrap",
-                Internal::Debootstrap(Box::new(image::Debootstrap {
+                image::Debootstrap {
                     dir: dir.clone(),
                     suite: "bookworm".into(),
                     mirror: args.mirror.clone(),
                     include: vec!["ca-certificates".into()],
-                })),
+                },
                 "cargo xtask dev base --fresh",
             )
             .requiring(&DEBOOTSTRAP),
@@ -342,11 +362,11 @@ pub fn base_plan(ctx: &Ctx, args: &BaseArgs) -> Result<Plan> {
         Step::internal(
             "dev:base-import",
             &format!("docker import {BASE_IMAGE}"),
-            Internal::ImportRootfs(Box::new(image::ImportRootfs {
+            image::ImportRootfs {
                 dir,
                 tag: BASE_IMAGE.into(),
                 changes: vec!["ENV DEBIAN_FRONTEND=noninteractive".into()],
-            })),
+            },
             "cargo xtask dev base",
         )
         .requiring(&DOCKER),
@@ -441,7 +461,7 @@ pub fn up_plan(ctx: &Ctx, project: &str, args: &UpArgs) -> Result<Plan> {
         Step::internal(
             "dev:up",
             &format!("start {} and wait until healthy (at most {}s)", services.join(", "), args.timeout),
-            Internal::DevUp(Box::new(up)),
+            up,
             "cargo xtask dev up",
         )
         .requiring(&DOCKER),
@@ -462,7 +482,7 @@ pub struct ContainerState {
 }
 
 pub fn containers(project: &str) -> Result<Vec<ContainerState>> {
-    let out = clean_command("docker")
+    let out = Cmd::new("docker")
         .args([
             "ps",
             "--all",
@@ -471,12 +491,8 @@ pub fn containers(project: &str) -> Result<Vec<ContainerState>> {
             "--format",
             "{{.Label \"com.docker.compose.service\"}}\t{{.Names}}\t{{.State}}\t{{.Status}}\t{{.Ports}}",
         ])
-        .output()
-        .context("running docker ps")?;
-    if !out.status.success() {
-        bail!("docker ps: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let mut list: Vec<ContainerState> = String::from_utf8_lossy(&out.stdout)
+        .read()?;
+    let mut list: Vec<ContainerState> = out
         .lines()
         .filter_map(|line| {
             let mut parts = line.split('\t');
@@ -569,10 +585,10 @@ fn summary_line(task: &DevUp, list: &[ContainerState], elapsed: Duration) -> Str
 
 fn last_logs(project: &str, c: &ContainerState, log: &mut dyn std::io::Write) -> Result<()> {
     writeln!(log, "---- {} ({}; {} {}): last log lines ----", c.service, c.name, c.state, c.health)?;
-    let out = clean_command("docker").args(["logs", "--tail", "30", &c.name]).output()?;
+    let out = Cmd::new("docker").args(["logs", "--tail", "30", &c.name]).output()?;
     log.write_all(&out.stdout)?;
     log.write_all(&out.stderr)?;
-    let health = clean_command("docker")
+    let health = Cmd::new("docker")
         .args([
             "inspect",
             "--format",
@@ -590,6 +606,24 @@ fn last_logs(project: &str, c: &ContainerState, log: &mut dyn std::io::Write) ->
         c.service
     )?;
     Ok(())
+}
+
+impl Task for DevUp {
+    fn summary(&self) -> String {
+        format!(
+            "check ports {}, {} up --detach {}, wait for health (at most {}s)",
+            self.ports.iter().map(|p| p.2.to_string()).collect::<Vec<_>>().join(","),
+            self.compose.program.join(" "),
+            self.services.join(" "),
+            self.timeout_secs
+        )
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("dev-up", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        up(self, log)
+    }
 }
 
 /// The internal step: compose up (in its own process group, so Ctrl-C here never interrupts it
@@ -610,6 +644,7 @@ pub fn up(task: &DevUp, log: &mut dyn std::io::Write) -> Result<()> {
     let mut child = task
         .compose
         .command(&sub)
+        .to_command()
         .stdin(Stdio::null())
         .stdout(output.try_clone()?)
         .stderr(output)

@@ -17,8 +17,8 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::oci::{self, ImageDigests, ImageSpec};
-use crate::plan::{Internal, Plan, Step};
-use crate::runner::clean_command;
+use crate::plan::{Plan, Step, Task};
+use crate::process::Cmd;
 use crate::tools::{CARGO_AUDITABLE, DOCKER};
 use crate::workspace::Workspace;
 use crate::{Ctx, UsageError, affected};
@@ -353,11 +353,11 @@ fn host_steps(
     revision: &Revision,
     plan: &mut Plan,
 ) -> Result<()> {
-    let auditable = CARGO_AUDITABLE.locate().is_some();
+    let auditable = ctx.will_have(&CARGO_AUDITABLE);
     let mut cargo_args: Vec<String> = Vec::new();
     if auditable {
         cargo_args.push("auditable".into());
-    } else if crate::commands::ci::in_ci() {
+    } else if crate::in_ci() {
         return Err(anyhow::anyhow!(
             "cargo-auditable not found on PATH (CI images must carry their dependency list for scanners); install: {}",
             CARGO_AUDITABLE.install_hint
@@ -406,7 +406,7 @@ fn host_steps(
         plan.push(Step::internal(
             &format!("image:assemble:{service}"),
             &format!("write {image} as an image tar (scratch + static binary, uid 65532)"),
-            Internal::AssembleImage(Box::new(assemble)),
+            assemble,
             &format!("cargo xtask image build --service {service} --no-load"),
         ));
         if !args.no_load {
@@ -456,7 +456,7 @@ fn record_step(
     Step::internal(
         "image:record",
         &format!("record tags and digests in {}", manifest.display()),
-        Internal::RecordImages(Box::new(RecordImages { records, manifest, loaded, registry, docker_built })),
+        RecordImages { records, manifest, loaded, registry, docker_built },
         "cargo xtask image build",
     )
 }
@@ -467,19 +467,17 @@ fn buildkit_client() -> Option<String> {
     if std::env::var("DOCKER_BUILDKIT").is_ok_and(|v| v == "0") {
         return None;
     }
-    let works =
-        |program: &str, args: &[&str]| clean_command(program).args(args).output().is_ok_and(|o| o.status.success());
-    if works("docker", &["buildx", "version"]) {
+    if Cmd::new("docker").args(["buildx", "version"]).succeeds() {
         return Some("docker".into());
     }
     let legacy_client = "/usr/bin/docker";
-    let version = clean_command(legacy_client).args(["version", "--format", "{{.Client.Version}}"]).output().ok()?;
-    String::from_utf8_lossy(&version.stdout).starts_with("20.").then(|| legacy_client.to_string())
+    let version = Cmd::new(legacy_client).args(["version", "--format", "{{.Client.Version}}"]).read().ok()?;
+    version.starts_with("20.").then(|| legacy_client.to_string())
 }
 
 pub fn rust_version() -> Result<String> {
-    let out = clean_command("rustc").arg("--version").output().context("running rustc --version")?;
-    crate::tools::parse_version(&String::from_utf8_lossy(&out.stdout)).context("rustc printed no version")
+    let out = Cmd::new("rustc").arg("--version").read()?;
+    crate::tools::parse_version(&out).context("rustc printed no version")
 }
 
 pub fn default_builder_tag() -> Result<String> {
@@ -487,7 +485,7 @@ pub fn default_builder_tag() -> Result<String> {
 }
 
 pub fn image_exists(reference: &str) -> bool {
-    clean_command("docker").args(["image", "inspect", reference]).output().is_ok_and(|o| o.status.success())
+    Cmd::new("docker").args(["image", "inspect", reference]).succeeds()
 }
 
 fn docker_steps(
@@ -609,12 +607,12 @@ pub fn builder_plan(ctx: &Ctx, ws: &Workspace, args: &BuilderArgs) -> Result<Pla
             Step::internal(
                 "builder:debootstrap",
                 "Debian bookworm with gcc and libc6-dev (static glibc) via debootstrap",
-                Internal::Debootstrap(Box::new(Debootstrap {
+                Debootstrap {
                     dir: dir.clone(),
                     suite: "bookworm".into(),
                     mirror: args.mirror.clone(),
                     include: ["gcc", "libc6-dev", "ca-certificates"].map(String::from).to_vec(),
-                })),
+                },
                 "cargo xtask image builder --fresh",
             )
             .requiring(&crate::tools::DEBOOTSTRAP),
@@ -633,18 +631,88 @@ pub fn builder_plan(ctx: &Ctx, ws: &Workspace, args: &BuilderArgs) -> Result<Pla
             &ctx.root,
         ));
     }
-    let sysroot = clean_command("rustc").args(["--print", "sysroot"]).output().context("rustc --print sysroot")?;
-    let sysroot = PathBuf::from(String::from_utf8_lossy(&sysroot.stdout).trim());
+    let sysroot = PathBuf::from(Cmd::new("rustc").args(["--print", "sysroot"]).read()?.trim());
     plan.push(
         Step::internal(
             "builder:import",
             &format!("add Rust {} and cargo-chef, docker import {tag}", rust_version()?),
-            Internal::ImportBuilder(Box::new(ImportBuilder { dir, sysroot, cargo_chef, tag })),
+            ImportBuilder { dir, sysroot, cargo_chef, tag },
             "cargo xtask image builder",
         )
         .requiring(&DOCKER),
     );
     Ok(plan)
+}
+
+impl Task for AssembleImage {
+    fn summary(&self) -> String {
+        format!("write {} from {} (uid 65532, port {})", self.tar.display(), self.binary.display(), self.port)
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("assemble-image", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        assemble(self, log)
+    }
+}
+
+impl Task for RecordImages {
+    fn summary(&self) -> String {
+        format!("merge {} image record(s) into {}", self.records.len(), self.manifest.display())
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("record-images", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        record(self, log)
+    }
+}
+
+impl Task for Debootstrap {
+    fn summary(&self) -> String {
+        format!(
+            "debootstrap --variant=minbase --include={} {} {} {}",
+            self.include.join(","),
+            self.suite,
+            self.dir.display(),
+            self.mirror
+        )
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("debootstrap", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        debootstrap(self, log)
+    }
+}
+
+impl Task for ImportBuilder {
+    fn summary(&self) -> String {
+        format!(
+            "copy {} (bin, lib) and cargo-chef into {}, then tar | docker import - {}",
+            self.sysroot.display(),
+            self.dir.display(),
+            self.tag
+        )
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("import-builder", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        import_builder(self, log)
+    }
+}
+
+impl Task for ImportRootfs {
+    fn summary(&self) -> String {
+        format!("tar -C {} -c . | docker import - {}", self.dir.display(), self.tag)
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("import-rootfs", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        import_rootfs(self, log)
+    }
 }
 
 pub fn debootstrap(task: &Debootstrap, log: &mut dyn std::io::Write) -> Result<()> {
@@ -657,13 +725,12 @@ pub fn debootstrap(task: &Debootstrap, log: &mut dyn std::io::Write) -> Result<(
     let include = format!("--include={}", task.include.join(","));
     let args = ["--variant=minbase", include.as_str(), task.suite.as_str()];
     writeln!(log, "$ {} {} {} {}", program.display(), args.join(" "), task.dir.display(), task.mirror)?;
-    let out =
-        clean_command(&program).args(args).arg(&task.dir).arg(&task.mirror).output().context("running debootstrap")?;
-    if !out.status.success() {
-        log.write_all(&out.stdout)?;
-        log.write_all(&out.stderr)?;
-        bail!("debootstrap failed (it needs root and a reachable Debian mirror; see above)");
-    }
+    Cmd::new(&program)
+        .args(args)
+        .arg(&task.dir)
+        .arg(&task.mirror)
+        .run_logged(log)
+        .context("debootstrap needs root and a reachable Debian mirror")?;
     // As Debian's own container images do: packages installed later in a container build must
     // not try to start their services (there is no init to start them under).
     let policy = task.dir.join("usr/sbin/policy-rc.d");
@@ -671,14 +738,6 @@ pub fn debootstrap(task: &Debootstrap, log: &mut dyn std::io::Write) -> Result<(
     std::fs::set_permissions(&policy, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     std::fs::write(task.dir.join(ROOTFS_MARKER), b"")?;
     writeln!(log, "root fs ready in {}", task.dir.display())?;
-    Ok(())
-}
-
-fn run_checked(cmd: &mut std::process::Command, what: &str) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("running {what}"))?;
-    if !out.status.success() {
-        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
     Ok(())
 }
 
@@ -690,10 +749,7 @@ pub fn import_builder(task: &ImportBuilder, log: &mut dyn std::io::Write) -> Res
     std::fs::create_dir_all(&rust)?;
     std::fs::create_dir_all(task.dir.join("usr/local/cargo/bin"))?;
     // The toolchain without its documentation (bin/ and lib/ are what cargo and rustc need).
-    run_checked(
-        clean_command("cp").arg("-a").arg(task.sysroot.join("bin")).arg(task.sysroot.join("lib")).arg(&rust),
-        "copying the toolchain",
-    )?;
+    Cmd::new("cp").arg("-a").arg(task.sysroot.join("bin")).arg(task.sysroot.join("lib")).arg(&rust).run()?;
     std::fs::copy(&task.cargo_chef, task.dir.join("usr/local/cargo/bin/cargo-chef")).context("copying cargo-chef")?;
     // Trust what this machine trusts (a company proxy's CA, say), or cargo cannot reach crates.io.
     let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
@@ -729,23 +785,31 @@ pub fn import_rootfs(task: &ImportRootfs, log: &mut dyn std::io::Write) -> Resul
         bail!("{} is not a finished root file system (its debootstrap step did not complete)", task.dir.display());
     }
     writeln!(log, "$ tar -C {} -c . | docker import - {}", task.dir.display(), task.tag)?;
-    let mut tar = clean_command("tar")
+    let mut tar = Cmd::new("tar")
         .arg("-C")
         .arg(&task.dir)
         .args(["--exclude", ROOTFS_MARKER, "-c", "."])
+        .to_command()
         .stdout(std::process::Stdio::piped())
         .spawn()
         .context("running tar")?;
     let stdin = tar.stdout.take().context("tar's stdout")?;
-    let mut import = clean_command("docker");
-    import.arg("import");
+    let mut import = Cmd::new("docker").arg("import");
     for change in &task.changes {
-        import.args(["--change", change]);
+        import = import.args(["--change", change]);
     }
-    let out = import.args(["-", &task.tag]).stdin(stdin).output().context("running docker import")?;
+    let import = import.args(["-", &task.tag]);
+    let out = import.to_command().stdin(stdin).output().with_context(|| format!("running {}", import.line()))?;
     let tar_ok = tar.wait()?.success();
     if !out.status.success() || !tar_ok {
-        bail!("docker import failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{}",
+            crate::process::failure(
+                &format!("tar -C {} -c . | {}", task.dir.display(), import.line()),
+                out.status,
+                &out.stderr
+            )
+        );
     }
     writeln!(log, "image {} ({})", task.tag, String::from_utf8_lossy(&out.stdout).trim())?;
     Ok(())
@@ -860,21 +924,15 @@ pub fn assemble(task: &AssembleImage, log: &mut dyn std::io::Write) -> Result<()
 
 fn docker_inspect(reference: &str, format: &str) -> Result<String> {
     let docker = DOCKER.require()?;
-    let out = clean_command(docker)
-        .args(["image", "inspect", "--format", format, reference])
-        .output()
-        .context("running docker image inspect")?;
-    if !out.status.success() {
-        bail!("docker image inspect {reference}: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    Ok(Cmd::new(docker).args(["image", "inspect", "--format", format, reference]).read()?.trim().to_string())
 }
 
 /// `<registry>/<service>@sha256:...` from Docker's record of the push.
 fn pushed_digest(registry: &str, record: &ImageRecord) -> Result<String> {
     let repository = format!("{registry}/{}", record.service);
-    let digests = docker_inspect(&record.image, "{{json .RepoDigests}}")?;
-    let digests: Vec<String> = serde_json::from_str(&digests).context("parsing RepoDigests")?;
+    let docker = DOCKER.require()?;
+    let digests: Vec<String> =
+        Cmd::new(docker).args(["image", "inspect", "--format", "{{json .RepoDigests}}", &record.image]).read_json()?;
     digests
         .into_iter()
         .find(|d| d.split_once('@').is_some_and(|(repo, _)| repo == repository))
@@ -952,14 +1010,13 @@ mod tests {
 
     /// `git ARGS` in `dir` as a fixed committer at a fixed commit time (2001-09-09T01:46:40Z).
     fn git(dir: &Path, args: &[&str]) {
-        let status = crate::runner::clean_command("git")
+        Cmd::new("git")
             .args(["-c", "user.email=t@example.invalid", "-c", "user.name=t"])
             .args(args)
             .env("GIT_COMMITTER_DATE", "2001-09-09T01:46:40Z")
             .current_dir(dir)
-            .status()
-            .expect("git runs");
-        assert!(status.success(), "git {args:?} in {}", dir.display());
+            .run()
+            .unwrap_or_else(|e| panic!("{e:#}"));
     }
 
     /// Against a real git repository: the tag is the commit's first 12 digits, with `-dirty`
@@ -990,13 +1047,7 @@ mod tests {
     fn changed_rebuilds_only_the_images_an_edit_can_alter() {
         let dir = tempfile::tempdir().expect("tempdir");
         let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/affected");
-        let copied = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(fixture.join("."))
-            .arg(dir.path())
-            .status()
-            .expect("cp runs");
-        assert!(copied.success());
+        Cmd::new("cp").arg("-a").arg(fixture.join(".")).arg(dir.path()).run().unwrap_or_else(|e| panic!("{e:#}"));
         git(dir.path(), &["init", "--quiet"]);
         git(dir.path(), &["add", "--all"]);
         git(dir.path(), &["commit", "--quiet", "-m", "fixture"]);

@@ -158,11 +158,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     }
     eprintln!("$ {}", load[0].command_line());
     // Hand the terminal over: progress, Ctrl-C and the exit code are loadgen's.
-    let status = std::process::Command::new(program)
-        .args(run_args)
-        .current_dir(&ctx.root)
-        .status()
-        .with_context(|| format!("starting {program}"))?;
+    let status = crate::process::Cmd::new(program).args(run_args).current_dir(&ctx.root).status()?;
     let code = match status.code() {
         Some(code) => code,
         // Killed by a signal: report it the shell's way (128 + signal).

@@ -26,7 +26,28 @@ use anyhow::Result;
 use crate::workspace::Workspace;
 use crate::{Command, Ctx, UsageError};
 
+/// Commands (or modes of them) that cannot print JSON yet, and why: they are rejected with exit
+/// 2 under `--format json` instead of printing text a script would choke on. The one place this
+/// is decided.
+fn json_unsupported(command: &Command, dry_run: bool) -> Option<&'static str> {
+    match command {
+        Command::Deploy(_) => Some("deploy prints its plan, kubectl's diff and the rollout as text"),
+        Command::Loadtest(_) if !dry_run => {
+            Some("the load generator owns the terminal; its JSON report is target/xtask/loadtest/report.json")
+        }
+        Command::Dev(dev::Args { command: dev::DevCommand::Logs(_), .. }) => {
+            Some("dev logs streams the containers' logs")
+        }
+        _ => None,
+    }
+}
+
 pub fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode> {
+    if ctx.ui.format == crate::runner::Format::Json
+        && let Some(why) = json_unsupported(&command, ctx.dry_run)
+    {
+        return Err(UsageError(format!("--format json is not supported here ({why}); use --format human")).into());
+    }
     match command {
         Command::Fmt(args) => ctx.execute(&fmt::plan(ctx, &args)),
         Command::Lint(args) => ctx.execute(&lint::plan(ctx, &args.selection.resolve(&ctx.workspace()?)?)),
@@ -129,14 +150,22 @@ mod plan_tests {
         assert_eq!(argv(&some, "lint")[..5], ["clippy", "-p", "api", "-p", "kit"]);
     }
 
+    const NEXTEST: test::TestFacts = test::TestFacts { nextest: true, compose_v2: true };
+    const NO_NEXTEST: test::TestFacts = test::TestFacts { nextest: false, compose_v2: true };
+
+    fn tests_of(packages: &[String]) -> test::TestRun<'_> {
+        test::TestRun { packages, ..Default::default() }
+    }
+
     #[test]
     fn test_uses_nextest_plus_doctests_or_falls_back_to_cargo_test() {
         let ctx = crate::test_ctx();
         let ws = crate::fixture_workspace();
-        let nextest = test::plan_for(&ctx, &ws, &[], None, true).expect("plan");
+        let nextest = test::plan_for(&ctx, &ws, &tests_of(&[]), &NEXTEST).expect("plan");
         assert_eq!(names(&nextest), ["test", "test:doc"]);
         assert_eq!(argv(&nextest, "test")[..3], ["nextest", "run", "--workspace"]);
-        let some = test::plan_for(&ctx, &ws, &["api".into(), "kit".into()], None, true).expect("plan");
+        let selection = ["api".to_string(), "kit".to_string()];
+        let some = test::plan_for(&ctx, &ws, &tests_of(&selection), &NEXTEST).expect("plan");
         assert!(
             argv(&some, "test").ends_with(&["-E".into(), "package(api) | package(kit)".into()]),
             "{:?}",
@@ -147,7 +176,8 @@ mod plan_tests {
             ["test", "--doc", "--locked", "-p", "kit", "-p", "testkit", "-p", "util"]
         );
 
-        let fallback = test::plan_for(&ctx, &ws, &["api".into()], None, false).expect("plan");
+        let api = ["api".to_string()];
+        let fallback = test::plan_for(&ctx, &ws, &tests_of(&api), &NO_NEXTEST).expect("plan");
         assert_eq!(names(&fallback), ["test:build", "test"]);
         assert_eq!(argv(&fallback, "test"), ["test", "-p", "api", "--locked"]);
         assert!(fallback.notes[0].contains("cargo-nextest not found"), "the fallback is announced");
@@ -157,14 +187,65 @@ mod plan_tests {
     fn test_partitions_shard_nextest_and_run_doctests_once() {
         let ctx = crate::test_ctx();
         let ws = crate::fixture_workspace();
-        let first = test::plan_for(&ctx, &ws, &[], Some("hash:1/2"), true).expect("plan");
+        let shard = |p| test::TestRun { partition: Some(p), ..Default::default() };
+        let first = test::plan_for(&ctx, &ws, &shard("hash:1/2"), &NEXTEST).expect("plan");
         assert!(argv(&first, "test").ends_with(&["--partition".into(), "hash:1/2".into()]));
         assert_eq!(names(&first), ["test", "test:doc"]);
-        let second = test::plan_for(&ctx, &ws, &[], Some("hash:2/2"), true).expect("plan");
+        let second = test::plan_for(&ctx, &ws, &shard("hash:2/2"), &NEXTEST).expect("plan");
         assert_eq!(names(&second), ["test"]);
-        let msg = usage_error(test::plan_for(&ctx, &ws, &[], Some("hash:1/2"), false));
+        let msg = usage_error(test::plan_for(&ctx, &ws, &shard("hash:1/2"), &NO_NEXTEST));
         assert!(msg.contains("needs cargo-nextest"), "{msg}");
-        usage_error(test::plan_for(&ctx, &ws, &[], Some("3/2"), true));
+        usage_error(test::plan_for(&ctx, &ws, &shard("3/2"), &NEXTEST));
+    }
+
+    /// The fast tier leaves the end-to-end package out (not even built); `--e2e` adds it, with
+    /// the tools it needs, the test servers and the xtask binary it drives.
+    #[test]
+    fn test_tiers_are_the_fast_tier_and_the_end_to_end_package() {
+        let ctx = crate::test_ctx();
+        let ws = ctx.workspace().expect("workspace");
+        let fast = test::plan_for(&ctx, &ws, &test::TestRun::default(), &NEXTEST).expect("plan");
+        assert_eq!(names(&fast), ["test:deps-up", "test", "test:doc", "test:deps-down"]);
+        assert_eq!(argv(&fast, "test")[..5], ["nextest", "run", "--workspace", "--exclude", test::E2E_PACKAGE]);
+        let step = fast.steps.iter().find(|s| s.name == "test").expect("test step");
+        assert_eq!(step.reproduce, "cargo xtask test");
+        assert!(!step.requires.iter().any(|t| t.name == "docker"), "the fast tier needs no Docker");
+        assert!(!step.command_line().contains("XTASK_BIN"));
+
+        let all = test::TestRun { e2e: true, ..Default::default() };
+        let e2e = test::plan_for(&ctx, &ws, &all, &test::TestFacts { nextest: true, compose_v2: false }).expect("plan");
+        assert_eq!(argv(&e2e, "test")[..4], ["nextest", "run", "--workspace", "--locked"]);
+        let step = e2e.steps.iter().find(|s| s.name == "test").expect("test step");
+        assert_eq!(step.reproduce, "cargo xtask test --e2e");
+        let tools: Vec<_> = step.requires.iter().map(|t| t.name).collect();
+        for tool in ["docker", "docker-compose", "kubectl", "trivy", "docker-registry"] {
+            assert!(tools.contains(&tool), "{tool} missing from {tools:?}");
+        }
+        let line = step.command_line();
+        assert!(line.contains("XTASK_BIN=") && line.contains("TEST_DATABASE_URL="), "{line}");
+
+        let only_e2e = ["e2e".to_string()];
+        let picked = test::plan_for(&ctx, &ws, &tests_of(&only_e2e), &NEXTEST).expect("plan");
+        assert!(!argv(&picked, "test").contains(&"--exclude".to_string()), "naming the package selects the tier");
+        assert!(picked.steps.iter().any(|s| s.command_line().contains("XTASK_BIN=")));
+    }
+
+    /// Commands that cannot print JSON say so (exit 2) instead of printing text under
+    /// `--format json`; the ones that can are let through.
+    #[test]
+    fn json_is_refused_only_where_it_cannot_be_honoured() {
+        use clap::Parser;
+        let command = |argv: &[&str]| {
+            let cli = crate::Cli::try_parse_from(std::iter::once("xtask").chain(argv.iter().copied())).expect("valid");
+            cli.command
+        };
+        assert!(json_unsupported(&command(&["deploy", "--env", "dev"]), true).is_some());
+        assert!(json_unsupported(&command(&["dev", "logs"]), false).is_some());
+        assert!(json_unsupported(&command(&["loadtest", "smoke"]), false).is_some());
+        assert!(json_unsupported(&command(&["loadtest", "smoke"]), true).is_none(), "a dry run is a plan");
+        for ok in [&["dev", "urls"][..], &["dev", "status"], &["workflows"], &["ci"], &["doctor"], &["scan"]] {
+            assert!(json_unsupported(&command(ok), false).is_none(), "{ok:?}");
+        }
     }
 
     #[test]

@@ -20,8 +20,9 @@ use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::commands::image::{self, BuildManifest};
-use crate::plan::{Internal, Plan, Step};
-use crate::runner::{Format, clean_command};
+use crate::plan::{Plan, Step, Task};
+use crate::process::Cmd;
+use crate::runner::Format;
 use crate::scan::{self, Finding, ScannerStatus, Severity, ignore};
 use crate::tools::{CARGO_DENY, TRIVY};
 use crate::{Ctx, UsageError};
@@ -256,23 +257,19 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     let mut inputs = Vec::new();
     let mut not_run = Vec::new();
     let vuln_state = out.join("vuln-db.json");
-    let in_ci = crate::commands::ci::in_ci();
+    let in_ci = crate::in_ci();
     let trivy_needed = [Scan::Fs, Scan::Config, Scan::Images].iter().any(|s| !skip.contains(s));
-    if trivy_needed && TRIVY.locate().is_none() && in_ci {
+    let trivy = ctx.will_have(&TRIVY);
+    if trivy_needed && !trivy && in_ci {
         return Err(anyhow::anyhow!("CI is set but trivy is not installed; install: {}", TRIVY.install_hint));
     }
-    let trivy = TRIVY.locate().is_some();
 
     if trivy_needed && trivy {
         plan.push(
             Step::internal(
                 "scan:vuln-db",
                 "find trivy's vulnerability DB (download it unless --offline)",
-                Internal::ProbeVulnDb(Box::new(VulnDb {
-                    cache_dir: trivy_cache_dir(),
-                    state: vuln_state.clone(),
-                    try_download: !args.offline,
-                })),
+                VulnDb { cache_dir: trivy_cache_dir(), state: vuln_state.clone(), try_download: !args.offline },
                 "trivy image --download-db-only",
             )
             .requiring(&TRIVY),
@@ -281,12 +278,9 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
 
     if !skip.contains(&Scan::Deny) {
         let deny_args = crate::commands::deny::Args { advisory_db: args.advisory_db.clone(), ..Default::default() };
-        let (prep, mut cargo_args) = crate::commands::deny::steps(ctx, &deny_args)?;
-        plan.notes.extend(prep.notes);
-        plan.steps.extend(prep.steps);
-        cargo_args.retain(|a| a != "--show-stats");
-        let pos = cargo_args.iter().position(|a| a == "check").unwrap_or(cargo_args.len());
-        cargo_args.splice(pos..pos, ["--format".to_string(), "json".to_string()]);
+        let deny = crate::commands::deny::steps(ctx, &deny_args, crate::commands::deny::DenyOutput::Json)?;
+        plan.extend(deny.prep);
+        let cargo_args = deny.cargo_args;
         let path = out.join("deny.ndjson");
         plan.push(capture_step(
             "scan:deny",
@@ -307,13 +301,13 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
 
     if !skip.contains(&Scan::Secrets) {
         let path = out.join("secrets.json");
-        let task = Internal::SecretScan { repo: repo.clone(), out: path.clone() };
+        let task = SecretScan { repo: repo.clone(), out: path.clone() };
         let about = "built-in secret rules over git-tracked files";
         builtin_scan("secrets", about, task, path, "cargo xtask secrets --no-trivy", &mut plan, &mut inputs);
     }
 
     let trivy_step = |name: &str, description: &str, run: TrivyRun, reproduce: &str| {
-        Step::internal(name, description, Internal::Trivy(Box::new(run)), reproduce).requiring(&TRIVY)
+        Step::internal(name, description, run, reproduce).requiring(&TRIVY)
     };
     let skipped_trivy = |source: &str| ScannerStatus {
         source: source.into(),
@@ -369,13 +363,13 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
                 Step::internal(
                     "scan:images",
                     &format!("trivy image + CycloneDX SBOM for every image in {}", manifest.display()),
-                    Internal::ScanImages(Box::new(ImageScans {
+                    ImageScans {
                         manifest,
                         out: out.clone(),
                         sbom_dir: image::output_dir(&ws).join("sbom"),
                         vuln_state: vuln_state.clone(),
                         require_images: in_ci,
-                    })),
+                    },
                     "cargo xtask scan --skip deny --skip secrets --skip fs --skip config",
                 )
                 .requiring(&TRIVY),
@@ -397,7 +391,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     plan.push(Step::internal(
         "scan:report",
         &format!("merge, apply {}, gate on {}", ignore::FILE_NAME, gate_text(&gate)),
-        Internal::ScanReport(Box::new(ReportTask {
+        ReportTask {
             repo,
             out_dir: out,
             inputs,
@@ -406,7 +400,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             vuln_state,
             not_run,
             image_sources,
-        })),
+        },
         "cargo xtask scan",
     ));
     Ok(plan)
@@ -423,7 +417,7 @@ pub fn capture_step(
     reproduce: &str,
     tools: &[&'static crate::tools::Tool],
 ) -> Step {
-    let mut step = Step::internal(name, description, Internal::Capture(Box::new(capture)), reproduce);
+    let mut step = Step::internal(name, description, capture, reproduce);
     for tool in tools {
         step = step.requiring(tool);
     }
@@ -467,7 +461,7 @@ fn trivy_config(
         Step::internal(
             &format!("scan:{}", t.source),
             description,
-            Internal::Trivy(Box::new(run)),
+            run,
             "cargo xtask scan --skip deny --skip secrets --skip fs --skip images",
         )
         .requiring(&TRIVY),
@@ -491,7 +485,7 @@ fn config_steps(
     // trivy has no compose scanner; xtask checks compose files itself, with or without trivy.
     if repo.join("infra/compose").is_dir() {
         let path = out.join("compose.json");
-        let task = Internal::ComposeScan { repo: repo.to_path_buf(), out: path.clone() };
+        let task = ComposeScan { repo: repo.to_path_buf(), out: path.clone() };
         let about = "compose-file checks: privileged, host namespaces, Docker socket, capabilities, root, ports, tags";
         let reproduce = "cargo xtask scan --skip deny --skip secrets --skip fs --skip images";
         builtin_scan("compose", about, task, path, reproduce, plan, inputs);
@@ -527,7 +521,7 @@ fn config_steps(
 fn builtin_scan(
     source: &str,
     about: &str,
-    task: Internal,
+    task: impl Task + 'static,
     path: PathBuf,
     reproduce: &str,
     plan: &mut Plan,
@@ -552,14 +546,140 @@ fn ensure_parent(path: &Path) -> Result<()> {
     Ok(())
 }
 
+impl Task for Capture {
+    fn summary(&self) -> String {
+        let mut line =
+            crate::plan::shell_line(&BTreeMap::new(), crate::plan::display_program(&self.program), &self.args);
+        if let Some(p) = &self.stdout_to {
+            line.push_str(&format!(" > {}", p.display()));
+        }
+        if let Some(p) = &self.stderr_to {
+            line.push_str(&format!(" 2> {}", p.display()));
+        }
+        line
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("capture", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        capture(self, log)
+    }
+}
+
+impl Task for VulnDb {
+    fn summary(&self) -> String {
+        format!(
+            "look for {}/db/trivy.db{}",
+            self.cache_dir.display(),
+            if self.try_download { ", else trivy image --download-db-only" } else { " (offline)" }
+        )
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("probe-vuln-db", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        probe_vuln_db(self, log)
+    }
+}
+
+impl Task for TrivyRun {
+    fn summary(&self) -> String {
+        format!(
+            "trivy {} (scanners: {}{})",
+            self.args.join(" "),
+            if self.scanners.is_empty() { "default".to_string() } else { self.scanners.join(",") },
+            if self.wants_vuln { ", +vuln when the DB is there" } else { "" }
+        )
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("trivy", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        run_trivy(self, log)
+    }
+}
+
+impl Task for ImageScans {
+    fn summary(&self) -> String {
+        format!(
+            "for each image in {}: trivy image --input TAR (secrets, image config, +vuln with a DB) and --format cyclonedx > {}/SERVICE.cdx.json",
+            self.manifest.display(),
+            self.sbom_dir.display()
+        )
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("scan-images", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        scan_images(self, log)
+    }
+}
+
+/// The built-in secret rules into a findings file.
+#[derive(Clone, Debug, Serialize)]
+pub struct SecretScan {
+    pub repo: PathBuf,
+    pub out: PathBuf,
+}
+
+impl Task for SecretScan {
+    fn summary(&self) -> String {
+        format!("built-in secret rules over git ls-files in {} > {}", self.repo.display(), self.out.display())
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("secret-scan", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        secret_scan(&self.repo, &self.out, log)
+    }
+}
+
+/// The compose-file checks over every compose file under `repo`'s infra/compose.
+#[derive(Clone, Debug, Serialize)]
+pub struct ComposeScan {
+    pub repo: PathBuf,
+    pub out: PathBuf,
+}
+
+impl Task for ComposeScan {
+    fn summary(&self) -> String {
+        format!(
+            "compose checks (privileged, host namespaces, Docker socket, capabilities, root, ports, tags) over {}/infra/compose > {}",
+            self.repo.display(),
+            self.out.display()
+        )
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("compose-scan", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        compose_scan(&self.repo, &self.out, log)
+    }
+}
+
+impl Task for ReportTask {
+    fn summary(&self) -> String {
+        format!(
+            "merge {} report(s), apply .scan-ignore.toml, write {}/report.{{json,sarif}}",
+            self.inputs.len(),
+            self.out_dir.display()
+        )
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("scan-report", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        report(self, log)
+    }
+}
+
 pub fn capture(task: &Capture, log: &mut dyn std::io::Write) -> Result<()> {
-    let mut cmd = clean_command(&task.program);
-    cmd.args(&task.args).current_dir(&task.cwd).stdin(std::process::Stdio::null());
+    let cmd = Cmd::new(&task.program).args(&task.args).current_dir(&task.cwd);
     for path in [&task.stdout_to, &task.stderr_to].into_iter().flatten() {
         remove_stale(path)?;
         ensure_parent(path)?;
     }
-    let out = cmd.output().with_context(|| format!("could not start {}", task.program))?;
+    let out = cmd.output()?;
     if let Some(path) = &task.stdout_to {
         std::fs::write(path, &out.stdout)?;
     } else {
@@ -605,7 +725,7 @@ pub fn probe_vuln_db(task: &VulnDb, log: &mut dyn std::io::Write) -> Result<()> 
         let trivy = TRIVY.require()?;
         let args = ["image", "--quiet", "--download-db-only", "--cache-dir"];
         writeln!(log, "$ {} {} {}", trivy.display(), args.join(" "), task.cache_dir.display())?;
-        let out = clean_command(&trivy).args(args).arg(&task.cache_dir).output().context("running trivy")?;
+        let out = Cmd::new(&trivy).args(args).arg(&task.cache_dir).output()?;
         if out.status.success() && db.is_file() {
             state = VulnDbState { available: true, detail: format!("downloaded to {}", db.display()) };
         } else {
@@ -639,7 +759,7 @@ pub fn run_trivy(task: &TrivyRun, log: &mut dyn std::io::Write) -> Result<()> {
         args.splice(1..1, ["--skip-db-update".to_string()]);
     }
     writeln!(log, "$ {}", crate::plan::shell_line(&BTreeMap::new(), &trivy.display().to_string(), &args))?;
-    let out = clean_command(&trivy).args(&args).current_dir(&task.cwd).output().context("running trivy")?;
+    let out = Cmd::new(&trivy).args(&args).current_dir(&task.cwd).output()?;
     log.write_all(&out.stderr)?;
     if !out.status.success() || !task.out.is_file() {
         bail!("trivy exited with {} and wrote no report", out.status.code().unwrap_or(-1));

@@ -36,15 +36,14 @@ pub fn ci_step(ctx: &Ctx) -> Step {
         .reproduced_by("cargo xtask secrets")
 }
 
-fn trivy_required() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
 pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     let repo = args.repo.clone().unwrap_or_else(|| ctx.root.clone());
     let entries = ignore::load(&repo)?;
+    if !args.no_trivy {
+        ctx.install_now(&TRIVY)?;
+    }
     let trivy = if args.no_trivy { None } else { TRIVY.locate() };
-    if trivy.is_none() && !args.no_trivy && trivy_required() {
+    if trivy.is_none() && !args.no_trivy && crate::in_ci() {
         return Err(UsageError(format!(
             "CI is set but trivy is not installed, so only half the secret rules would run; install: {} (or pass --no-trivy knowingly)",
             TRIVY.install_hint
@@ -67,6 +66,10 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
                 secrets::trivy::args(&repo),
                 &repo,
             ));
+        } else if !args.no_trivy && ctx.will_have(&TRIVY) {
+            // Installed before the scan when it really runs; the plan shows that install.
+            let step = Step::exec("secrets:trivy", "trivy secret scanner", "trivy", secrets::trivy::args(&repo), &repo);
+            plan.push(step.requiring(&TRIVY));
         } else if !args.no_trivy {
             plan.notes.push(format!("trivy not installed: built-in rules only ({})", TRIVY.install_hint));
         }

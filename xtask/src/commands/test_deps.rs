@@ -7,13 +7,12 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::plan::{Internal, Plan, Step};
-use crate::runner::clean_command;
+use crate::plan::{Step, Task};
+use crate::process::Cmd;
 use crate::tools::{POSTGRES, REDIS};
 
 /// Where one checkout's test servers keep their data: per checkout, so two clones don't collide.
@@ -30,59 +29,111 @@ fn free_port() -> Result<u16> {
     Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-/// Wrap the test step between starting and stopping the servers, and pass their URLs to it.
-pub fn wrap(plan: &mut Plan, root: &Path) -> Result<()> {
-    let dir = state_dir(root);
-    let (pg_port, redis_port) = (free_port()?, free_port()?);
-    let database_url = format!("postgres://postgres@127.0.0.1:{pg_port}/postgres");
-    let redis_url = format!("redis://127.0.0.1:{redis_port}");
-    let up = Step::internal(
-        "test:deps-up",
-        "start Postgres and Redis on loopback for the tests",
-        Internal::StartTestDeps { dir: dir.clone(), pg_port, redis_port },
-        "cargo xtask test",
-    )
-    .requiring(&POSTGRES)
-    .requiring(&REDIS);
-    let down = Step::internal(
-        "test:deps-down",
-        "stop the test Postgres and Redis",
-        Internal::StopTestDeps { dir },
-        "cargo xtask test",
-    )
-    .always();
-    for step in plan.steps.iter_mut().filter(|s| s.name == "test") {
-        *step = step.clone().with_env("TEST_DATABASE_URL", &database_url).with_env("TEST_REDIS_URL", &redis_url);
+/// The test servers of one run: where they keep their data and the loopback ports they take.
+#[derive(Clone, Debug)]
+pub struct TestServers {
+    dir: PathBuf,
+    pg_port: u16,
+    redis_port: u16,
+}
+
+impl TestServers {
+    /// Two free loopback ports for this checkout's servers (a fact gathered before planning).
+    pub fn on_free_ports(root: &Path) -> Result<TestServers> {
+        Ok(TestServers { dir: state_dir(root), pg_port: free_port()?, redis_port: free_port()? })
     }
-    plan.steps.insert(0, up);
-    plan.steps.push(down);
-    plan.notes.push(format!("tests get a real Postgres ({database_url}) and Redis ({redis_url})"));
-    Ok(())
+
+    fn database_url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.pg_port)
+    }
+
+    fn redis_url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.redis_port)
+    }
+
+    /// What the tests read to find the servers (test-support).
+    pub fn env(&self) -> [(String, String); 2] {
+        [("TEST_DATABASE_URL".into(), self.database_url()), ("TEST_REDIS_URL".into(), self.redis_url())]
+    }
+
+    pub fn note(&self) -> String {
+        format!("tests get a real Postgres ({}) and Redis ({})", self.database_url(), self.redis_url())
+    }
+
+    /// Start both before the tests.
+    pub fn up_step(&self) -> Step {
+        Step::internal(
+            "test:deps-up",
+            "start Postgres and Redis on loopback for the tests",
+            StartTestDeps { dir: self.dir.clone(), pg_port: self.pg_port, redis_port: self.redis_port },
+            "cargo xtask test",
+        )
+        .requiring(&POSTGRES)
+        .requiring(&REDIS)
+    }
+
+    /// Stop them after the tests, whether the tests passed or not.
+    pub fn down_step(&self) -> Step {
+        Step::internal(
+            "test:deps-down",
+            "stop the test Postgres and Redis",
+            StopTestDeps { dir: self.dir.clone() },
+            "cargo xtask test",
+        )
+        .always()
+    }
+}
+
+/// Start Postgres and Redis for the tests on these loopback ports.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StartTestDeps {
+    pub dir: PathBuf,
+    pub pg_port: u16,
+    pub redis_port: u16,
+}
+
+impl Task for StartTestDeps {
+    fn summary(&self) -> String {
+        format!(
+            "start postgres on 127.0.0.1:{} and redis on 127.0.0.1:{} (data in {})",
+            self.pg_port,
+            self.redis_port,
+            self.dir.display()
+        )
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("start-test-deps", self)
+    }
+    fn run(&self, log: &mut dyn Write) -> Result<()> {
+        start(&self.dir, self.pg_port, self.redis_port, log)
+    }
+}
+
+/// Stop them again and remove their data.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct StopTestDeps {
+    pub dir: PathBuf,
+}
+
+impl Task for StopTestDeps {
+    fn summary(&self) -> String {
+        format!("stop the test postgres and redis, remove {}", self.dir.display())
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("stop-test-deps", self)
+    }
+    fn run(&self, log: &mut dyn Write) -> Result<()> {
+        stop(&self.dir, log)
+    }
 }
 
 fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+    Cmd::new("id").arg("-u").read().is_ok_and(|uid| uid.trim() == "0")
 }
 
 /// Run a Postgres program, as the `postgres` user when we are root.
-fn pg_command(program: &Path) -> Command {
-    if is_root() {
-        let mut cmd = clean_command("runuser");
-        cmd.args(["-u", "postgres", "--"]).arg(program);
-        cmd
-    } else {
-        clean_command(program)
-    }
-}
-
-fn run(mut cmd: Command, what: &str, log: &mut dyn Write) -> Result<()> {
-    let out = cmd.output().with_context(|| format!("starting {what}"))?;
-    log.write_all(&out.stdout)?;
-    log.write_all(&out.stderr)?;
-    if !out.status.success() {
-        bail!("{what} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr).trim());
-    }
-    Ok(())
+fn pg_command(program: &Path) -> Cmd {
+    if is_root() { Cmd::new("runuser").args(["-u", "postgres", "--"]).arg(program) } else { Cmd::new(program) }
 }
 
 pub fn start(dir: &Path, pg_port: u16, redis_port: u16, log: &mut dyn Write) -> Result<()> {
@@ -94,45 +145,37 @@ pub fn start(dir: &Path, pg_port: u16, redis_port: u16, log: &mut dyn Write) -> 
     let data = dir.join("pg");
     std::fs::create_dir_all(&data)?;
     if is_root() {
-        run(
-            {
-                let mut c = clean_command("chown");
-                c.args(["-R", "postgres:"]).arg(dir);
-                c
-            },
-            "chown to postgres",
-            log,
-        )?;
+        Cmd::new("chown").args(["-R", "postgres:"]).arg(dir).run_logged(log)?;
     }
-    let mut initdb = pg_command(&bin.join("initdb"));
-    initdb.args(["-D"]).arg(&data).args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]);
-    run(initdb, "initdb", log)?;
+    pg_command(&bin.join("initdb"))
+        .args(["-D"])
+        .arg(&data)
+        .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"])
+        .run_logged(log)?;
     let options = format!(
         "-p {pg_port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off \
          -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
         dir.display()
     );
-    let mut start = pg_command(&pg_ctl);
-    start
+    pg_command(&pg_ctl)
         .arg("-D")
         .arg(&data)
         .arg("-l")
         .arg(dir.join("postgres.log"))
-        .args(["-o", &options, "-w", "-t", "60", "start"]);
-    run(start, "pg_ctl start", log)?;
+        .args(["-o", &options, "-w", "-t", "60", "start"])
+        .run_logged(log)?;
     writeln!(log, "postgres listening on 127.0.0.1:{pg_port}")?;
 
     let redis = REDIS.require()?;
-    let mut redis_cmd = clean_command(redis);
-    redis_cmd
+    Cmd::new(redis)
         .args(["--port", &redis_port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
         .args(["--daemonize", "yes", "--pidfile"])
         .arg(dir.join("redis.pid"))
         .arg("--logfile")
         .arg(dir.join("redis.log"))
         .arg("--dir")
-        .arg(dir);
-    run(redis_cmd, "redis-server", log)?;
+        .arg(dir)
+        .run_logged(log)?;
     wait_for_redis(SocketAddr::from(([127, 0, 0, 1], redis_port)), Duration::from_secs(20))?;
     writeln!(log, "redis listening on 127.0.0.1:{redis_port}")?;
     Ok(())
@@ -164,9 +207,8 @@ pub fn stop(dir: &Path, log: &mut dyn Write) -> Result<()> {
     if data.join("postmaster.pid").exists() {
         match POSTGRES.require() {
             Ok(pg_ctl) => {
-                let mut stop = pg_command(&pg_ctl);
-                stop.arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]);
-                if let Err(e) = run(stop, "pg_ctl stop", log) {
+                let stop = pg_command(&pg_ctl).arg("-D").arg(&data).args(["-m", "immediate", "-w", "stop"]);
+                if let Err(e) = stop.run_logged(log) {
                     problems.push(format!("{e:#}"));
                 }
             }
@@ -175,7 +217,7 @@ pub fn stop(dir: &Path, log: &mut dyn Write) -> Result<()> {
     }
     if let Ok(pid) = std::fs::read_to_string(dir.join("redis.pid")) {
         let pid = pid.trim().to_string();
-        let _ = clean_command("kill").arg(&pid).status();
+        let _ = Cmd::new("kill").arg(&pid).output();
         writeln!(log, "stopped redis (pid {pid})")?;
     }
     if dir.exists() {

@@ -58,10 +58,28 @@ pub fn render_ci_workflow() -> String {
     y
 }
 
+/// The same three modes (check, dry run, write) as one JSON object on stdout.
+fn json_report(ctx: &Ctx, args: &Args, path: &std::path::Path, current: &str, wanted: &str) -> Result<ExitCode> {
+    let up_to_date = current == wanted;
+    let mut report = serde_json::json!({ "path": CI_WORKFLOW, "up_to_date": up_to_date });
+    if ctx.dry_run && !args.check {
+        report["content"] = wanted.into();
+    } else if !args.check && !up_to_date {
+        std::fs::create_dir_all(path.parent().context("workflow dir")?)?;
+        std::fs::write(path, wanted).with_context(|| format!("writing {}", path.display()))?;
+        report["written"] = true.into();
+    }
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(if args.check && !up_to_date { ExitCode::from(EXIT_FAILED) } else { ExitCode::SUCCESS })
+}
+
 pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     let path = ctx.root.join(CI_WORKFLOW);
     let wanted = render_ci_workflow();
     let current = std::fs::read_to_string(&path).unwrap_or_default();
+    if ctx.ui.format == crate::runner::Format::Json {
+        return json_report(ctx, args, &path, &current, &wanted);
+    }
     if args.check {
         if current == wanted {
             println!("{CI_WORKFLOW} is up to date");

@@ -39,17 +39,6 @@ impl Severity {
             Severity::Critical => "CRITICAL",
         }
     }
-
-    /// CVSS base score bands (FIRST's qualitative rating scale).
-    pub fn from_cvss(score: f64) -> Severity {
-        match score {
-            s if s >= 9.0 => Severity::Critical,
-            s if s >= 7.0 => Severity::High,
-            s if s >= 4.0 => Severity::Medium,
-            s if s > 0.0 => Severity::Low,
-            _ => Severity::Unknown,
-        }
-    }
 }
 
 /// `--severity HIGH,CRITICAL`: the severities that fail the gate.
@@ -166,13 +155,5 @@ mod tests {
         let err = parse_severities("HIGH,CRIT").expect_err("typo");
         assert!(err.contains("CRIT") && err.contains("CRITICAL"), "{err}");
         assert!(parse_severities("").is_err());
-    }
-
-    #[test]
-    fn cvss_scores_map_onto_the_bands() {
-        assert_eq!(Severity::from_cvss(9.8), Severity::Critical);
-        assert_eq!(Severity::from_cvss(7.5), Severity::High);
-        assert_eq!(Severity::from_cvss(5.3), Severity::Medium);
-        assert_eq!(Severity::from_cvss(0.1), Severity::Low);
     }
 }

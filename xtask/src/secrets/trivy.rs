@@ -6,12 +6,12 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use serde::Deserialize;
 
 use super::Finding;
 use super::rules::{Severity, fingerprint};
-use crate::runner::clean_command;
+use crate::process::Cmd;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
@@ -48,11 +48,7 @@ pub fn args(repo: &Path) -> Vec<String> {
 }
 
 pub fn run(trivy: &Path, repo: &Path, tracked: &BTreeSet<String>) -> Result<Vec<Finding>> {
-    let out = clean_command(trivy).args(args(repo)).output().context("running trivy")?;
-    if !out.status.success() {
-        bail!("trivy fs --scanners secret failed: {}", String::from_utf8_lossy(&out.stderr).trim());
-    }
-    let findings = parse(&String::from_utf8_lossy(&out.stdout))?;
+    let findings = parse(&Cmd::new(trivy).args(args(repo)).read()?)?;
     // trivy walks the directory; only files git tracks can be committed or pushed.
     Ok(findings.into_iter().filter(|f| tracked.contains(&f.path)).collect())
 }
