@@ -43,6 +43,7 @@ fn the_top_level_layout_is_complete() {
         "xtask",
         "services",
         "crates",
+        "tools",
         "infra",
         ".github/workflows",
         ".cargo/config.toml",
@@ -410,5 +411,23 @@ fn the_engine_never_imports_a_command() {
         let text = read(&format!("xtask/src/{file}"));
         let named = text.lines().position(|l| l.contains(concat!("commands", "::")));
         assert!(named.is_none(), "xtask/src/{file}:{}: the engine names a command module", named.unwrap_or(0) + 1);
+    }
+}
+
+/// Tool binaries (tools/) stay apart from what the services link: no service or library under
+/// crates/ depends on a tools/ member, and every tools/ member is a binary xtask hands off to.
+#[test]
+fn tools_are_handed_off_to_never_linked() {
+    let ws = crate::workspace::Workspace::load(&project_root()).expect("workspace");
+    let tools: Vec<&str> =
+        ws.members.values().filter(|m| m.dir.starts_with("tools")).map(|m| m.name.as_str()).collect();
+    assert!(!tools.is_empty(), "tools/ holds the hand-off binaries (loadgen, k8s-policy)");
+    for m in ws.members.values().filter(|m| m.dir.starts_with("services") || m.dir.starts_with("crates")) {
+        let linked: Vec<_> = m.build_deps.iter().filter(|d| tools.contains(&d.as_str())).collect();
+        assert!(linked.is_empty(), "{} links the tool(s) {linked:?}: move shared code to crates/", m.dir.display());
+    }
+    for m in ws.members.values().filter(|m| m.dir.starts_with("tools")) {
+        let main = project_root().join(&m.dir).join("src/main.rs");
+        assert!(main.is_file(), "{}: a tool is a binary (src/main.rs)", m.dir.display());
     }
 }

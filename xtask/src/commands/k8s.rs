@@ -2,7 +2,7 @@
 //! the renders offline (Kubernetes API types with unknown fields reported, and our deploy
 //! policy) before anything could reach a cluster. Part of `ci`; deploy runs the same checks.
 //!
-//! The checking lives in `crates/k8s-policy` (it needs the Kubernetes API types, too heavy for
+//! The checking lives in `tools/k8s-policy` (it needs the Kubernetes API types, too heavy for
 //! xtask's own build); xtask renders and hands off.
 
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
 //! `cargo xtask loadtest [SCENARIO] [--service NAME | --url URL] [--baseline FILE]`: build the
 //! load generator (release), aim it at a dev-stack service or a URL, and gate on the scenario's SLOs.
 //!
-//! xtask stays thin: the generator is `crates/loadgen`, built in release and handed off to with
+//! xtask stays thin: the generator is `tools/loadgen`, built in release and handed off to with
 //! the terminal, so its live progress and its exit code (0 pass, 1 SLO breached, 2 configuration
 //! error, 3 invalid run, 130 interrupted) reach the user unchanged.
 
