@@ -492,6 +492,12 @@ pub fn containers(project: &str) -> Result<Vec<ContainerState>> {
             "{{.Label \"com.docker.compose.service\"}}\t{{.Names}}\t{{.State}}\t{{.Status}}\t{{.Ports}}",
         ])
         .read()?;
+    Ok(parse_ps(&out))
+}
+
+/// `docker ps --format 'SERVICE\tNAME\tSTATE\tSTATUS\tPORTS'` lines as container states, by
+/// service; health comes from the status text (`Up 3 seconds (health: starting)`).
+fn parse_ps(out: &str) -> Vec<ContainerState> {
     let mut list: Vec<ContainerState> = out
         .lines()
         .filter_map(|line| {
@@ -516,7 +522,7 @@ pub fn containers(project: &str) -> Result<Vec<ContainerState>> {
         })
         .collect();
     list.sort_by(|a, b| a.service.cmp(&b.service));
-    Ok(list)
+    list
 }
 
 fn status(ctx: &Ctx, project: &str) -> Result<ExitCode> {
@@ -561,6 +567,62 @@ fn is_ready(c: &ContainerState) -> bool {
 
 fn has_failed(c: &ContainerState) -> bool {
     c.health == "unhealthy" || matches!(c.state.as_str(), "exited" | "dead")
+}
+
+/// What one look at the stack's containers says about `dev up`.
+#[derive(Debug, PartialEq, Eq)]
+enum Wait {
+    /// Every service is running and healthy (or has no health check), and compose finished.
+    Healthy,
+    Waiting,
+    /// Stop: the services whose logs explain it, and one line saying why.
+    Failed {
+        culprits: Vec<String>,
+        why: String,
+    },
+}
+
+/// The wait's decision, from the services asked for, the containers `docker ps` lists, whether
+/// `compose up` has finished (and how), and whether the deadline passed.
+fn classify(
+    services: &[String],
+    list: &[ContainerState],
+    compose_done: Option<bool>,
+    timed_out: bool,
+    timeout_secs: u64,
+) -> Wait {
+    let expected: Vec<&ContainerState> =
+        services.iter().filter_map(|s| list.iter().find(|c| &c.service == s)).collect();
+    let all_ready = expected.len() == services.len() && expected.iter().all(|c| is_ready(c));
+    if all_ready && compose_done == Some(true) {
+        return Wait::Healthy;
+    }
+    let failed: Vec<&ContainerState> = expected.iter().copied().filter(|c| has_failed(c)).collect();
+    if failed.is_empty() && compose_done != Some(false) && !timed_out {
+        return Wait::Waiting;
+    }
+    let culprits: Vec<String> = if failed.is_empty() {
+        expected.iter().filter(|c| !is_ready(c)).map(|c| c.service.clone()).collect()
+    } else {
+        failed.iter().map(|c| c.service.clone()).collect()
+    };
+    let names = culprits.join(", ");
+    let mut why = if !failed.is_empty() {
+        format!("{names} failed its health check or exited")
+    } else if timed_out {
+        format!("not healthy within {timeout_secs}s: {names}")
+    } else {
+        format!(
+            "compose up failed (see above){}",
+            if names.is_empty() { String::new() } else { format!("; not healthy: {names}") }
+        )
+    };
+    let missing: Vec<&str> =
+        services.iter().filter(|s| !list.iter().any(|c| &c.service == *s)).map(String::as_str).collect();
+    if !missing.is_empty() {
+        why.push_str(&format!("; never created: {}", missing.join(", ")));
+    }
+    Wait::Failed { culprits, why }
 }
 
 fn summary_line(task: &DevUp, list: &[ContainerState], elapsed: Duration) -> String {
@@ -678,55 +740,118 @@ pub fn up(task: &DevUp, log: &mut dyn std::io::Write) -> Result<()> {
             last_print = Instant::now();
         }
         last_line = line;
-        let expected: Vec<&ContainerState> =
-            task.services.iter().filter_map(|s| list.iter().find(|c| &c.service == s)).collect();
-        let all_ready = expected.len() == task.services.len() && expected.iter().all(|c| is_ready(c));
-        let failed: Vec<&ContainerState> = expected.iter().copied().filter(|c| has_failed(c)).collect();
-        let timed_out = started.elapsed() >= timeout;
-        let finished =
-            (all_ready && compose_done == Some(true)) || !failed.is_empty() || compose_done == Some(false) || timed_out;
-        if tty && finished {
+        let verdict = classify(&task.services, &list, compose_done, started.elapsed() >= timeout, task.timeout_secs);
+        if tty && verdict != Wait::Waiting {
             eprintln!();
         }
-        if all_ready && compose_done == Some(true) {
-            let _ = std::fs::remove_file(&output_path);
-            writeln!(log, "dev stack `{project}` is healthy after {}s:", started.elapsed().as_secs())?;
-            write!(log, "{}", task.urls)?;
-            return Ok(());
-        }
-        if finished {
-            if compose_done.is_none() {
-                // compose is still waiting on a dependency's health; let it go on by itself.
-                writeln!(log, "(compose is still running in the background; its output: {})", output_path.display())?;
+        match verdict {
+            Wait::Waiting => {}
+            Wait::Healthy => {
+                let _ = std::fs::remove_file(&output_path);
+                writeln!(log, "dev stack `{project}` is healthy after {}s:", started.elapsed().as_secs())?;
+                write!(log, "{}", task.urls)?;
+                return Ok(());
             }
-            let culprits: Vec<&ContainerState> = if failed.is_empty() {
-                expected.iter().copied().filter(|c| !is_ready(c)).collect()
-            } else {
-                failed.clone()
-            };
-            for c in &culprits {
-                last_logs(project, c, log)?;
+            Wait::Failed { culprits, why } => {
+                if compose_done.is_none() {
+                    // compose is still waiting on a dependency's health; let it go on by itself.
+                    writeln!(
+                        log,
+                        "(compose is still running in the background; its output: {})",
+                        output_path.display()
+                    )?;
+                }
+                for c in list.iter().filter(|c| culprits.contains(&c.service)) {
+                    last_logs(project, c, log)?;
+                }
+                bail!("{why}");
             }
-            let missing: Vec<&String> =
-                task.services.iter().filter(|s| !list.iter().any(|c| &c.service == *s)).collect();
-            let names: Vec<&str> = culprits.iter().map(|c| c.service.as_str()).collect();
-            let why = if !failed.is_empty() {
-                format!("{} failed its health check or exited", names.join(", "))
-            } else if timed_out {
-                format!("not healthy within {}s: {}", task.timeout_secs, names.join(", "))
-            } else {
-                format!(
-                    "compose up failed (see above){}",
-                    if names.is_empty() { String::new() } else { format!("; not healthy: {}", names.join(", ")) }
-                )
-            };
-            let missing = if missing.is_empty() {
-                String::new()
-            } else {
-                format!("; never created: {}", missing.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", "))
-            };
-            bail!("{why}{missing}");
         }
         std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PS: &str = "api\txtask-dev_api_1\trunning\tUp 9 seconds (healthy)\t127.0.0.1:8081->8081/tcp\n\
+                      worker\txtask-dev_worker_1\trunning\tUp 2 seconds (health: starting)\t\n\
+                      postgres\txtask-dev_postgres_1\texited\tExited (1) 3 seconds ago\t\n\
+                      redis\txtask-dev_redis_1\trunning\tUp 9 seconds\t\n";
+
+    fn services(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn docker_ps_lines_become_container_states_with_their_health() {
+        let list = parse_ps(PS);
+        let got: Vec<(&str, &str, &str)> =
+            list.iter().map(|c| (c.service.as_str(), c.state.as_str(), c.health.as_str())).collect();
+        assert_eq!(
+            got,
+            [
+                ("api", "running", "healthy"),
+                ("postgres", "exited", "-"),
+                ("redis", "running", "-"),
+                ("worker", "running", "starting")
+            ]
+        );
+        assert_eq!(list[0].ports, "127.0.0.1:8081->8081/tcp");
+        assert!(parse_ps("garbage without tabs\n").is_empty());
+    }
+
+    #[test]
+    fn the_wait_ends_healthy_only_when_every_service_is_ready_and_compose_finished() {
+        let list = parse_ps(PS);
+        let ready = services(&["api", "redis"]);
+        assert_eq!(classify(&ready, &list, Some(true), false, 60), Wait::Healthy);
+        assert_eq!(classify(&ready, &list, None, false, 60), Wait::Waiting, "compose is still working");
+        assert_eq!(classify(&services(&["api", "worker"]), &list, Some(true), false, 60), Wait::Waiting);
+    }
+
+    #[test]
+    fn an_exited_or_unhealthy_service_stops_the_wait_naming_it() {
+        let list = parse_ps(PS);
+        let Wait::Failed { culprits, why } = classify(&services(&["api", "postgres"]), &list, None, false, 60) else {
+            panic!("postgres exited")
+        };
+        assert_eq!(culprits, ["postgres"]);
+        assert_eq!(why, "postgres failed its health check or exited");
+    }
+
+    #[test]
+    fn a_timeout_names_who_is_not_ready_and_who_was_never_created() {
+        let list = parse_ps(PS);
+        let Wait::Failed { culprits, why } = classify(&services(&["worker", "gateway"]), &list, None, true, 90) else {
+            panic!("timed out")
+        };
+        assert_eq!(culprits, ["worker"]);
+        assert_eq!(why, "not healthy within 90s: worker; never created: gateway");
+    }
+
+    #[test]
+    fn a_failed_compose_up_stops_the_wait() {
+        let list = parse_ps(PS);
+        let verdict = classify(&services(&["api"]), &list, Some(false), false, 60);
+        assert_eq!(verdict, Wait::Failed { culprits: Vec::new(), why: "compose up failed (see above)".into() });
+    }
+
+    #[test]
+    fn urls_follow_the_env_file_and_print_as_json_by_service() {
+        let values: BTreeMap<String, String> = [("API_PORT".to_string(), "9081".to_string())].into();
+        let map = url_map(&values).expect("urls");
+        assert_eq!(map["api"], "http://127.0.0.1:9081");
+        assert_eq!(map["gateway"], "http://127.0.0.1:8080");
+        assert!(urls(&values).expect("text").contains("http://127.0.0.1:9081"));
+    }
+
+    #[test]
+    fn project_names_are_what_compose_accepts() {
+        assert!(validate_project("xtask-dev_2").is_ok());
+        for bad in ["", "Dev", "-dev", "dev stack", "dev.1"] {
+            assert!(validate_project(bad).is_err(), "{bad:?}");
+        }
     }
 }

@@ -905,6 +905,38 @@ fn read_input(input: &Input) -> Result<Vec<Finding>> {
     }
 }
 
+/// The gate: why the scan fails, one line per reason (none: it passes). A scanner that failed,
+/// an open finding at a gated severity, an expired ignore entry, and (when required) a missing
+/// vulnerability DB each block.
+fn gate(
+    scanners: &[ScannerStatus],
+    applied: &ignore::Applied,
+    gate: &BTreeSet<Severity>,
+    vuln: &VulnDbState,
+    require_vuln_db: bool,
+) -> Vec<String> {
+    let mut blocking = Vec::new();
+    for s in scanners.iter().filter(|s| s.failed()) {
+        blocking.push(format!("scanner {} {}", s.source, s.status));
+    }
+    let open = applied.kept.iter().filter(|f| gate.contains(&f.severity)).count();
+    if open > 0 {
+        blocking.push(format!("{open} finding(s) at {}", gate_text(gate)));
+    }
+    for e in &applied.expired {
+        blocking.push(format!(
+            "{} entry {} expired on {}: fix the finding, or renew the entry with a fresh reason",
+            ignore::FILE_NAME,
+            e.id,
+            e.expires
+        ));
+    }
+    if require_vuln_db && !vuln.available {
+        blocking.push(format!("--require-vuln-db: vulnerability scans not run: {}", vuln.detail));
+    }
+    blocking
+}
+
 pub fn report(task: &ReportTask, log: &mut dyn std::io::Write) -> Result<()> {
     let vuln = read_vuln_state(&task.vuln_state);
     let mut scanners = task.not_run.clone();
@@ -930,30 +962,12 @@ pub fn report(task: &ReportTask, log: &mut dyn std::io::Write) -> Result<()> {
     }
     let entries = ignore::load(&task.repo)?;
     let applied = ignore::apply(findings, &entries, crate::commands::deny::today());
-    let mut blocking = Vec::new();
-    for s in scanners.iter().filter(|s| s.failed()) {
-        blocking.push(format!("scanner {} {}", s.source, s.status));
-    }
-    let open: Vec<&Finding> = applied.kept.iter().filter(|f| task.gate.contains(&f.severity)).collect();
-    if !open.is_empty() {
-        blocking.push(format!("{} finding(s) at {}", open.len(), gate_text(&task.gate)));
-    }
-    for e in &applied.expired {
-        blocking.push(format!(
-            "{} entry {} expired on {}: fix the finding, or renew the entry with a fresh reason",
-            ignore::FILE_NAME,
-            e.id,
-            e.expires
-        ));
-    }
+    let blocking = gate(&scanners, &applied, &task.gate, &vuln, task.require_vuln_db);
     let vuln_line = if vuln.available {
         format!("available ({})", vuln.detail)
     } else {
         format!("not run: no DB ({})", vuln.detail)
     };
-    if task.require_vuln_db && !vuln.available {
-        blocking.push(format!("--require-vuln-db: vulnerability scans not run: {}", vuln.detail));
-    }
     for e in &applied.unused {
         writeln!(log, "warning: {} entry {} matched nothing; remove it if it is obsolete", ignore::FILE_NAME, e.id)?;
     }
@@ -1025,4 +1039,81 @@ pub fn render_table(report: &ScanReport) -> String {
     let verdict = if report.passed { "PASSED".to_string() } else { format!("FAILED: {}", report.blocking.join("; ")) };
     let _ = writeln!(out, "gate: {verdict}");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::scan::Kind;
+
+    fn finding(id: &str, severity: Severity) -> Finding {
+        Finding {
+            source: "trivy-fs".into(),
+            kind: Kind::Vulnerability,
+            id: id.into(),
+            severity,
+            title: "t".into(),
+            target: "Cargo.lock".into(),
+            line: None,
+            detail: String::new(),
+        }
+    }
+
+    fn entry(id: &str, expires: &str) -> ignore::Entry {
+        let expires_day = ignore::parse_day(expires).expect("a date");
+        ignore::Entry { id: id.into(), target: None, reason: "r".into(), expires: expires.into(), expires_day }
+    }
+
+    fn ok(source: &str) -> ScannerStatus {
+        ScannerStatus { source: source.into(), status: "ok".into(), findings: 0 }
+    }
+
+    const DB: VulnDbState = VulnDbState { available: true, detail: String::new() };
+    fn high() -> BTreeSet<Severity> {
+        [Severity::High, Severity::Critical].into()
+    }
+
+    #[test]
+    fn a_clean_scan_passes_and_findings_below_the_gate_do_not_block() {
+        let applied = ignore::apply(vec![finding("CVE-1", Severity::Medium)], &[], 20_000);
+        assert_eq!(gate(&[ok("trivy-fs")], &applied, &high(), &DB, true), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_gated_finding_blocks_unless_an_unexpired_entry_accepts_it() {
+        let found = || vec![finding("CVE-1", Severity::High), finding("CVE-2", Severity::Critical)];
+        let open = gate(&[], &ignore::apply(found(), &[], 20_000), &high(), &DB, false);
+        assert_eq!(open, ["2 finding(s) at HIGH,CRITICAL".to_string()].to_vec(), "{open:?}");
+        let today = ignore::parse_day("2026-12-03").expect("date");
+        let accepted = [entry("CVE-1", "2027-01-01"), entry("CVE-2", "2027-01-01")];
+        assert!(gate(&[], &ignore::apply(found(), &accepted, today), &high(), &DB, false).is_empty());
+    }
+
+    #[test]
+    fn an_expired_ignore_entry_blocks_and_names_itself() {
+        let today = ignore::parse_day("2026-12-03").expect("date");
+        let stale = [entry("CVE-1", "2026-11-30")];
+        let applied = ignore::apply(vec![finding("CVE-1", Severity::High)], &stale, today);
+        let blocking = gate(&[], &applied, &high(), &DB, false);
+        assert!(
+            blocking.iter().any(|b| b.contains("entry CVE-1 expired on 2026-11-30") && b.contains("renew")),
+            "{blocking:?}"
+        );
+    }
+
+    #[test]
+    fn a_failed_scanner_blocks_even_with_no_findings() {
+        let failed = ScannerStatus { source: "trivy-config".into(), status: "failed: no report".into(), findings: 0 };
+        let blocking = gate(&[ok("deny"), failed], &ignore::apply(Vec::new(), &[], 20_000), &high(), &DB, false);
+        assert_eq!(blocking, ["scanner trivy-config failed: no report".to_string()].to_vec());
+    }
+
+    #[test]
+    fn a_missing_vulnerability_db_blocks_only_when_required() {
+        let none = VulnDbState { available: false, detail: "offline".into() };
+        let applied = ignore::apply(Vec::new(), &[], 20_000);
+        assert!(gate(&[], &applied, &high(), &none, false).is_empty(), "a warning, not a failure");
+        let blocking = gate(&[], &applied, &high(), &none, true);
+        assert_eq!(blocking, ["--require-vuln-db: vulnerability scans not run: offline".to_string()].to_vec());
+    }
 }
