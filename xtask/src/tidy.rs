@@ -324,9 +324,11 @@ fn every_service_is_in_the_dev_stack_with_health_metrics_and_a_dashboard() {
             compose.contains(&format!("\"/usr/local/bin/{name}\", \"healthcheck\"")),
             "infra/compose: {name}'s health check must run its own `healthcheck` subcommand"
         );
+        let var = crate::commands::dev::port_var(name);
         assert!(
-            compose.contains(&format!(":{}\"]", meta.port)),
-            "infra/compose: {name} must publish port {}",
+            compose.contains(&format!("\"127.0.0.1:${{{var}:-{port}}}:{port}\"]", port = meta.port)),
+            "infra/compose: {name} must publish its port {} on 127.0.0.1:${{{var}:-{}}} (dev reads {var} from .env)",
+            meta.port,
             meta.port
         );
         assert!(prometheus.contains(&format!("\"{name}:{}\"", meta.port)), "prometheus.yml does not scrape {name}");

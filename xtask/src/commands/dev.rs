@@ -20,6 +20,7 @@ use crate::plan::{Plan, Step, Task};
 use crate::process::Cmd;
 use crate::runner::Format;
 use crate::tools::{DEBOOTSTRAP, DOCKER};
+use crate::workspace::Workspace;
 use crate::{Ctx, UsageError};
 
 pub const COMPOSE_DIR: &str = "infra/compose";
@@ -31,16 +32,55 @@ const OFFLINE_BUILT: &[&str] = &["postgres", "redis", "prometheus"];
 /// What `--deps-only` starts: what `cargo xtask test` needs.
 const DEPS_ONLY: &[&str] = &["postgres", "redis"];
 
-/// Every published port: (compose service, variable naming the host port, default, container port, what it is).
-pub const PORTS: &[(&str, &str, u16, &str)] = &[
-    ("gateway", "GATEWAY_PORT", 8080, "gateway"),
-    ("api", "API_PORT", 8081, "api"),
-    ("worker", "WORKER_PORT", 8082, "worker"),
+/// The dependencies' published ports: (compose service, variable naming the host port, its
+/// default, what it is). Our own services' come from `[package.metadata.service]` (`published`).
+const DEPENDENCY_PORTS: &[(&str, &str, u16, &str)] = &[
     ("prometheus", "PROMETHEUS_PORT", 9090, "Prometheus"),
     ("grafana", "GRAFANA_PORT", 3000, "Grafana (observability profile)"),
     ("postgres", "POSTGRES_PORT", 5432, "Postgres"),
     ("redis", "REDIS_PORT", 6379, "Redis"),
 ];
+
+/// Dependencies that do not speak HTTP (no URL to load-test).
+pub const NOT_HTTP: &[&str] = &["postgres", "redis"];
+
+/// A port the dev stack publishes on loopback.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Published {
+    /// The compose service.
+    pub service: String,
+    /// The `.env` variable naming the host port.
+    pub var: String,
+    pub default: u16,
+    /// What people call it.
+    pub what: String,
+}
+
+/// `NAME_PORT` for a service: the variable its compose entry publishes on (a tidy test checks).
+pub fn port_var(service: &str) -> String {
+    format!("{}_PORT", service.to_ascii_uppercase().replace('-', "_"))
+}
+
+/// Every published port: each workspace service on `NAME_PORT` (default: the port its
+/// `[package.metadata.service]` declares), then the dependencies.
+pub fn published(ws: &Workspace) -> Vec<Published> {
+    let mut ports: Vec<Published> = ws
+        .services()
+        .map(|(name, meta)| Published {
+            service: name.clone(),
+            var: port_var(name),
+            default: meta.port,
+            what: name.clone(),
+        })
+        .collect();
+    ports.extend(DEPENDENCY_PORTS.iter().map(|(service, var, default, what)| Published {
+        service: service.to_string(),
+        var: var.to_string(),
+        default: *default,
+        what: what.to_string(),
+    }));
+    ports
+}
 
 /// Run the local stack: services, Postgres, Redis, Prometheus (Grafana under a profile).
 #[derive(clap::Args, Debug, Clone)]
@@ -133,7 +173,7 @@ pub fn compose_program() -> Result<Vec<String>> {
 }
 
 /// The `KEY=value` lines of infra/compose/.env (process variables win, as in compose).
-pub fn env_values(root: &Path) -> BTreeMap<String, String> {
+pub fn env_values(root: &Path, ports: &[Published]) -> BTreeMap<String, String> {
     let mut values = BTreeMap::new();
     let text = std::fs::read_to_string(root.join(COMPOSE_DIR).join(".env"))
         .or_else(|_| std::fs::read_to_string(root.join(COMPOSE_DIR).join(".env.example")))
@@ -144,7 +184,7 @@ pub fn env_values(root: &Path) -> BTreeMap<String, String> {
         }
     }
     for (k, v) in std::env::vars() {
-        if values.contains_key(&k) || PORTS.iter().any(|p| p.1 == k) {
+        if values.contains_key(&k) || ports.iter().any(|p| p.var == k) {
             values.insert(k, v);
         }
     }
@@ -278,10 +318,13 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
             Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::from(crate::EXIT_FAILED) })
         }
         DevCommand::Urls => {
-            let values = env_values(&ctx.root);
+            let ports = published(&ctx.workspace()?);
+            let values = env_values(&ctx.root, &ports);
             match ctx.ui.format {
-                Format::Json | Format::Sarif => println!("{}", serde_json::to_string_pretty(&url_map(&values)?)?),
-                Format::Human => print!("{}", urls(&values)?),
+                Format::Json | Format::Sarif => {
+                    println!("{}", serde_json::to_string_pretty(&url_map(&values, &ports)?)?)
+                }
+                Format::Human => print!("{}", urls(&values, &ports)?),
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -302,28 +345,28 @@ fn confirm_reset(project: &str) -> Result<()> {
     Ok(())
 }
 
-pub fn urls(values: &BTreeMap<String, String>) -> Result<String> {
+pub fn urls(values: &BTreeMap<String, String>, ports: &[Published]) -> Result<String> {
     let mut out = String::new();
-    for (what, url) in url_list(values)? {
+    for (what, url) in url_list(values, ports)? {
         out.push_str(&format!("  {what:<32} {url}\n"));
     }
     Ok(out)
 }
 
 /// Service name to URL, for `dev urls --format json`.
-fn url_map(values: &BTreeMap<String, String>) -> Result<BTreeMap<&'static str, String>> {
+fn url_map(values: &BTreeMap<String, String>, ports: &[Published]) -> Result<BTreeMap<String, String>> {
     let mut map = BTreeMap::new();
-    for ((service, ..), (_, url)) in PORTS.iter().zip(url_list(values)?) {
-        map.insert(*service, url);
+    for (p, (_, url)) in ports.iter().zip(url_list(values, ports)?) {
+        map.insert(p.service.clone(), url);
     }
     Ok(map)
 }
 
-fn url_list(values: &BTreeMap<String, String>) -> Result<Vec<(&'static str, String)>> {
+fn url_list(values: &BTreeMap<String, String>, ports: &[Published]) -> Result<Vec<(String, String)>> {
     let mut out = Vec::new();
-    for (service, var, default, what) in PORTS {
+    for Published { service, var, default, what } in ports {
         let port = port_of(values, var, *default)?;
-        let url = match *service {
+        let url = match service.as_str() {
             "postgres" => format!(
                 "postgres://{}@127.0.0.1:{port}/{}",
                 values.get("POSTGRES_USER").map_or("postgres", String::as_str),
@@ -332,7 +375,7 @@ fn url_list(values: &BTreeMap<String, String>) -> Result<Vec<(&'static str, Stri
             "redis" => format!("redis://127.0.0.1:{port}"),
             _ => format!("http://127.0.0.1:{port}"),
         };
-        out.push((*what, url));
+        out.push((what.clone(), url));
     }
     Ok(out)
 }
@@ -398,11 +441,13 @@ pub fn up_plan(ctx: &Ctx, project: &str, args: &UpArgs) -> Result<Plan> {
     }
     let compose = Compose::new(ctx, project, args.offline, &args.files)?;
     let mut plan = Plan::new("dev up");
-    let mut services: Vec<String> = if args.deps_only {
-        DEPS_ONLY.iter().map(|s| s.to_string()).collect()
-    } else {
-        ["postgres", "redis", "api", "worker", "gateway", "prometheus"].map(String::from).to_vec()
-    };
+    let ws = ctx.workspace()?;
+    // Postgres and Redis first; our services as the workspace declares them; then Prometheus.
+    let mut services: Vec<String> = DEPS_ONLY.iter().map(|s| s.to_string()).collect();
+    if !args.deps_only {
+        services.extend(ws.services().map(|(name, _)| name.clone()));
+        services.push("prometheus".into());
+    }
     if args.observability {
         if args.deps_only {
             return Err(UsageError("--observability and --deps-only do not go together".into()).into());
@@ -413,7 +458,6 @@ pub fn up_plan(ctx: &Ctx, project: &str, args: &UpArgs) -> Result<Plan> {
         }
     }
     if !args.deps_only {
-        let ws = ctx.workspace()?;
         plan.extend(image::plan(ctx, &ws, &image::BuildArgs::default())?);
     }
     if args.offline {
@@ -430,11 +474,12 @@ pub fn up_plan(ctx: &Ctx, project: &str, args: &UpArgs) -> Result<Plan> {
             &sub,
         ));
     }
-    let values = env_values(&ctx.root);
+    let published = published(&ws);
+    let values = env_values(&ctx.root, &published);
     let mut ports = Vec::new();
-    for (service, var, default, _) in PORTS {
+    for Published { service, var, default, .. } in &published {
         if services.iter().any(|s| s == service) {
-            ports.push((service.to_string(), var.to_string(), port_of(&values, var, *default)?));
+            ports.push((service.clone(), var.clone(), port_of(&values, var, *default)?));
         }
     }
     let mut sub = vec!["up", "--detach", "--remove-orphans"];
@@ -455,7 +500,7 @@ pub fn up_plan(ctx: &Ctx, project: &str, args: &UpArgs) -> Result<Plan> {
         services: services.clone(),
         ports,
         timeout_secs: args.timeout,
-        urls: urls(&values)?,
+        urls: urls(&values, &published)?,
     };
     plan.push(
         Step::internal(
@@ -840,11 +885,27 @@ mod tests {
 
     #[test]
     fn urls_follow_the_env_file_and_print_as_json_by_service() {
+        let ports = published(&crate::fixture_workspace());
         let values: BTreeMap<String, String> = [("API_PORT".to_string(), "9081".to_string())].into();
-        let map = url_map(&values).expect("urls");
+        let map = url_map(&values, &ports).expect("urls");
         assert_eq!(map["api"], "http://127.0.0.1:9081");
-        assert_eq!(map["gateway"], "http://127.0.0.1:8080");
-        assert!(urls(&values).expect("text").contains("http://127.0.0.1:9081"));
+        assert_eq!(map["redis"], "redis://127.0.0.1:6379");
+        assert!(urls(&values, &ports).expect("text").contains("http://127.0.0.1:9081"));
+        let bad: BTreeMap<String, String> = [("API_PORT".to_string(), "eighty".to_string())].into();
+        assert!(format!("{:#}", urls(&bad, &ports).expect_err("not a port")).contains("API_PORT=eighty"));
+    }
+
+    /// The dev stack's services and ports come from `[package.metadata.service]`, not a list.
+    #[test]
+    fn published_ports_follow_each_services_metadata() {
+        let ws = crate::fixture_workspace();
+        let ports = published(&ws);
+        for (name, meta) in ws.services() {
+            let p = ports.iter().find(|p| &p.service == name).expect("every service is published");
+            assert_eq!((p.var.as_str(), p.default), (port_var(name).as_str(), meta.port));
+        }
+        assert_eq!(port_var("job-runner"), "JOB_RUNNER_PORT");
+        assert!(ports.iter().any(|p| p.service == "postgres" && p.var == "POSTGRES_PORT"));
     }
 
     #[test]

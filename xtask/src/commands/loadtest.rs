@@ -61,21 +61,22 @@ pub fn scenario_path(root: &Path, given: &str) -> Result<PathBuf> {
 
 /// The dev stack's URL for a service, from infra/compose/.env like `dev urls`.
 fn service_url(root: &Path, service: &str) -> Result<String> {
-    let values = dev::env_values(root);
-    let Some((_, var, default, _)) = dev::PORTS.iter().find(|p| p.0 == service) else {
-        let http: Vec<&str> = dev::PORTS.iter().map(|p| p.0).filter(|s| !matches!(*s, "postgres" | "redis")).collect();
+    let ports = dev::published(&crate::workspace::Workspace::load(root)?);
+    let values = dev::env_values(root, &ports);
+    let Some(dev::Published { var, default, .. }) = ports.iter().find(|p| p.service == service) else {
+        let http: Vec<&str> = ports.iter().map(|p| p.service.as_str()).filter(|s| !dev::NOT_HTTP.contains(s)).collect();
         return Err(UsageError(format!(
             "unknown service `{service}`; the dev stack serves HTTP on: {}",
             http.join(", ")
         ))
         .into());
     };
-    if matches!(service, "postgres" | "redis") {
+    if dev::NOT_HTTP.contains(&service) {
         return Err(
             UsageError(format!("`{service}` does not speak HTTP; load-test a service that uses it instead")).into()
         );
     }
-    let port = match values.get(*var) {
+    let port = match values.get(var) {
         Some(v) => v
             .parse::<u16>()
             .map_err(|_| UsageError(format!("{var}={v} is not a port number; fix it in {}/.env", dev::COMPOSE_DIR)))?,
