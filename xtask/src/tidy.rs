@@ -433,3 +433,21 @@ fn tools_are_handed_off_to_never_linked() {
         assert!(main.is_file(), "{}: a tool is a binary (src/main.rs)", m.dir.display());
     }
 }
+
+/// ARCHITECTURE.md's invariants are enforced: each bracketed name in its "Invariants" section is
+/// a test in this file.
+#[test]
+fn every_invariant_architecture_md_states_is_a_tidy_test() {
+    let doc = read("ARCHITECTURE.md");
+    let section = doc.split("\n## Invariants\n").nth(1).expect("ARCHITECTURE.md has an Invariants section");
+    let section = section.split("\n## ").next().unwrap_or(section);
+    let named: Vec<&str> = section.split("[`").skip(1).filter_map(|s| s.split("`]").next()).collect();
+    assert!(named.len() >= 10, "the Invariants section names its tidy tests as [`name`]");
+    let tidy = read("xtask/src/tidy.rs");
+    for name in named {
+        assert!(
+            tidy.contains(&format!("#[test]\nfn {name}()")),
+            "ARCHITECTURE.md names `{name}` as the test of an invariant, but xtask/src/tidy.rs has no such test"
+        );
+    }
+}
