@@ -627,8 +627,14 @@ fn app_image(manifest: &BuildManifest, manifest_path: &Path, service: &str) -> R
 }
 
 /// Turn one compose service into a run spec.
+/// The image's own health check test (`["CMD", ...]`), if it has one: a fact about the Docker
+/// host, looked up for `plan_service` (by Docker when deploying, by a table in tests).
+type ImageHealth<'a> = &'a dyn Fn(&str) -> Result<Option<Vec<String>>>;
+
+/// Compose's description of one service as the `docker run` spec deploy runs it with. Pure but
+/// for `image_health`, so every translation rule is a table test.
 fn plan_service(
-    docker: &Docker,
+    image_health: ImageHealth<'_>,
     env: &DockerEnv,
     name: &str,
     svc: ComposeService,
@@ -695,7 +701,7 @@ fn plan_service(
                 Some("CMD") => {
                     // `docker run` can only say CMD-SHELL; an image without a shell (ours are
                     // FROM scratch) keeps its own exec-form check when it is the same one.
-                    let same = docker.image_health_test(&image)?.is_some_and(|own| own == test);
+                    let same = image_health(&image)?.is_some_and(|own| own == test);
                     if !same {
                         let words: Vec<String> = test[1..].iter().map(|w| shell_quote(w)).collect();
                         push("--health-cmd", words.join(" "));
@@ -706,7 +712,7 @@ fn plan_service(
                     push("--health-cmd", other.to_string());
                     healthcheck = true;
                 }
-                _ => healthcheck = docker.image_health_test(&image)?.is_some(),
+                _ => healthcheck = image_health(&image)?.is_some(),
             }
             if let Some(v) = &h.interval {
                 push("--health-interval", v.clone());
@@ -721,7 +727,7 @@ fn plan_service(
                 push("--health-start-period", v.clone());
             }
         }
-        None => healthcheck = docker.image_health_test(&image)?.is_some_and(|t| t.first().is_some_and(|w| w != "NONE")),
+        None => healthcheck = image_health(&image)?.is_some_and(|t| t.first().is_some_and(|w| w != "NONE")),
     }
     if svc.read_only {
         options.push("--read-only".into());
@@ -901,7 +907,8 @@ fn plan(
             };
             ensure_image(&docker, &env, &ctx.root, &compose_copies, &needed)?;
         }
-        planned.insert(name.clone(), plan_service(&docker, &env, name, svc, image)?);
+        let own_health = |image: &str| docker.image_health_test(image);
+        planned.insert(name.clone(), plan_service(&own_health, &env, name, svc, image)?);
     }
     let mut edges = Vec::new();
     if let Some(gateway) = &edge_image {
@@ -1480,6 +1487,118 @@ pub fn status(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn env() -> DockerEnv {
+        DockerEnv {
+            name: "staging".into(),
+            project: "xtask-staging".into(),
+            file: PathBuf::from("staging.env"),
+            vars: BTreeMap::new(),
+            compose_files: Vec::new(),
+            services: None,
+            publish: Vec::new(),
+        }
+    }
+
+    fn service(yaml: &str) -> ComposeService {
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("compose service {yaml}: {e}"))
+    }
+
+    /// Images as a table: `api:v1` carries our binary's exec-form check, `redis:7` none.
+    fn image_health(image: &str) -> Result<Option<Vec<String>>> {
+        Ok(match image {
+            "sha256:api" => Some(vec!["CMD".into(), "/usr/local/bin/api".into(), "healthcheck".into()]),
+            _ => None,
+        })
+    }
+
+    fn planned(name: &str, yaml: &str, ours: bool) -> Result<Planned> {
+        let ours = ours.then(|| ("sha256:api".to_string(), "api:v1".to_string()));
+        plan_service(&image_health, &env(), name, service(yaml), ours)
+    }
+
+    /// Compose service -> `docker run` spec, rule by rule.
+    #[test]
+    fn compose_services_become_run_specs() {
+        let cases: &[(&str, &str, &[&str])] = &[
+            (
+                "restart and user",
+                "{image: redis:7, restart: unless-stopped, user: \"999\"}",
+                &["--restart", "unless-stopped", "--user", "999"],
+            ),
+            (
+                "capabilities",
+                "{image: redis:7, cap_drop: [ALL], cap_add: [NET_BIND_SERVICE]}",
+                &["--cap-drop", "ALL", "--cap-add", "NET_BIND_SERVICE"],
+            ),
+            (
+                "security options and tmpfs",
+                "{image: redis:7, security_opt: [\"no-new-privileges:true\"], tmpfs: /tmp}",
+                &["--security-opt", "no-new-privileges:true", "--tmpfs", "/tmp"],
+            ),
+            ("limits", "{image: redis:7, mem_limit: 256m, cpus: 0.5}", &["--memory", "256m", "--cpus", "0.5"]),
+            (
+                "a named volume is the project's",
+                "{image: redis:7, volumes: [\"data:/data\"]}",
+                &["--volume", "xtask-staging_data:/data"],
+            ),
+            ("read-only root", "{image: redis:7, read_only: true}", &["--read-only"]),
+            (
+                "shell-form check",
+                "{image: redis:7, healthcheck: {test: [CMD-SHELL, redis-cli ping], interval: 5s, retries: 3}}",
+                &["--health-cmd", "redis-cli ping", "--health-interval", "5s", "--health-retries", "3"],
+            ),
+            ("a disabled check", "{image: redis:7, healthcheck: {disable: true}}", &["--no-healthcheck"]),
+        ];
+        for (what, yaml, options) in cases {
+            let p = planned("redis", yaml, false).unwrap_or_else(|e| panic!("{what}: {e:#}"));
+            assert_eq!(p.role, Role::Dependency, "{what}");
+            assert_eq!(p.spec.options, options.iter().map(|o| o.to_string()).collect::<Vec<_>>(), "{what}");
+        }
+    }
+
+    #[test]
+    fn our_images_keep_their_own_exec_form_check_and_others_get_it_in_shell_form() {
+        let same = "{healthcheck: {test: [CMD, /usr/local/bin/api, healthcheck]}}";
+        let p = planned("api", same, true).expect("plans");
+        assert_eq!((p.role, p.spec.healthcheck), (Role::App, true));
+        assert!(p.spec.options.is_empty(), "the image's own check is kept: {:?}", p.spec.options);
+        assert_eq!((p.spec.image.as_str(), p.spec.image_name.as_str()), ("sha256:api", "api:v1"));
+
+        let other = "{healthcheck: {test: [CMD, /usr/local/bin/api, healthcheck, --path, /ready z]}}";
+        let p = planned("api", other, true).expect("plans");
+        assert_eq!(p.spec.options, ["--health-cmd", "/usr/local/bin/api healthcheck --path '/ready z'"]);
+
+        let inherited = planned("api", "{}", true).expect("the image's check counts");
+        assert!(inherited.spec.healthcheck);
+    }
+
+    #[test]
+    fn environment_command_ports_grace_and_dependencies_are_carried() {
+        let yaml = "{image: redis:7, environment: {A: \"1\", B: two}, command: [redis-server, --save, \"\"], \
+                    ports: [\"127.0.0.1:16379:6379\"], stop_grace_period: 1m30s, depends_on: {postgres: {condition: service_healthy}}}";
+        let p = planned("redis", yaml, false).expect("plans");
+        assert_eq!(p.spec.env.get("B").map(String::as_str), Some("two"));
+        assert_eq!(p.spec.command, ["redis-server", "--save", ""]);
+        assert_eq!(p.ports.len(), 1);
+        assert_eq!(p.spec.stop_grace, 90);
+        assert_eq!(p.spec.depends_on, ["postgres"]);
+        assert!(!p.spec.healthcheck, "no check anywhere: running is enough for a dependency");
+    }
+
+    #[test]
+    fn what_deploy_cannot_honour_is_refused_by_name() {
+        let no_check = planned("api", "{healthcheck: {test: [NONE]}}", true).expect_err("an app without a check");
+        assert!(format!("{no_check:#}").contains("service api has no health check"), "{no_check:#}");
+        let entry = planned("redis", "{image: redis:7, entrypoint: [sh]}", false).expect_err("entrypoint");
+        assert!(format!("{entry:#}").contains("`entrypoint` is not supported"), "{entry:#}");
+        let no_image = planned("redis", "{}", false).expect_err("no image");
+        assert!(format!("{no_image:#}").contains("service redis has no image"), "{no_image:#}");
+        assert!(
+            serde_yaml::from_str::<ComposeService>("{image: x, privileged: true}").is_err(),
+            "unknown keys refused"
+        );
+    }
 
     #[test]
     fn env_files_parse_and_say_where_they_are_wrong() {
