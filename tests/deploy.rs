@@ -263,4 +263,21 @@ fn dry_run_stops_after_the_diff() {
     assert!(text(&out.stdout).contains("image: (new)"), "the diff is shown: {}", said(&out));
     let verbs: Vec<String> = cluster.calls().iter().map(|c| c[0].clone()).collect();
     assert_eq!(verbs, ["kustomize", "diff"]);
+
+    // The same plan as JSON on stdout: the pinned images, the diff and the render.
+    let json = cluster.xtask(
+        "success",
+        "",
+        &["--dry-run", "--format", "json", "deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8")],
+    );
+    assert!(json.status.success(), "{}", said(&json));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", said(&json)));
+    assert_eq!((plan["target"].as_str(), plan["env"].as_str()), (Some("k8s"), Some("staging")), "{plan:#}");
+    assert_eq!(plan["changes"], true);
+    assert!(plan["diff"].as_str().is_some_and(|d| d.contains("image: (new)")), "{plan:#}");
+    assert!(plan["images"]["api"].as_str().is_some_and(|i| i.contains("@sha256:")), "{plan:#}");
+    assert!(plan["render"].as_str().is_some_and(|r| r.contains("kind: Deployment")), "{plan:#}");
+    let applies = cluster.calls().iter().filter(|c| c[0] == "apply").count();
+    assert_eq!(applies, 0, "a dry run applies nothing");
 }

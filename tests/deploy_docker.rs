@@ -348,6 +348,28 @@ fn a_broken_environment_is_refused_before_anything_changes() {
         );
     }
     assert!(said.contains("dry run: nothing was changed on the Docker host"), "{said}");
+    // The same plan as JSON on stdout: every service with its action, the images to fetch.
+    let out = xtask_command()
+        .args(["--dry-run", "--format", "json"])
+        .args(deploy)
+        .args(["--env", "staging"])
+        .envs(env.vars.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .expect("xtask runs");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the plan is JSON on stdout");
+    assert_eq!(plan["target"], "docker");
+    let services = plan["services"].as_array().expect("services");
+    for service in ["postgres", "redis", "api", "gateway"] {
+        assert!(
+            services.iter().any(|s| s["service"] == service && s["action"] == "create"),
+            "{service} to be created: {plan:#}"
+        );
+    }
+    assert!(
+        plan["prepare"].as_array().is_some_and(|p| p.iter().any(|i| i["service"] == "api" && i["action"] == "missing")),
+        "the api image is missing here, and the plan says so: {plan:#}"
+    );
 
     let filter = format!("label=xtask.project={}", env.project);
     assert_eq!(docker_ok(&["ps", "-aq", "--filter", &filter]), "", "nothing was started");

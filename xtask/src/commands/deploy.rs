@@ -442,7 +442,8 @@ fn edge_service(ws: &Workspace) -> Option<(String, u16, String)> {
         .map(|(name, meta)| (name.clone(), meta.port, meta.ready.clone()))
 }
 
-fn confirm(env: &str, args: &DeployArgs) -> Result<()> {
+/// The one confirmation point of a deploy: after its plan is shown, before anything changes.
+pub(crate) fn confirm(env: &str, args: &DeployArgs) -> Result<()> {
     if !GUARDED.contains(&env) {
         return Ok(());
     }
@@ -473,17 +474,39 @@ fn confirm(env: &str, args: &DeployArgs) -> Result<()> {
     Ok(())
 }
 
-/// The environment's work directory, held exclusively: two deploys of one environment from this
-/// checkout take turns instead of overwriting each other's render (the lock ends with the process).
-fn work_dir(ctx: &Ctx, env: &str) -> Result<(PathBuf, std::fs::File)> {
-    let dir = crate::target_dir(&ctx.root).join("xtask/deploy").join(env);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let lock = std::fs::File::create(dir.join(".lock")).with_context(|| format!("creating {}/.lock", dir.display()))?;
+/// Where one deploy of an environment works. A real deploy holds the environment's directory
+/// exclusively: two deploys of one environment from this checkout take turns instead of
+/// overwriting each other's render (the lock ends with the process). A dry run changes nothing,
+/// so it takes no lock and plans in a scratch directory of its own, removed when it ends.
+struct WorkDir {
+    dir: PathBuf,
+    _lock: Option<std::fs::File>,
+    scratch: bool,
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.scratch {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn work_dir(ctx: &Ctx, env: &str) -> Result<WorkDir> {
+    let home = crate::target_dir(&ctx.root).join("xtask/deploy").join(env);
+    if ctx.dry_run {
+        let dir = home.join(format!("dry-run-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        return Ok(WorkDir { dir, _lock: None, scratch: true });
+    }
+    std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+    let lock =
+        std::fs::File::create(home.join(".lock")).with_context(|| format!("creating {}/.lock", home.display()))?;
     if lock.try_lock().is_err() {
         eprintln!("another deploy of {env} is running from this checkout; waiting for it to finish");
-        lock.lock().with_context(|| format!("locking {}/.lock", dir.display()))?;
+        lock.lock().with_context(|| format!("locking {}/.lock", home.display()))?;
     }
-    Ok((dir, lock))
+    Ok(WorkDir { dir: home, _lock: Some(lock), scratch: false })
 }
 
 /// Schema and policy on the pinned render, digests required (the same checks as `k8s validate`).
@@ -493,7 +516,8 @@ fn validate(ctx: &Ctx, env: &str, file: &Path) -> Result<()> {
         unreachable!("policy_step runs cargo")
     };
     eprintln!("$ {}", step.command_line());
-    let status = Cmd::new(program).args(args).current_dir(cwd).status()?;
+    // Its report goes to stderr: stdout carries only the plan (`--format json`).
+    let status = Cmd::new(program).args(args).current_dir(cwd).to_command().stdout(std::io::stderr()).status()?;
     if !status.success() {
         bail!("the pinned render of {env} fails validation (above); nothing was applied");
     }
@@ -523,19 +547,16 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     use crate::commands::deploy_docker as docker;
     match &args.action {
         Some(Action::Rollback(a)) if a.target == Target::Docker => {
-            let (dir, _lock) = work_dir(ctx, &a.env)?;
-            docker::rollback(ctx, &a.env, Duration::from_secs(a.timeout), &dir)
+            let work = work_dir(ctx, &a.env)?;
+            docker::rollback(ctx, &a.env, Duration::from_secs(a.timeout), &work.dir)
         }
         Some(Action::Status(a)) if a.target == Target::Docker => docker::status(ctx, &a.env),
         Some(Action::Rollback(a)) => rollback(ctx, a),
         Some(Action::Status(a)) => status(ctx, a),
         None if args.deploy.target == Target::Docker => {
             let env = args.deploy.env.clone().expect("clap requires --env");
-            if !ctx.dry_run {
-                confirm(&env, &args.deploy)?;
-            }
-            let (dir, _lock) = work_dir(ctx, &env)?;
-            docker::deploy(ctx, &env, args.deploy.images.as_deref(), Duration::from_secs(args.deploy.timeout), &dir)
+            let work = work_dir(ctx, &env)?;
+            docker::deploy(ctx, &env, &args.deploy, &work.dir)
         }
         None => deploy(ctx, &args.deploy),
     }
@@ -557,7 +578,8 @@ fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<ExitCode> {
     let manifest = BuildManifest::read(&manifest_path)?;
     let pins = pins(&ws, &manifest, &manifest_path)?;
     let kube = Kube { program: kubectl_program() };
-    let (dir, _lock) = work_dir(ctx, &env)?;
+    let work = work_dir(ctx, &env)?;
+    let dir = &work.dir;
 
     // 1-2: render, pin in memory, validate offline.
     let overlay = ctx.root.join(k8s::OVERLAYS_DIR).join(&env).display().to_string();
@@ -573,9 +595,23 @@ fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<ExitCode> {
     let diff_args = ["diff", "--server-side", "--field-manager=xtask", "--force-conflicts", "-f", &file];
     Kube::announce(&diff_args);
     let diff = kube.cmd(&diff_args).ok_codes(&[0, 1]).checked_output()?;
-    match diff.status.code() {
-        Some(0) => eprintln!("kubectl diff: no changes in {env}"),
-        _ => print!("{}", String::from_utf8_lossy(&diff.stdout)),
+    let changes = diff.status.code() != Some(0);
+    // The one presentation of the plan (human or JSON), then the one confirmation point.
+    if ctx.ui.format == crate::runner::Format::Json {
+        let plan = serde_json::json!({
+            "target": "k8s",
+            "env": env,
+            "namespace": namespace,
+            "images": pins,
+            "changes": changes,
+            "diff": String::from_utf8_lossy(&diff.stdout),
+            "render": pinned,
+        });
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else if changes {
+        print!("{}", String::from_utf8_lossy(&diff.stdout));
+    } else {
+        eprintln!("kubectl diff: no changes in {env}");
     }
     if ctx.dry_run {
         eprintln!("dry run: rendered, pinned, validated and diffed {env}; nothing was applied");
@@ -625,7 +661,7 @@ fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<ExitCode> {
                 "rolling back {env} to the known-good render of {}",
                 meta["xtask/deployed-at"].as_str().unwrap_or("an earlier deploy")
             );
-            match roll_back(&kube, &dir, &namespace, &render, &deployments, timeout) {
+            match roll_back(&kube, dir, &namespace, &render, &deployments, timeout) {
                 Ok(()) => {
                     bail!("deploy of {env} failed ({}); rolled back to the last known-good render", failures.join("; "))
                 }
@@ -654,8 +690,8 @@ fn rollback(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
         );
         return Ok(ExitCode::SUCCESS);
     }
-    let (dir, _lock) = work_dir(ctx, &args.env)?;
-    match roll_back(&kube, &dir, &namespace, &render, &deployments(&ws), Duration::from_secs(args.timeout)) {
+    let work = work_dir(ctx, &args.env)?;
+    match roll_back(&kube, &work.dir, &namespace, &render, &deployments(&ws), Duration::from_secs(args.timeout)) {
         Ok(()) => {
             eprintln!(
                 "rolled back {} to the known-good render of {}",
@@ -672,9 +708,35 @@ fn status(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
     k8s::resolve_envs(&ctx.root, std::slice::from_ref(&args.env))?;
     let namespace = overlay_namespace(&ctx.root, &args.env)?;
     let kube = Kube { program: kubectl_program() };
-    let out = kube.checked(&["get", "deployments", "-n", &namespace, "-o", "json"])?;
-    let list: serde_json::Value =
-        serde_json::from_str(&out).context("kubectl returned deployments that are not JSON")?;
+    let list: serde_json::Value = kube.cmd(&["get", "deployments", "-n", &namespace, "-o", "json"]).read_json()?;
+    let known_good = fetch_known_good(&kube, &namespace)?;
+    if ctx.ui.format == crate::runner::Format::Json {
+        let deployments: Vec<serde_json::Value> = list["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|d| {
+                serde_json::json!({
+                    "name": d["metadata"]["name"],
+                    "ready": d["status"]["readyReplicas"].as_u64().unwrap_or(0),
+                    "replicas": d["spec"]["replicas"],
+                    "images": d["spec"]["template"]["spec"]["containers"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|c| c["image"].clone())
+                        .collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+        let known_good = known_good.map(|(_, meta)| {
+            serde_json::json!({ "revision": meta["xtask/revision"], "deployed_at": meta["xtask/deployed-at"] })
+        });
+        let report = serde_json::json!({ "target": "k8s", "env": args.env, "namespace": namespace,
+            "deployments": deployments, "known_good": known_good });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     println!("{:<12} {:<8} image", "deployment", "ready");
     for d in list["items"].as_array().into_iter().flatten() {
         let name = d["metadata"]["name"].as_str().unwrap_or("?");
@@ -691,7 +753,7 @@ fn status(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
             .collect();
         println!("{name:<12} {ready:<8} {}", images.join(", "));
     }
-    match fetch_known_good(&kube, &namespace)? {
+    match known_good {
         Some((_, meta)) => println!(
             "known-good: revision {} deployed at {}",
             meta["xtask/revision"].as_str().unwrap_or("?"),

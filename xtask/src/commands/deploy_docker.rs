@@ -35,6 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::commands::deploy::DeployArgs;
 use crate::commands::dev;
 use crate::commands::image::{self, BuildManifest};
 use crate::process::Cmd;
@@ -847,6 +848,30 @@ struct Deployment {
     order: Vec<String>,
     edges: Vec<RunSpec>,
     revision: String,
+    /// The environment's copies of the compose files (what `compose build` runs on).
+    copies: Vec<PathBuf>,
+    /// Images to fetch or build before anything is replaced (or that are missing for good).
+    prepare: Vec<Prepare>,
+}
+
+/// An image the Docker host lacks, and what deploy will do about it.
+#[derive(Clone, Debug, Serialize)]
+struct Prepare {
+    service: String,
+    image: String,
+    #[serde(flatten)]
+    action: PrepareAction,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "action", content = "why", rename_all = "kebab-case")]
+enum PrepareAction {
+    /// Pinned by digest: `docker pull`.
+    Pull,
+    /// Compose can build it.
+    Build,
+    /// Neither: the deploy is refused with this line.
+    Missing(String),
 }
 
 fn plan(
@@ -885,28 +910,31 @@ fn plan(
         true => None,
         false => Some(app_image(manifest, manifest_path, "gateway")?),
     };
-    if let (Some((image, image_name)), false) = (&edge_image, ctx.dry_run) {
+    // What the host lacks is a fact gathered here; fetching or building it is a step of the
+    // deploy, after the plan is shown and confirmed.
+    let mut prepare = Vec::new();
+    if let Some((image, image_name)) = &edge_image {
         let needed = Needed { service: "gateway", image, image_name, app: true, buildable: false };
-        ensure_image(&docker, &env, &ctx.root, &compose_copies, &needed)?;
+        prepare.extend(image_need(&docker, &env, &needed));
     }
     let mut planned = BTreeMap::new();
     for (name, svc, image) in parsed {
-        // The image's own health check decides how the compose one is given to Docker, so the
-        // image has to be here first (a dry run changes nothing and plans with what is here).
-        if !ctx.dry_run {
-            let (image, image_name) = image.clone().unwrap_or_else(|| {
-                let i = svc.image.clone().unwrap_or_default();
-                (i.clone(), i)
-            });
-            let needed = Needed {
-                service: name,
-                image: &image,
-                image_name: &image_name,
-                app: ours.contains(name),
-                buildable: svc.build.is_some(),
-            };
-            ensure_image(&docker, &env, &ctx.root, &compose_copies, &needed)?;
+        let (wanted, wanted_name) = image.clone().unwrap_or_else(|| {
+            let i = svc.image.clone().unwrap_or_default();
+            (i.clone(), i)
+        });
+        let needed = Needed {
+            service: name,
+            image: &wanted,
+            image_name: &wanted_name,
+            app: ours.contains(name),
+            buildable: svc.build.is_some(),
+        };
+        if !prepare.iter().any(|p: &Prepare| p.image == wanted && p.service == *name) {
+            prepare.extend(image_need(&docker, &env, &needed));
         }
+        // The image's own health check decides how the compose one is given to Docker; an image
+        // not here yet is planned without it and planned again once it is here.
         let own_health = |image: &str| docker.image_health_test(image);
         planned.insert(name.clone(), plan_service(&own_health, &env, name, svc, image)?);
     }
@@ -931,7 +959,7 @@ fn plan(
     }
     let order = order(&planned.iter().map(|(k, p)| (k.clone(), p.spec.depends_on.clone())).collect())?;
     let revision = image::Revision::of(&ctx.root).map_or_else(|_| "unknown".to_string(), |r| r.sha);
-    Ok(Deployment { env, planned, order, edges, revision })
+    Ok(Deployment { env, planned, order, edges, revision, prepare, copies: compose_copies })
 }
 
 fn now_stamp() -> String {
@@ -1221,44 +1249,57 @@ struct Needed<'a> {
     buildable: bool,
 }
 
-/// Make sure an image is on the host before anything changes: pull what is pinned by digest,
-/// build what compose can build, refuse the rest by name.
-fn ensure_image(docker: &Docker, env: &DockerEnv, root: &Path, copies: &[PathBuf], n: &Needed<'_>) -> Result<()> {
+/// What getting an image onto the host takes (`None`: it is there): pull what is pinned by
+/// digest, build what compose can build, and the rest is missing, named.
+fn image_need(docker: &Docker, env: &DockerEnv, n: &Needed<'_>) -> Option<Prepare> {
     if docker.image_exists(n.image) {
-        return Ok(());
+        return None;
     }
-    if n.image.contains('@') {
-        docker.checked(&["pull", n.image])?;
-        return Ok(());
-    }
-    if n.app {
-        return Err(UsageError(format!(
+    let action = if n.image.contains('@') {
+        PrepareAction::Pull
+    } else if n.app {
+        PrepareAction::Missing(format!(
             "image {} ({}) for {} is not on the Docker host; push it (`cargo xtask image build --push REGISTRY`) or build it there",
             n.image_name,
             short(n.image),
             n.service
         ))
-        .into());
-    }
-    if !n.buildable {
-        return Err(UsageError(format!(
+    } else if !n.buildable {
+        PrepareAction::Missing(format!(
             "image {} for {} is not on the Docker host and compose cannot build it; load it, or set its image variable in {}",
             n.image,
             n.service,
             env.file.display()
         ))
-        .into());
-    }
-    let cmd = compose_command(root, env, copies, &["build", n.service])?;
-    eprintln!("$ compose build {} (image {} is missing)", n.service, n.image);
-    let status = cmd.status()?;
-    if !status.success() {
-        bail!("building the image of {} failed (above); nothing was changed", n.service);
+    } else {
+        PrepareAction::Build
+    };
+    Some(Prepare { service: n.service.to_string(), image: n.image.to_string(), action })
+}
+
+/// Put every image the plan lacks on the host; nothing has been replaced yet if this fails.
+fn fetch_images(docker: &Docker, root: &Path, dep: &Deployment) -> Result<()> {
+    for p in &dep.prepare {
+        match &p.action {
+            PrepareAction::Missing(why) => return Err(UsageError(format!("{why}; nothing was changed")).into()),
+            PrepareAction::Pull => {
+                docker.checked(&["pull", &p.image])?;
+            }
+            PrepareAction::Build => {
+                let cmd = compose_command(root, &dep.env, &dep.copies, &["build", &p.service])?;
+                eprintln!("$ compose build {} (image {} is missing)", p.service, p.image);
+                if !cmd.to_command().stdout(std::io::stderr()).status()?.success() {
+                    bail!("building the image of {} failed (above); nothing was changed", p.service);
+                }
+            }
+        }
     }
     Ok(())
 }
 
-pub fn deploy(ctx: &Ctx, env_name: &str, images: Option<&Path>, timeout: Duration, dir: &Path) -> Result<ExitCode> {
+pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Result<ExitCode> {
+    let images = args.images.as_deref();
+    let timeout = Duration::from_secs(args.timeout);
     let ws = ctx.workspace()?;
     let env = DockerEnv::load(&ctx.root, env_name)?;
     let manifest_path = images.map_or_else(|| image::manifest_path(&ws), Path::to_path_buf);
@@ -1271,12 +1312,23 @@ pub fn deploy(ctx: &Ctx, env_name: &str, images: Option<&Path>, timeout: Duratio
     }
     let manifest = BuildManifest::read(&manifest_path)?;
     let docker = Docker;
-    let dep = plan(ctx, &ws, env, &manifest, &manifest_path, dir)?;
+    let mut dep = plan(ctx, &ws, env.clone(), &manifest, &manifest_path, dir)?;
     let running = containers(&docker, &dep.env.project)?;
-    print_plan(&dep, &running);
+    // The one presentation of the plan, then the one confirmation point, then changes.
+    if ctx.ui.format == crate::runner::Format::Json {
+        println!("{}", serde_json::to_string_pretty(&plan_json(&dep, &running))?);
+    } else {
+        print_plan(&dep, &running);
+    }
     if ctx.dry_run {
         eprintln!("dry run: nothing was changed on the Docker host");
         return Ok(ExitCode::SUCCESS);
+    }
+    super::deploy::confirm(env_name, args)?;
+    if !dep.prepare.is_empty() {
+        fetch_images(&docker, &ctx.root, &dep)?;
+        // Now that every image is here, plan with their own health checks (what is run).
+        dep = plan(ctx, &ws, env, &manifest, &manifest_path, dir)?;
     }
     ensure_network(&docker, &dep.env.network(), &dep.env.project)?;
     ensure_network(&docker, &dep.env.serving_network(), &dep.env.project)?;
@@ -1363,6 +1415,47 @@ fn describe(outcome: &Outcome) -> String {
     }
 }
 
+/// What deploy will do to each service: create, replace, unchanged or keep.
+fn action(p: &Planned, running: &[Running]) -> String {
+    let current = running.iter().rev().find(|r| r.service == p.service && r.status == "running");
+    match (p.role, current) {
+        (_, None) => "create".to_string(),
+        (Role::App, Some(c)) if c.spec_hash == p.spec.hash() => "unchanged".to_string(),
+        (Role::App, Some(c)) => {
+            format!("replace {} with {}", c.spec.as_ref().map_or("?", |s| s.image_name.as_str()), p.spec.image_name)
+        }
+        (_, Some(_)) => "keep (dependencies are not replaced)".to_string(),
+    }
+}
+
+/// The plan as `--format json` prints it (stdout).
+fn plan_json(dep: &Deployment, running: &[Running]) -> serde_json::Value {
+    let services: Vec<serde_json::Value> = dep
+        .order
+        .iter()
+        .map(|name| {
+            let p = &dep.planned[name];
+            serde_json::json!({
+                "service": name,
+                "role": p.role.label(),
+                "image": p.spec.image_name,
+                "action": action(p, running),
+                "spec": p.spec,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "target": "docker",
+        "env": dep.env.name,
+        "project": dep.env.project,
+        "docker_host": std::env::var("DOCKER_HOST").ok(),
+        "revision": dep.revision,
+        "prepare": dep.prepare,
+        "services": services,
+        "edges": dep.edges,
+    })
+}
+
 fn print_plan(dep: &Deployment, running: &[Running]) {
     eprintln!(
         "deploying {} to the Docker host{} as project {}:",
@@ -1370,18 +1463,17 @@ fn print_plan(dep: &Deployment, running: &[Running]) {
         std::env::var("DOCKER_HOST").map(|h| format!(" {h}")).unwrap_or_default(),
         dep.env.project
     );
+    for p in &dep.prepare {
+        let what = match &p.action {
+            PrepareAction::Pull => format!("pull {}", p.image),
+            PrepareAction::Build => format!("build {} with compose", p.image),
+            PrepareAction::Missing(why) => format!("refused: {why}"),
+        };
+        eprintln!("  {:<12} image      {what}", p.service);
+    }
     for service in &dep.order {
         let p = &dep.planned[service];
-        let current = running.iter().rev().find(|r| r.service == *service && r.status == "running");
-        let what = match (p.role, current) {
-            (_, None) => "create".to_string(),
-            (Role::App, Some(c)) if c.spec_hash == p.spec.hash() => "unchanged".to_string(),
-            (Role::App, Some(c)) => {
-                format!("replace {} with {}", c.spec.as_ref().map_or("?", |s| s.image_name.as_str()), p.spec.image_name)
-            }
-            (_, Some(_)) => "keep (dependencies are not replaced)".to_string(),
-        };
-        eprintln!("  {service:<12} {:<10} {what}", p.role.label());
+        eprintln!("  {service:<12} {:<10} {}", p.role.label(), action(p, running));
     }
     for e in &dep.edges {
         let port = &e.ports[0];
@@ -1415,7 +1507,15 @@ pub fn rollback(ctx: &Ctx, env_name: &str, timeout: Duration, dir: &Path) -> Res
         bail!("nothing of {env_name} runs on the Docker host (project {}); nothing to roll back", env.project);
     }
     let revision = image::Revision::of(&ctx.root).map_or_else(|_| "unknown".to_string(), |r| r.sha);
-    let dep = Deployment { env, planned: BTreeMap::new(), order: Vec::new(), edges: Vec::new(), revision };
+    let dep = Deployment {
+        env,
+        planned: BTreeMap::new(),
+        order: Vec::new(),
+        edges: Vec::new(),
+        revision,
+        copies: Vec::new(),
+        prepare: Vec::new(),
+    };
     let mut targets: Vec<RunSpec> = Vec::new();
     for app in &apps {
         match &app.previous {
@@ -1465,6 +1565,23 @@ pub fn rollback(ctx: &Ctx, env_name: &str, timeout: Duration, dir: &Path) -> Res
 pub fn status(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
     let env = DockerEnv::load(&ctx.root, env_name)?;
     let running = containers(&Docker, &env.project)?;
+    if ctx.ui.format == crate::runner::Format::Json {
+        let containers: Vec<serde_json::Value> = running
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "service": r.service, "container": r.name, "role": r.role, "state": r.status,
+                    "health": r.health, "image": r.spec.as_ref().map(|s| s.image_name.clone()),
+                    "image_id": r.image_id, "started": r.started,
+                    "previous": r.previous.as_ref().map(|p| p.image_name.clone()),
+                })
+            })
+            .collect();
+        let report = serde_json::json!({ "target": "docker", "env": env_name, "project": env.project,
+            "containers": containers });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
     if running.is_empty() {
         println!("{env_name}: nothing deployed on the Docker host (project {})", env.project);
         return Ok(ExitCode::SUCCESS);

@@ -31,7 +31,9 @@ use crate::{Command, Ctx, UsageError};
 /// is decided.
 fn json_unsupported(command: &Command, dry_run: bool) -> Option<&'static str> {
     match command {
-        Command::Deploy(_) => Some("deploy prints its plan, kubectl's diff and the rollout as text"),
+        Command::Deploy(deploy::Args { action: Some(deploy::Action::Rollback(_)), .. }) => {
+            Some("deploy rollback reports its progress as text")
+        }
         Command::Loadtest(_) if !dry_run => {
             Some("the load generator owns the terminal; its JSON report is target/xtask/loadtest/report.json")
         }
@@ -239,7 +241,9 @@ mod plan_tests {
             let cli = crate::Cli::try_parse_from(std::iter::once("xtask").chain(argv.iter().copied())).expect("valid");
             cli.command
         };
-        assert!(json_unsupported(&command(&["deploy", "--env", "dev"]), true).is_some());
+        assert!(json_unsupported(&command(&["deploy", "rollback", "--env", "dev"]), true).is_some());
+        assert!(json_unsupported(&command(&["deploy", "--env", "dev"]), false).is_none(), "the plan is JSON");
+        assert!(json_unsupported(&command(&["deploy", "status", "--env", "dev"]), false).is_none());
         assert!(json_unsupported(&command(&["dev", "logs"]), false).is_some());
         assert!(json_unsupported(&command(&["loadtest", "smoke"]), false).is_some());
         assert!(json_unsupported(&command(&["loadtest", "smoke"]), true).is_none(), "a dry run is a plan");
