@@ -16,6 +16,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 const READ_CHUNK: usize = 4 * 1024;
 /// Largest head (request or status line plus headers) accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
+/// The longest chunk-size or trailer line, CRLF included.
+const MAX_LINE: usize = 4096;
 
 #[derive(Debug)]
 pub enum WireError {
@@ -356,12 +358,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Wire<S> {
 
     /// The next line's length without its CRLF, reading more as needed (lines are short:
     /// chunk sizes and trailers).
+    /// One chunk-size or trailer line (without its CRLF): its length.
     async fn line<W: AsyncWrite + Unpin>(&mut self, sink: &mut Sink<'_, W>) -> Result<usize, WireError> {
         loop {
+            // A line and its CRLF fit in MAX_LINE bytes, judged the same however the bytes arrive
+            // (a CRLF found further on, in a buffer a long head grew, is still too long).
             if let Some(pos) = self.buf[self.start..self.end].windows(2).position(|w| w == b"\r\n") {
+                if pos + 2 > MAX_LINE {
+                    return Err(WireError::Malformed("chunk line too long"));
+                }
                 return Ok(pos);
             }
-            if self.end - self.start >= 4096 {
+            if self.end - self.start >= MAX_LINE {
                 return Err(WireError::Malformed("chunk line too long"));
             }
             sink.flush(self.io_timeout).await?;
