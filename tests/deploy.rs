@@ -184,7 +184,7 @@ fn a_rollout_that_times_out_is_rolled_back_to_the_known_good_render() {
 
     // `deploy rollback` does the same on demand.
     let before = cluster.applied().len();
-    let rollback = cluster.xtask("success", "", &["deploy", "rollback", "--env", "staging", "--timeout", "20"]);
+    let rollback = cluster.xtask("success", "", &["deploy", "rollback", "--env", "staging", "--timeout", "20s"]);
     assert!(rollback.status.success(), "{}", said(&rollback));
     let applied = cluster.applied();
     assert_eq!(applied.len(), before + 1);
@@ -206,7 +206,7 @@ fn a_crash_loop_is_caught_before_the_timeout_and_rolled_back() {
     let out = cluster.xtask(
         "crash-loop",
         &bad,
-        &["deploy", "--env", "staging", "--images", v2.to_str().expect("utf-8"), "--timeout", "120"],
+        &["deploy", "--env", "staging", "--images", v2.to_str().expect("utf-8"), "--timeout", "2m"],
     );
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
     assert!(started.elapsed() < std::time::Duration::from_secs(60), "did not wait for the 120 s timeout");

@@ -5,6 +5,7 @@
 
 mod affected;
 mod commands;
+mod duration;
 mod git;
 mod install;
 mod oci;

@@ -49,9 +49,10 @@ pub struct EnvArgs {
     pub env: String,
     #[arg(long, value_enum, default_value_t = Target::K8s)]
     pub target: Target,
-    /// Seconds to wait for every rollout (docker: for each container to turn healthy).
-    #[arg(long, default_value_t = 300)]
-    pub timeout: u64,
+    /// How long to wait for every rollout (docker: for each container to turn healthy), e.g.
+    /// `5m`, `90s` (a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = crate::duration::flag)]
+    pub timeout: Duration,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -77,9 +78,10 @@ pub struct DeployArgs {
     /// The environment's name again, for prod without a terminal.
     #[arg(long, value_name = "ENV")]
     pub confirm: Option<String>,
-    /// Seconds to wait for every rollout (docker: for each container to turn healthy).
-    #[arg(long, default_value_t = 300)]
-    pub timeout: u64,
+    /// How long to wait for every rollout (docker: for each container to turn healthy), e.g.
+    /// `5m`, `90s` (a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = crate::duration::flag)]
+    pub timeout: Duration,
     /// The build manifest to pin images from (default: target/xtask/images.json).
     #[arg(long, value_name = "FILE")]
     pub images: Option<PathBuf>,
@@ -548,7 +550,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     match &args.action {
         Some(Action::Rollback(a)) if a.target == Target::Docker => {
             let work = work_dir(ctx, &a.env)?;
-            docker::rollback(ctx, &a.env, Duration::from_secs(a.timeout), &work.dir)
+            docker::rollback(ctx, &a.env, a.timeout, &work.dir)
         }
         Some(Action::Status(a)) if a.target == Target::Docker => docker::status(ctx, &a.env),
         Some(Action::Rollback(a)) => rollback(ctx, a),
@@ -627,7 +629,7 @@ fn deploy(ctx: &Ctx, args: &DeployArgs) -> Result<ExitCode> {
 
     // 6: apply, wait, smoke.
     let deployments = deployments(&ws);
-    let timeout = Duration::from_secs(args.timeout);
+    let timeout = args.timeout;
     let edge = edge_service(&ws);
     let outcome = apply(&kube, &render_file)
         .map_err(|e| vec![format!("{e:#}")])
@@ -691,7 +693,7 @@ fn rollback(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let work = work_dir(ctx, &args.env)?;
-    match roll_back(&kube, &work.dir, &namespace, &render, &deployments(&ws), Duration::from_secs(args.timeout)) {
+    match roll_back(&kube, &work.dir, &namespace, &render, &deployments(&ws), args.timeout) {
         Ok(()) => {
             eprintln!(
                 "rolled back {} to the known-good render of {}",

@@ -121,9 +121,10 @@ pub struct UpArgs {
     /// Also start Grafana (upstream image: needs a registry).
     #[arg(long)]
     pub observability: bool,
-    /// Seconds to wait for every container to be healthy.
-    #[arg(long, value_name = "SECONDS", default_value_t = 180)]
-    pub timeout: u64,
+    /// How long to wait for every container to be healthy, e.g. `3m`, `90s` (a bare number is
+    /// seconds).
+    #[arg(long, value_name = "DURATION", default_value = "180s", value_parser = crate::duration::flag)]
+    pub timeout: Duration,
     /// Extra compose file layered on top (repeatable), e.g. local overrides.
     #[arg(long = "file", value_name = "FILE")]
     pub files: Vec<PathBuf>,
@@ -499,13 +500,13 @@ pub fn up_plan(ctx: &Ctx, project: &str, args: &UpArgs) -> Result<Plan> {
         compose: compose_up,
         services: services.clone(),
         ports,
-        timeout_secs: args.timeout,
+        timeout_secs: args.timeout.as_secs(),
         urls: urls(&values, &published)?,
     };
     plan.push(
         Step::internal(
             "dev:up",
-            &format!("start {} and wait until healthy (at most {}s)", services.join(", "), args.timeout),
+            &format!("start {} and wait until healthy (at most {}s)", services.join(", "), args.timeout.as_secs()),
             up,
             "cargo xtask dev up",
         )
