@@ -6,6 +6,7 @@
 mod affected;
 mod commands;
 mod duration;
+mod env_file;
 mod git;
 mod install;
 mod oci;

@@ -69,32 +69,6 @@ fn list(value: Option<&String>) -> Option<Vec<String>> {
     value.map(|v| v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_string).collect())
 }
 
-/// Every `KEY=VALUE` line of an env file (`#` comments, blank lines, optional quotes).
-pub fn parse_env_file(text: &str, file: &Path) -> Result<BTreeMap<String, String>> {
-    let mut vars = BTreeMap::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((key, value)) = line.split_once('=') else {
-            return Err(UsageError(format!("{}:{}: expected KEY=VALUE, got {line:?}", file.display(), n + 1)).into());
-        };
-        let key = key.trim();
-        if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
-            return Err(UsageError(format!("{}:{}: {key:?} is not a variable name", file.display(), n + 1)).into());
-        }
-        let value = value.trim();
-        let value = value
-            .strip_prefix('"')
-            .and_then(|v| v.strip_suffix('"'))
-            .or_else(|| value.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')))
-            .unwrap_or(value);
-        vars.insert(key.to_string(), value.to_string());
-    }
-    Ok(vars)
-}
-
 impl DockerEnv {
     pub fn load(root: &Path, name: &str) -> Result<DockerEnv> {
         let file = root.join(ENV_DIR).join(format!("{name}.env"));
@@ -116,7 +90,7 @@ impl DockerEnv {
             }
             Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
         };
-        let mut vars = parse_env_file(&text, &file)?;
+        let mut vars = crate::env_file::parse(&text, &file)?;
         for key in vars.keys().cloned().collect::<Vec<_>>() {
             if let Ok(v) = std::env::var(&key) {
                 vars.insert(key, v);
@@ -1692,18 +1666,6 @@ mod tests {
             serde_yaml::from_str::<ComposeService>("{image: x, privileged: true}").is_err(),
             "unknown keys refused"
         );
-    }
-
-    #[test]
-    fn env_files_parse_and_say_where_they_are_wrong() {
-        let file = Path::new("staging.env");
-        let vars = parse_env_file("# c\n\nA=1\nB = \"two words\"\nC='x'\nD=\n", file).expect("parses");
-        assert_eq!(vars["A"], "1");
-        assert_eq!(vars["B"], "two words");
-        assert_eq!(vars["C"], "x");
-        assert_eq!(vars["D"], "");
-        let err = parse_env_file("A=1\nnot a line\n", file).expect_err("bad line").to_string();
-        assert_eq!(err, "staging.env:2: expected KEY=VALUE, got \"not a line\"");
     }
 
     #[test]

@@ -174,22 +174,23 @@ pub fn compose_program() -> Result<Vec<String>> {
 }
 
 /// The `KEY=value` lines of infra/compose/.env (process variables win, as in compose).
-pub fn env_values(root: &Path, ports: &[Published]) -> BTreeMap<String, String> {
-    let mut values = BTreeMap::new();
-    let text = std::fs::read_to_string(root.join(COMPOSE_DIR).join(".env"))
-        .or_else(|_| std::fs::read_to_string(root.join(COMPOSE_DIR).join(".env.example")))
-        .unwrap_or_default();
-    for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
-        if let Some((k, v)) = line.split_once('=') {
-            values.insert(k.trim().to_string(), v.trim().trim_matches('"').to_string());
+pub fn env_values(root: &Path, ports: &[Published]) -> Result<BTreeMap<String, String>> {
+    let dir = root.join(COMPOSE_DIR);
+    let file = [dir.join(".env"), dir.join(".env.example")].into_iter().find(|f| f.is_file());
+    let mut values = match file {
+        Some(file) => {
+            let text = std::fs::read_to_string(&file).with_context(|| format!("reading {}", file.display()))?;
+            crate::env_file::parse(&text, &file)?
         }
-    }
+        None => BTreeMap::new(),
+    };
+    // The process environment wins, as compose lets it.
     for (k, v) in std::env::vars() {
         if values.contains_key(&k) || ports.iter().any(|p| p.var == k) {
             values.insert(k, v);
         }
     }
-    values
+    Ok(values)
 }
 
 fn port_of(values: &BTreeMap<String, String>, var: &str, default: u16) -> Result<u16> {
@@ -320,7 +321,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
         }
         DevCommand::Urls => {
             let ports = published(&ctx.workspace()?);
-            let values = env_values(&ctx.root, &ports);
+            let values = env_values(&ctx.root, &ports)?;
             match ctx.ui.format {
                 Format::Json | Format::Sarif => {
                     println!("{}", serde_json::to_string_pretty(&url_map(&values, &ports)?)?)
@@ -476,7 +477,7 @@ pub fn up_plan(ctx: &Ctx, project: &str, args: &UpArgs) -> Result<Plan> {
         ));
     }
     let published = published(&ws);
-    let values = env_values(&ctx.root, &published);
+    let values = env_values(&ctx.root, &published)?;
     let mut ports = Vec::new();
     for Published { service, var, default, .. } in &published {
         if services.iter().any(|s| s == service) {

@@ -62,7 +62,7 @@ pub fn scenario_path(root: &Path, given: &str) -> Result<PathBuf> {
 /// The dev stack's URL for a service, from infra/compose/.env like `dev urls`.
 fn service_url(root: &Path, service: &str) -> Result<String> {
     let ports = dev::published(&crate::workspace::Workspace::load(root)?);
-    let values = dev::env_values(root, &ports);
+    let values = dev::env_values(root, &ports)?;
     let Some(dev::Published { var, default, .. }) = ports.iter().find(|p| p.service == service) else {
         let http: Vec<&str> = ports.iter().map(|p| p.service.as_str()).filter(|s| !dev::NOT_HTTP.contains(s)).collect();
         return Err(UsageError(format!(
