@@ -67,7 +67,7 @@ pub struct Cli {
     #[arg(short, long, global = true)]
     pub verbose: bool,
     /// Never install a missing pinned tool or package; fail with how to install it instead.
-    #[arg(long, global = true, env = "XTASK_NO_INSTALL", value_parser = clap::builder::BoolishValueParser::new())]
+    #[arg(long, global = true, env = "XTASK_NO_INSTALL", value_parser = clap::builder::FalseyValueParser::new())]
     pub no_install: bool,
     #[command(subcommand)]
     pub command: Command,
@@ -135,9 +135,17 @@ impl Ctx {
     }
 
     /// Print the plan (dry run) or run it; either way, turn the result into an exit code.
+    /// The plan preceded by the installs of what it needs and this machine lacks (when installs
+    /// are allowed): what `execute` shows or runs, and what commands that run a plan themselves run.
+    pub fn with_installs<'p>(&self, plan: &'p plan::Plan) -> std::borrow::Cow<'p, plan::Plan> {
+        match self.may_install.then(|| install::prepend_missing(&self.root, plan)).flatten() {
+            Some(with) => std::borrow::Cow::Owned(with),
+            None => std::borrow::Cow::Borrowed(plan),
+        }
+    }
+
     pub fn execute(&self, plan: &plan::Plan) -> anyhow::Result<ExitCode> {
-        let with_installs = if self.may_install { install::prepend_missing(&self.root, plan) } else { None };
-        let plan = with_installs.as_ref().unwrap_or(plan);
+        let plan = &*self.with_installs(plan);
         if self.dry_run {
             match self.ui.format {
                 Format::Json | Format::Sarif => println!("{}", serde_json::to_string_pretty(plan)?),

@@ -710,7 +710,10 @@ fn plan_service(
     options.retain(|o| !o.is_empty());
     let ports = svc.ports.iter().map(|p| parse_port(p, name)).collect::<Result<Vec<_>>>()?;
     let stop_grace =
-        svc.stop_grace_period.as_deref().and_then(crate::duration::parse).map_or(DEFAULT_STOP_GRACE, |d| d.as_secs());
+        // Docker counts whole seconds: a part-second grace rounds up rather than to no grace.
+        svc.stop_grace_period.as_deref().and_then(crate::duration::parse).map_or(DEFAULT_STOP_GRACE, |d| {
+            d.as_secs() + u64::from(d.subsec_nanos() > 0)
+        });
     if role == Role::App && !healthcheck {
         return Err(UsageError(format!(
             "service {name} has no health check; deploy --target docker switches traffic only to a healthy container (add `healthcheck:` in compose)"

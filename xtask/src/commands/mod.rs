@@ -226,6 +226,14 @@ mod plan_tests {
         let line = step.command_line();
         assert!(line.contains("XTASK_BIN=") && line.contains("TEST_DATABASE_URL="), "{line}");
 
+        // A selection with --e2e tests the selection: the e2e package (and its tools) only when named.
+        let api = ["api".to_string()];
+        let some = test::TestRun { packages: &api, e2e: true, ..Default::default() };
+        let picked = test::plan_for(&ctx, &ws, &some, &NEXTEST).expect("plan");
+        let step = picked.steps.iter().find(|s| s.name == "test").expect("test step");
+        assert!(!step.requires.iter().any(|t| t.name == "docker"), "api's tests need no Docker");
+        assert!(argv(&picked, "test").contains(&"--exclude".to_string()), "{:?}", argv(&picked, "test"));
+
         let only_e2e = ["e2e".to_string()];
         let picked = test::plan_for(&ctx, &ws, &tests_of(&only_e2e), &NEXTEST).expect("plan");
         assert!(!argv(&picked, "test").contains(&"--exclude".to_string()), "naming the package selects the tier");

@@ -219,6 +219,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     }
     // The runner's own report stays human (on stderr); stdout carries the scan's result.
     let ui = crate::runner::Ui { format: Format::Human, ..ctx.ui.clone() };
+    let plan = ctx.with_installs(&plan);
     let report = crate::runner::run(&plan, &ui, &crate::runner::Options { keep_going: true });
     let out = out_dir(&ctx.root);
     match ctx.ui.format {

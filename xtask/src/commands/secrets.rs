@@ -30,7 +30,9 @@ pub struct Args {
 /// How `ci` runs this command: as its own process, beside the cargo steps.
 pub fn ci_step(ctx: &Ctx) -> Step {
     let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_else(|_| "xtask".into());
-    Step::exec("secrets", "secret scan of tracked files (built-in rules + trivy)", &exe, ["secrets"], &ctx.root)
+    // The child refuses installs when this run does.
+    let args: &[&str] = if ctx.may_install { &["secrets"] } else { &["--no-install", "secrets"] };
+    Step::exec("secrets", "secret scan of tracked files (built-in rules + trivy)", &exe, args, &ctx.root)
         .requiring(&GIT)
         .in_background()
         .reproduced_by("cargo xtask secrets")

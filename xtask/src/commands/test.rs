@@ -43,8 +43,10 @@ impl TestRun<'_> {
         (self.packages.is_empty() && (self.e2e || package != E2E_PACKAGE)) || self.packages.iter().any(|p| p == package)
     }
 
+    /// Whether the end-to-end package runs: `--e2e` over the whole workspace, or a selection
+    /// that names it (`-p api --e2e` tests api only, and needs none of the e2e tools).
     fn end_to_end(&self) -> bool {
-        self.e2e || self.packages.iter().any(|p| p == E2E_PACKAGE)
+        self.includes(E2E_PACKAGE)
     }
 
     /// What people type to run exactly this again (with the test servers it needs).
