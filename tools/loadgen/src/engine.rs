@@ -475,12 +475,22 @@ type H2Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 /// `H2_STREAMS_PER_CONNECTION` workers.
 #[derive(Default)]
 struct H2Pool {
-    senders: RefCell<Vec<Option<H2Sender>>>,
+    /// One slot per connection; its lock is held while the connection is made, so workers that
+    /// find the slot empty at once wait for that one connection instead of each opening another.
+    slots: RefCell<Vec<Rc<tokio::sync::Mutex<Option<H2Sender>>>>>,
 }
 
 impl H2Pool {
     async fn sender(&self, slot: usize, addr: SocketAddr, state: &CoreState) -> Result<H2Sender, FailureKind> {
-        if let Some(Some(sender)) = self.senders.borrow().get(slot)
+        let cell = {
+            let mut slots = self.slots.borrow_mut();
+            if slots.len() <= slot {
+                slots.resize_with(slot + 1, Default::default);
+            }
+            Rc::clone(&slots[slot])
+        };
+        let mut current = cell.lock().await;
+        if let Some(sender) = current.as_ref()
             && !sender.is_closed()
         {
             return Ok(sender.clone());
@@ -495,11 +505,7 @@ impl H2Pool {
             let _ = conn.await;
         });
         state.stats.borrow_mut().connections_opened += 1;
-        let mut senders = self.senders.borrow_mut();
-        if senders.len() <= slot {
-            senders.resize_with(slot + 1, || None);
-        }
-        senders[slot] = Some(sender.clone());
+        *current = Some(sender.clone());
         Ok(sender)
     }
 }
