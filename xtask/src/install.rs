@@ -158,12 +158,20 @@ pub fn missing_for(plan: &Plan) -> Vec<&'static Tool> {
 
 /// `plan` preceded by the installs of what it needs and this machine lacks, saying what and why.
 pub fn prepend_missing(root: &Path, plan: &Plan) -> Option<Plan> {
-    let missing = missing_for(plan);
+    let mut out = plan_installs(root, &plan.command, &missing_for(plan))?;
+    out.notes.extend(plan.notes.iter().cloned());
+    out.steps.extend(plan.steps.iter().cloned());
+    Some(out)
+}
+
+/// The install steps for `missing` tools with a note each saying what and why (`None`: nothing
+/// to install).
+pub fn plan_installs(root: &Path, command: &str, missing: &[&'static Tool]) -> Option<Plan> {
     if missing.is_empty() {
         return None;
     }
-    let mut out = Plan::new(&plan.command);
-    for tool in &missing {
+    let mut out = Plan::new(command);
+    for tool in missing {
         out.notes.push(format!(
             "installing {} {}: missing here and needed by {} (refuse installs with --no-install or XTASK_NO_INSTALL=1)",
             tool.name,
@@ -171,9 +179,7 @@ pub fn prepend_missing(root: &Path, plan: &Plan) -> Option<Plan> {
             tool.needed_by.join(", ")
         ));
     }
-    out.notes.extend(plan.notes.iter().cloned());
-    out.steps = steps(root, &missing, &Machine::gather());
-    out.steps.extend(plan.steps.iter().cloned());
+    out.steps = steps(root, missing, &Machine::gather());
     Some(out)
 }
 

@@ -120,10 +120,7 @@ impl Ctx {
         if self.dry_run || !self.will_have(tool) || tool.locate().is_some() {
             return Ok(());
         }
-        let mut needs = plan::Plan::new("install");
-        needs.push(plan::Step::exec("needs", "", "true", [""; 0], &self.root).requiring(tool));
-        let Some(mut install) = install::prepend_missing(&self.root, &needs) else { return Ok(()) };
-        install.steps.retain(|s| s.name != "needs");
+        let Some(install) = install::plan_installs(&self.root, "install", &[tool]) else { return Ok(()) };
         let report = runner::run(&install, &self.ui, &runner::Options { keep_going: false });
         anyhow::ensure!(
             report.ok,

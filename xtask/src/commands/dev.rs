@@ -349,24 +349,22 @@ fn confirm_reset(project: &str) -> Result<()> {
 
 pub fn urls(values: &BTreeMap<String, String>, ports: &[Published]) -> Result<String> {
     let mut out = String::new();
-    for (what, url) in url_list(values, ports)? {
-        out.push_str(&format!("  {what:<32} {url}\n"));
+    for (p, url) in url_list(values, ports)? {
+        out.push_str(&format!("  {:<32} {url}\n", p.what));
     }
     Ok(out)
 }
 
 /// Service name to URL, for `dev urls --format json`.
 fn url_map(values: &BTreeMap<String, String>, ports: &[Published]) -> Result<BTreeMap<String, String>> {
-    let mut map = BTreeMap::new();
-    for (p, (_, url)) in ports.iter().zip(url_list(values, ports)?) {
-        map.insert(p.service.clone(), url);
-    }
-    Ok(map)
+    Ok(url_list(values, ports)?.into_iter().map(|(p, url)| (p.service.clone(), url)).collect())
 }
 
-fn url_list(values: &BTreeMap<String, String>, ports: &[Published]) -> Result<Vec<(String, String)>> {
+/// Each published port with the URL it is reached at.
+fn url_list<'p>(values: &BTreeMap<String, String>, ports: &'p [Published]) -> Result<Vec<(&'p Published, String)>> {
     let mut out = Vec::new();
-    for Published { service, var, default, what } in ports {
+    for p in ports {
+        let Published { service, var, default, .. } = p;
         let port = port_of(values, var, *default)?;
         let url = match service.as_str() {
             "postgres" => format!(
@@ -377,7 +375,7 @@ fn url_list(values: &BTreeMap<String, String>, ports: &[Published]) -> Result<Ve
             "redis" => format!("redis://127.0.0.1:{port}"),
             _ => format!("http://127.0.0.1:{port}"),
         };
-        out.push((what.clone(), url));
+        out.push((p, url));
     }
     Ok(out)
 }
