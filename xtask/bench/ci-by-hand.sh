@@ -20,7 +20,7 @@ runuser -u postgres -- "$pg_bin"/pg_ctl -D "$deps"/pg -l "$deps"/pg.log -w \
 redis-server --port 56379 --bind 127.0.0.1 --save '' --daemonize yes --pidfile "$deps"/redis.pid --dir "$deps"
 export TEST_DATABASE_URL=postgres://postgres@127.0.0.1:55432/postgres TEST_REDIS_URL=redis://127.0.0.1:56379
 cargo nextest run --workspace --locked --no-tests fail
-cargo test --doc --locked -p http1-wire -p job-queue -p service-runtime -p test-support
+cargo test --doc --locked -p http1-wire -p job-queue -p service-runtime -p test-support -p xtask-kit
 runuser -u postgres -- "$pg_bin"/pg_ctl -D "$deps"/pg -m immediate -w stop >/dev/null
 kill "$(cat "$deps"/redis.pid)"
 rm -rf "$deps"

@@ -5,13 +5,10 @@
 
 mod affected;
 mod commands;
-mod duration;
-mod env_file;
 mod git;
 mod install;
 mod oci;
 mod plan;
-mod process;
 mod runner;
 mod scan;
 mod secrets;
@@ -20,6 +17,9 @@ mod summary;
 mod tidy;
 mod tools;
 mod workspace;
+
+// The process layer and the shared models live in tools/kit, which the deployer links too.
+use xtask_kit::{date, duration, env_file, images, process};
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -34,16 +34,7 @@ pub const EXIT_FAILED: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
 
 /// A problem with how xtask was called or configured (exit code 2), as opposed to a step failing.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
+pub use xtask_kit::UsageError;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -282,7 +273,9 @@ pub fn test_ctx() -> Ctx {
         ui: Ui { format: Format::Human, color: false, tty: false, verbose: false, github: false },
         dry_run: true,
         keep_going: false,
-        may_install: false,
+        // As `cargo xtask` runs by default, so a plan does not depend on which pinned tools this
+        // machine happens to have installed already.
+        may_install: true,
     }
 }
 

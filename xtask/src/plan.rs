@@ -182,10 +182,7 @@ pub fn shell_line(env: &BTreeMap<String, String>, program: &str, args: &[String]
     out
 }
 
-pub fn shell_quote(s: &str) -> String {
-    let safe = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c));
-    if safe { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
-}
+pub use xtask_kit::process::shell_quote;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Plan {

@@ -105,7 +105,8 @@ fn every_ci_stage_has_a_workflow_job_and_every_step_belongs_to_a_stage() {
 
 #[test]
 fn every_xtask_source_file_says_what_it_is_for() {
-    for file in files_under(&project_root().join("xtask/src"), "rs") {
+    let dirs = ["xtask/src", "tools/kit/src", "tools/deployer/src"].map(|d| project_root().join(d));
+    for file in dirs.iter().filter(|d| d.is_dir()).flat_map(|d| files_under(d, "rs")) {
         let text = std::fs::read_to_string(&file).expect("readable source");
         assert!(text.starts_with("//!"), "{} must open with a `//!` comment saying what it does", file.display());
     }
@@ -127,13 +128,19 @@ fn xtask_never_depends_on_service_crates() {
     let ws = crate::workspace::Workspace::load(&project_root()).expect("workspace");
     let xtask = &ws.members["xtask"];
     // Not even as dev-dependencies: the end-to-end tests are their own package (tests/), so
-    // `cargo test -p xtask` compiles no sqlx or tokio.
+    // `cargo test -p xtask` compiles no sqlx or tokio. The one workspace crate it links is the
+    // kit it shares with its tools, which links none.
+    let others: Vec<&String> = xtask.deps.iter().filter(|d| *d != KIT).collect();
     assert!(
-        xtask.build_deps.is_empty() && xtask.deps.is_empty(),
-        "xtask depends on workspace crates {:?}: keep it thin, hand off instead (end-to-end tests go in tests/)",
-        xtask.deps
+        others.is_empty() && xtask.build_deps.iter().all(|d| d == KIT),
+        "xtask depends on workspace crates {others:?}: keep it thin, hand off instead (end-to-end tests go in tests/)"
     );
+    let kit = &ws.members[KIT];
+    assert!(kit.deps.is_empty(), "{KIT} depends on workspace crates {:?}: xtask links it, keep it light", kit.deps);
 }
+
+/// The library xtask and its tools share (tools/kit).
+const KIT: &str = "xtask-kit";
 
 #[test]
 fn the_makefile_is_a_thin_shim() {
@@ -384,12 +391,19 @@ fn every_service_has_a_k8s_base_that_agrees_with_its_metadata() {
 /// every child gets the cleaned environment and every failure reads the same way.
 #[test]
 fn only_the_process_layer_starts_processes() {
-    let src = project_root().join("xtask/src");
+    let root = project_root();
+    let layer = root.join("tools/kit/src/process.rs");
+    assert!(layer.is_file(), "the process layer is tools/kit/src/process.rs");
     // Spelled in two halves so this file does not match itself.
     let needle = concat!("Command", "::new");
     let mut offenders = Vec::new();
-    for file in files_under(&src, "rs") {
-        if file.ends_with("process.rs") {
+    let sources = ["xtask/src", "tools/kit/src", "tools/deployer/src"]
+        .iter()
+        .map(|dir| root.join(dir))
+        .filter(|dir| dir.is_dir())
+        .flat_map(|dir| files_under(&dir, "rs"));
+    for file in sources {
+        if file == layer {
             continue;
         }
         let text = std::fs::read_to_string(&file).expect("readable source");
@@ -398,7 +412,7 @@ fn only_the_process_layer_starts_processes() {
                 .match_indices(needle)
                 .any(|(at, _)| !line[..at].chars().next_back().is_some_and(|c| c.is_alphanumeric() || c == '_'));
             if spawns {
-                offenders.push(format!("{}:{}", file.strip_prefix(&src).unwrap_or(&file).display(), i + 1));
+                offenders.push(format!("{}:{}", file.strip_prefix(&root).unwrap_or(&file).display(), i + 1));
             }
         }
     }
@@ -409,7 +423,7 @@ fn only_the_process_layer_starts_processes() {
 /// never name `commands::` (commands define their internal steps as `plan::Task` values).
 #[test]
 fn the_engine_never_imports_a_command() {
-    for file in ["plan.rs", "runner.rs", "process.rs", "summary.rs", "install.rs", "tools.rs"] {
+    for file in ["plan.rs", "runner.rs", "summary.rs", "install.rs", "tools.rs"] {
         let text = read(&format!("xtask/src/{file}"));
         let named = text.lines().position(|l| l.contains(concat!("commands", "::")));
         assert!(named.is_none(), "xtask/src/{file}:{}: the engine names a command module", named.unwrap_or(0) + 1);
@@ -428,7 +442,7 @@ fn tools_are_handed_off_to_never_linked() {
         let linked: Vec<_> = m.build_deps.iter().filter(|d| tools.contains(&d.as_str())).collect();
         assert!(linked.is_empty(), "{} links the tool(s) {linked:?}: move shared code to crates/", m.dir.display());
     }
-    for m in ws.members.values().filter(|m| m.dir.starts_with("tools")) {
+    for m in ws.members.values().filter(|m| m.dir.starts_with("tools") && m.name != KIT) {
         let main = project_root().join(&m.dir).join("src/main.rs");
         assert!(main.is_file(), "{}: a tool is a binary (src/main.rs)", m.dir.display());
     }

@@ -7,7 +7,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 
@@ -186,22 +186,8 @@ pub struct Snapshot {
 pub fn parse_snapshot(text: &str) -> Option<Snapshot> {
     let commit = text.split('@').nth(1)?.split_whitespace().next()?.to_string();
     let date = text.rsplit_once('(')?.1.split(')').next()?.trim().to_string();
-    let mut parts = date.split('-').map(|p| p.parse::<i64>().ok());
-    let (y, m, d) = (parts.next()??, parts.next()??, parts.next()??);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        return None;
-    }
-    Some(Snapshot { commit, day: days_from_civil(y, m, d), date })
-}
-
-/// Days since the Unix epoch for a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
+    let day = crate::date::parse_day(&date)?;
+    Some(Snapshot { commit, day, date })
 }
 
 fn snapshot_of(source: &Path) -> Result<Snapshot> {
@@ -222,11 +208,7 @@ fn snapshot_of(source: &Path) -> Result<Snapshot> {
     .into())
 }
 
-/// Days since the Unix epoch, now.
-pub fn today() -> i64 {
-    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    (secs / 86_400) as i64
-}
+use crate::date::today;
 
 /// The internal step behind `deny --offline`: make the checkout and the derived config.
 /// Turn a plain-files advisory-db snapshot into the dated git checkout cargo-deny reads.
@@ -417,9 +399,7 @@ mod tests {
         let s = parse_snapshot("source: github rustsec/advisory-db @ bf5c0d245a9 (2026-08-21)\n").expect("parses");
         assert_eq!(s.commit, "bf5c0d245a9");
         assert_eq!(s.date, "2026-08-21");
-        assert_eq!(s.day, days_from_civil(2026, 8, 21));
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
+        assert_eq!(s.day, crate::date::days_from_civil(2026, 8, 21));
         assert!(parse_snapshot("no date here").is_none());
         assert!(parse_snapshot("x @ abc (2026-13-01)").is_none());
     }

@@ -16,8 +16,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::commands::image::{self, BuildManifest};
+use crate::commands::image;
 use crate::commands::k8s;
+use crate::images::BuildManifest;
 use crate::process::Cmd;
 use crate::workspace::Workspace;
 use crate::{Ctx, UsageError};
@@ -236,7 +237,7 @@ fn known_good_configmap(namespace: &str, render: &str, revision: &str, pins: &BT
             "labels": {"app.kubernetes.io/managed-by": "xtask"},
             "annotations": {
                 "xtask/revision": revision,
-                "xtask/deployed-at": image::rfc3339_utc(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)),
+                "xtask/deployed-at": crate::date::now_rfc3339(),
                 "xtask/images": images.join(" "),
             },
         },

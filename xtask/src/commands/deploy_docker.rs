@@ -37,7 +37,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::commands::deploy::DeployArgs;
 use crate::commands::dev;
-use crate::commands::image::{self, BuildManifest};
+use crate::commands::image;
+use crate::images::BuildManifest;
 use crate::process::Cmd;
 use crate::workspace::Workspace;
 use crate::{Ctx, UsageError};

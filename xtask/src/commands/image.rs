@@ -16,6 +16,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
+use crate::date::rfc3339_utc;
+use crate::images::{BuildManifest, Builder, ImageRecord, MANIFEST_SCHEMA};
 use crate::oci::{self, ImageDigests, ImageSpec};
 use crate::plan::{Plan, Step, Task};
 use crate::process::Cmd;
@@ -49,9 +51,6 @@ pub fn image_rustflags(target_dir: &Path) -> Result<String> {
     ))
 }
 
-/// Version of the `images.json` layout; bump when a field changes meaning.
-pub const MANIFEST_SCHEMA: u32 = 1;
-
 /// Build, load and optionally push container images of the services.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -78,16 +77,6 @@ pub struct BuilderArgs {
     /// Make the Debian root file system again even if a finished one is cached.
     #[arg(long)]
     pub fresh: bool,
-}
-
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Builder {
-    /// Compile on this machine, write the image tars in xtask (fast, reproducible).
-    #[default]
-    Host,
-    /// `docker build` with infra/docker/Dockerfile (cargo-chef; hermetic, slow).
-    Docker,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -150,21 +139,6 @@ impl Revision {
     }
 }
 
-/// Seconds since the epoch as `YYYY-MM-DDTHH:MM:SSZ` (days-to-civil after H. Hinnant).
-pub fn rfc3339_utc(epoch: i64) -> String {
-    let (days, secs) = (epoch.div_euclid(86_400), epoch.rem_euclid(86_400));
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
-}
-
 /// Where image tars, their records and the build manifest go.
 pub fn output_dir(ws: &Workspace) -> PathBuf {
     ws.target_dir.join("xtask")
@@ -185,64 +159,6 @@ pub struct AssembleImage {
     pub version: String,
     pub source: String,
     pub revision: Revision,
-}
-
-/// What one build left behind, kept beside the tar until the manifest is written.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ImageRecord {
-    pub service: String,
-    /// `<service>:<tag>` as loaded into Docker.
-    pub image: String,
-    pub revision: String,
-    pub dirty: bool,
-    pub created: String,
-    /// Docker's image ID: the config digest.
-    pub id: String,
-    /// Digest of the OCI manifest inside the tar (host builder only).
-    pub manifest_digest: Option<String>,
-    pub tar: PathBuf,
-    pub tar_sha256: String,
-    pub binary_size: Option<u64>,
-    /// The compressed layer: what pulling the image costs (host builder only).
-    pub layer_size: Option<u64>,
-    #[serde(default)]
-    pub builder: Builder,
-    /// Digest of everything the tar was made from (host builder): equal means the tar is current.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub inputs: Option<String>,
-    /// Set by `--push`: `<registry>/<service>@sha256:...`, what deploy pins.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pushed: Option<String>,
-}
-
-/// `target/xtask/images.json`: the last image built for each service.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct BuildManifest {
-    pub schema: u32,
-    pub images: BTreeMap<String, ImageRecord>,
-}
-
-impl BuildManifest {
-    pub fn read(path: &Path) -> Result<BuildManifest> {
-        match std::fs::read(path) {
-            Ok(bytes) => {
-                let manifest: BuildManifest = serde_json::from_slice(&bytes)
-                    .with_context(|| format!("{} is not a build manifest; delete it and rebuild", path.display()))?;
-                if manifest.schema != MANIFEST_SCHEMA {
-                    bail!(
-                        "{} has schema {} (this xtask writes {MANIFEST_SCHEMA}); run `cargo xtask image build`",
-                        path.display(),
-                        manifest.schema
-                    );
-                }
-                Ok(manifest)
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Ok(BuildManifest { schema: MANIFEST_SCHEMA, images: BTreeMap::new() })
-            }
-            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
-        }
-    }
 }
 
 /// Write the record of every image into the manifest, keeping other services' entries.
@@ -991,13 +907,6 @@ pub fn record(task: &RecordImages, log: &mut dyn std::io::Write) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn commit_times_become_utc_rfc3339() {
-        assert_eq!(rfc3339_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(rfc3339_utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(rfc3339_utc(1_795_000_000), "2026-11-18T11:06:40Z");
-    }
 
     #[test]
     fn dynamic_binaries_are_told_apart_from_static_ones() {

@@ -19,7 +19,8 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::commands::image::{self, BuildManifest};
+use crate::commands::image;
+use crate::images::BuildManifest;
 use crate::plan::{Plan, Step, Task};
 use crate::process::Cmd;
 use crate::runner::Format;
@@ -962,7 +963,7 @@ pub fn report(task: &ReportTask, log: &mut dyn std::io::Write) -> Result<()> {
         }
     }
     let entries = ignore::load(&task.repo)?;
-    let applied = ignore::apply(findings, &entries, crate::commands::deny::today());
+    let applied = ignore::apply(findings, &entries, crate::date::today());
     let blocking = gate(&scanners, &applied, &task.gate, &vuln, task.require_vuln_db);
     let vuln_line = if vuln.available {
         format!("available ({})", vuln.detail)
@@ -1061,7 +1062,7 @@ mod tests {
     }
 
     fn entry(id: &str, expires: &str) -> ignore::Entry {
-        let expires_day = ignore::parse_day(expires).expect("a date");
+        let expires_day = crate::date::parse_day(expires).expect("a date");
         ignore::Entry { id: id.into(), target: None, reason: "r".into(), expires: expires.into(), expires_day }
     }
 
@@ -1085,14 +1086,14 @@ mod tests {
         let found = || vec![finding("CVE-1", Severity::High), finding("CVE-2", Severity::Critical)];
         let open = gate(&[], &ignore::apply(found(), &[], 20_000), &high(), &DB, false);
         assert_eq!(open, ["2 finding(s) at HIGH,CRITICAL".to_string()].to_vec(), "{open:?}");
-        let today = ignore::parse_day("2026-12-03").expect("date");
+        let today = crate::date::parse_day("2026-12-03").expect("date");
         let accepted = [entry("CVE-1", "2027-01-01"), entry("CVE-2", "2027-01-01")];
         assert!(gate(&[], &ignore::apply(found(), &accepted, today), &high(), &DB, false).is_empty());
     }
 
     #[test]
     fn an_expired_ignore_entry_blocks_and_names_itself() {
-        let today = ignore::parse_day("2026-12-03").expect("date");
+        let today = crate::date::parse_day("2026-12-03").expect("date");
         let stale = [entry("CVE-1", "2026-11-30")];
         let applied = ignore::apply(vec![finding("CVE-1", Severity::High)], &stale, today);
         let blocking = gate(&[], &applied, &high(), &DB, false);

@@ -1,7 +1,7 @@
-//! The one place xtask starts processes: a command builder with a cleaned environment,
-//! run / read / read-json, allowed exit codes and one error format. Typed wrappers (git.rs,
-//! deploy's `Kube` and `Docker`, the compose model in dev.rs) build on it and print the
-//! commands that change something before they run.
+//! The one place xtask and its tools start processes: a command builder with a cleaned
+//! environment, run / read / read-json, allowed exit codes and one error format. Typed wrappers
+//! (xtask's git.rs and compose model, the deployer's `Kube` and `Docker`) build on it and print
+//! the commands that change something before they run.
 //!
 //! Every failure reads the same way: the command line as a shell would take it, how it ended,
 //! and the last line it wrote to stderr, e.g.
@@ -28,6 +28,12 @@ pub fn is_cargo_injected(key: &str) -> bool {
         "CARGO_RUSTC_CURRENT_DIR",
     ];
     PREFIXES.iter().any(|p| key.starts_with(p)) || EXACT.contains(&key)
+}
+
+/// `s` as a POSIX shell reads it back: bare when that is unambiguous, else single-quoted.
+pub fn shell_quote(s: &str) -> String {
+    let safe = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=:,+@%^".contains(c));
+    if safe { s.to_string() } else { format!("'{}'", s.replace('\'', r"'\''")) }
 }
 
 /// One external command, built up and then run one of a few ways.
@@ -95,8 +101,8 @@ impl Cmd {
 
     /// The command line as a POSIX shell would read it back (for echo lines and errors).
     pub fn line(&self) -> String {
-        let mut parts = vec![crate::plan::shell_quote(&self.program.to_string_lossy())];
-        parts.extend(self.args.iter().map(|a| crate::plan::shell_quote(&a.to_string_lossy())));
+        let mut parts = vec![shell_quote(&self.program.to_string_lossy())];
+        parts.extend(self.args.iter().map(|a| shell_quote(&a.to_string_lossy())));
         parts.join(" ")
     }
 
@@ -163,7 +169,7 @@ impl Cmd {
     /// Its stdout parsed as JSON into `T`, checked.
     pub fn read_json<T: DeserializeOwned>(&self) -> Result<T> {
         let text = self.read()?;
-        serde_json::from_str(&text).with_context(|| format!("`{}` printed JSON xtask cannot read", self.line()))
+        serde_json::from_str(&text).with_context(|| format!("`{}` printed JSON that cannot be read", self.line()))
     }
 
     /// Whether it ran and exited 0 (a yes/no probe: `docker image inspect X`).
@@ -232,7 +238,7 @@ mod tests {
         let v: Vec<u32> = Cmd::new("echo").arg("[1, 2]").read_json().expect("json");
         assert_eq!(v, [1, 2]);
         let err = Cmd::new("echo").arg("nope").read_json::<Vec<u32>>().expect_err("not json");
-        assert!(format!("{err:#}").starts_with("`echo nope` printed JSON xtask cannot read"), "{err:#}");
+        assert!(format!("{err:#}").starts_with("`echo nope` printed JSON that cannot be read"), "{err:#}");
     }
 
     #[test]
