@@ -114,21 +114,29 @@ fn secrets_merges_trivy_findings_with_its_own() {
 }
 
 #[test]
-fn secrets_accepts_a_finding_only_with_a_reason() {
+fn secrets_accepts_a_finding_only_with_a_reason_until_it_expires() {
     let repo = planted_repo();
     let path = repo.dir.path().to_str().expect("utf-8");
-    let ignore = repo.dir.path().join(".secrets-ignore.toml");
+    // The one ignore file every scanner reads, `scan` and `secrets` alike.
+    let ignore = repo.dir.path().join(".scan-ignore.toml");
+    let entry = "[[ignore]]\nid = \"aws-access-key-id\"\ntarget = \"config/*.env\"\n";
 
-    std::fs::write(&ignore, "[[allow]]\npath = \"config/*.env\"\n").expect("write");
+    std::fs::write(&ignore, format!("{entry}expires = \"2999-01-01\"\n")).expect("write");
     let out = xtask(&["secrets", "--repo", path, "--no-trivy"]);
     assert_eq!(out.status.code(), Some(2), "an entry without a reason is a config error");
-    assert!(text(&out.stderr).contains("no `reason`"));
+    assert!(text(&out.stderr).contains("no `reason`"), "{}", text(&out.stderr));
 
-    std::fs::write(&ignore, "[[allow]]\npath = \"config/*.env\"\nreason = \"test fixture, never a live key\"\n")
-        .expect("write");
+    let reasoned = format!("{entry}reason = \"test fixture, never a live key\"\n");
+    std::fs::write(&ignore, format!("{reasoned}expires = \"2999-01-01\"\n")).expect("write");
     let out = xtask(&["secrets", "--repo", path, "--no-trivy"]);
-    assert_eq!(out.status.code(), Some(0), "stdout: {}", text(&out.stdout));
+    assert_eq!(out.status.code(), Some(0), "stdout: {}{}", text(&out.stdout), text(&out.stderr));
     assert!(text(&out.stdout).contains("1 ignored"));
+
+    std::fs::write(&ignore, format!("{reasoned}expires = \"2001-01-01\"\n")).expect("write");
+    let out = xtask(&["secrets", "--repo", path, "--no-trivy"]);
+    assert_eq!(out.status.code(), Some(1), "an expired acceptance accepts nothing and fails");
+    assert!(text(&out.stderr).contains("expired on 2001-01-01"), "{}", text(&out.stderr));
+    assert!(!text(&out.stdout).contains(&repo.key), "still redacted");
 }
 
 #[test]

@@ -124,6 +124,13 @@ fn a_deploy_pins_validates_diffs_applies_waits_smokes_and_records_known_good() {
     let position =
         |verb: &str| verbs.iter().position(|v| *v == verb).unwrap_or_else(|| panic!("no `{verb}` call: {calls:?}"));
     assert!(position("kustomize") < position("diff") && position("diff") < position("apply"), "{calls:?}");
+    // Pinned by kustomize's own images transformer, in an overlay generated over the environment's.
+    let renders: Vec<&Vec<String>> = calls.iter().filter(|c| c[0] == "kustomize").collect();
+    assert_eq!(renders.len(), 2, "{calls:?}");
+    assert!(renders[0][1].ends_with("infra/k8s/overlays/staging"), "{calls:?}");
+    let generated = std::fs::read_to_string(Path::new(&renders[1][1]).join("kustomization.yaml")).expect("kept");
+    assert!(generated.contains("overlays/staging\"\nimages:\n"), "{generated}");
+    assert!(generated.contains(&format!("    digest: \"{}\"\n", digest(1, "api"))), "{generated}");
     assert!(
         calls.iter().any(|c| c.starts_with(&["apply".into(), "--server-side".into(), "--field-manager=xtask".into()])),
         "{calls:?}"
@@ -262,7 +269,8 @@ fn dry_run_stops_after_the_diff() {
     assert!(out.status.success(), "{}", said(&out));
     assert!(text(&out.stdout).contains("image: (new)"), "the diff is shown: {}", said(&out));
     let verbs: Vec<String> = cluster.calls().iter().map(|c| c[0].clone()).collect();
-    assert_eq!(verbs, ["kustomize", "diff"]);
+    // The overlay, then the generated overlay that pins it, then the server-side diff.
+    assert_eq!(verbs, ["kustomize", "kustomize", "diff"]);
 
     // The same plan as JSON on stdout: the pinned images, the diff and the render.
     let json = cluster.xtask(

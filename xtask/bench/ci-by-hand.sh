@@ -29,6 +29,9 @@ cargo fetch --locked
 cargo deny --offline --workspace --all-features --config "$target"/xtask/deny/deny-offline.toml check --show-stats advisories bans licenses sources
 cargo build --workspace --locked --release
 
+# The compose-file checks of the scan stage (the rest of scan is trivy, as in the image stage).
+cargo run --locked --quiet -p deployer -- compose-check --repo . --out "$target"/xtask/scan/compose.json
+
 # The image stage's compile; writing the image tars and the trivy scans have no by-hand
 # equivalent short of Dockerfiles, so the by-hand baseline stops here.
 CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static -C linker-plugin-lto -C link-arg=-Wl,--thinlto-cache-dir=$target/x86_64-unknown-linux-gnu/thinlto-cache -C link-arg=-Wl,--thinlto-cache-policy=cache_size_bytes=1g" cargo auditable build --profile image --locked --target x86_64-unknown-linux-gnu -p api -p gateway -p worker

@@ -112,7 +112,7 @@ impl Ctx {
             return Ok(());
         }
         let Some(install) = install::plan_installs(&self.root, "install", &[tool]) else { return Ok(()) };
-        let report = runner::run(&install, &self.ui, &runner::Options { keep_going: false });
+        let report = runner::run(&install, &self.ui, &runner::Options { keep_going: false, quiet: false });
         anyhow::ensure!(
             report.ok,
             "installing {} failed (above); install it by hand: {}",
@@ -141,9 +141,55 @@ impl Ctx {
             }
             return Ok(ExitCode::SUCCESS);
         }
-        let report = runner::run(plan, &self.ui, &runner::Options { keep_going: self.keep_going });
+        let report = runner::run(plan, &self.ui, &runner::Options { keep_going: self.keep_going, quiet: false });
         runner::print_report(&self.ui, &report);
         Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
+    }
+}
+
+/// What `--dry-run` means for a plan that hands off to a tool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DryRun {
+    /// Print the plan, run nothing (the tool has no dry run of its own).
+    ShowPlan,
+    /// The tool was given `--dry-run` and plans without changing anything (the deployer
+    /// renders, validates and diffs), so the plan runs.
+    PassedOn,
+}
+
+impl Ctx {
+    /// Run a plan whose last step hands the terminal to a tool (loadgen, the deployer): the
+    /// steps before it run as every plan's do (their report only when one fails), then the tool
+    /// runs with xtask's own streams, so its progress, its prompts, its stdout (the JSON of
+    /// `--format json`) and its exit code are the user's.
+    pub fn hand_off(&self, plan: &plan::Plan, dry_run: DryRun) -> anyhow::Result<ExitCode> {
+        if self.dry_run && dry_run == DryRun::ShowPlan {
+            return self.execute(plan);
+        }
+        let planned = plan.steps.len();
+        let plan = &*self.with_installs(plan);
+        // Installing something is said out loud; otherwise the tool speaks for the command.
+        let quiet = plan.steps.len() == planned;
+        let Some((last, before)) = plan.steps.split_last() else { return Ok(ExitCode::SUCCESS) };
+        let plan::Action::Exec { program, args, env, cwd } = &last.action else {
+            anyhow::bail!("`{}`: a hand-off is a command, not a built-in step", last.name)
+        };
+        let prepare = plan::Plan { command: plan.command.clone(), notes: plan.notes.clone(), steps: before.to_vec() };
+        let report = runner::run(&prepare, &self.ui, &runner::Options { keep_going: false, quiet });
+        if !report.ok {
+            runner::print_report(&self.ui, &report);
+            return Ok(ExitCode::from(EXIT_FAILED));
+        }
+        if self.ui.verbose {
+            eprintln!("$ {}", last.command_line());
+        }
+        let status = process::Cmd::new(program).args(args).envs(env).current_dir(cwd).status()?;
+        let code = match status.code() {
+            Some(code) => code,
+            // Killed by a signal: report it the shell's way (128 + signal).
+            None => std::os::unix::process::ExitStatusExt::signal(&status).map_or(1, |s| 128 + s),
+        };
+        Ok(ExitCode::from(u8::try_from(code).unwrap_or(EXIT_FAILED)))
     }
 }
 

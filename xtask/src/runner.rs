@@ -70,6 +70,9 @@ impl Ui {
 
 pub struct Options {
     pub keep_going: bool,
+    /// Say nothing about steps that pass (their output is shown when one fails): the steps
+    /// before a hand-off, whose tool then speaks for the whole command. `--verbose` overrides.
+    pub quiet: bool,
 }
 
 /// A finished step and everything it printed.
@@ -101,7 +104,7 @@ pub fn run(plan: &Plan, ui: &Ui, opts: &Options) -> RunReport {
             background.push((i, thread::spawn(move || run_captured(&step, None))));
             continue;
         }
-        let result = run_serial(step, ui, &header);
+        let result = if opts.quiet && !ui.verbose { run_quietly(step, ui) } else { run_serial(step, ui, &header) };
         if matches!(result.status, Status::Failed { .. }) && !opts.keep_going && stopped_by.is_none() {
             stopped_by = Some(step.name.clone());
         }
@@ -161,6 +164,24 @@ fn run_serial(step: &Step, ui: &Ui, header: &str) -> StepResult {
     };
     group_end(ui);
     report_outcome(ui, &result);
+    result
+}
+
+fn run_quietly(step: &Step, ui: &Ui) -> StepResult {
+    let bar = (ui.tty && ui.format == Format::Human).then(|| {
+        let bar = indicatif::ProgressBar::new_spinner();
+        bar.set_message(step.description.clone());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        bar
+    });
+    let (result, output) = run_captured(step, bar.as_ref());
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    if matches!(result.status, Status::Failed { .. }) {
+        let _ = std::io::stderr().write_all(&output);
+        report_outcome(ui, &result);
+    }
     result
 }
 
@@ -396,11 +417,11 @@ mod tests {
         plan.push(Step::exec("first", "fails", "false", NO_ARGS, &root));
         plan.push(Step::exec("second", "passes", "true", NO_ARGS, &root));
 
-        let report = run(&plan, &ui(), &Options { keep_going: false });
+        let report = run(&plan, &ui(), &Options { keep_going: false, quiet: false });
         assert!(matches!(report.steps[0].status, Status::Failed { exit_code: Some(1), .. }));
         assert!(matches!(report.steps[1].status, Status::NotRun { .. }));
 
-        let report = run(&plan, &ui(), &Options { keep_going: true });
+        let report = run(&plan, &ui(), &Options { keep_going: true, quiet: false });
         assert_eq!(report.steps[1].status, Status::Passed);
         assert!(!report.ok);
     }
@@ -411,7 +432,7 @@ mod tests {
         let mut plan = Plan::new("demo");
         plan.push(Step::exec("bg", "sleeps", "sh", ["-c", "sleep 0.2; echo side"], &root).in_background());
         plan.push(Step::exec("fg", "quick", "true", NO_ARGS, &root));
-        let report = run(&plan, &ui(), &Options { keep_going: false });
+        let report = run(&plan, &ui(), &Options { keep_going: false, quiet: false });
         let names: Vec<_> = report.steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["bg", "fg"]);
         assert!(report.ok);
@@ -421,7 +442,7 @@ mod tests {
     fn a_missing_program_is_a_failed_step_not_a_crash() {
         let mut plan = Plan::new("demo");
         plan.push(Step::exec("ghost", "nope", "definitely-not-a-program-xyz", NO_ARGS, &std::env::temp_dir()));
-        let report = run(&plan, &ui(), &Options { keep_going: false });
+        let report = run(&plan, &ui(), &Options { keep_going: false, quiet: false });
         let Status::Failed { reason, .. } = &report.steps[0].status else { panic!("should fail") };
         assert!(reason.contains("could not start"), "{reason}");
     }

@@ -5,6 +5,8 @@
 pub mod date;
 pub mod duration;
 pub mod env_file;
+pub mod findings;
+pub mod handoff;
 pub mod images;
 pub mod process;
 

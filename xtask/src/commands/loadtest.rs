@@ -9,10 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
+use serde::Serialize;
 
 use crate::commands::dev;
-use crate::plan::{Plan, Step};
-use crate::{Ctx, UsageError};
+use crate::plan::{Plan, Step, Task};
+use crate::{Ctx, DryRun, UsageError};
 
 pub const SCENARIO_DIR: &str = "infra/loadtest";
 
@@ -123,6 +124,12 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         ["build", "--release", "--locked", "-p", "loadgen"],
         &ctx.root,
     ));
+    plan.push(Step::internal(
+        "loadtest:keep-previous",
+        "keep the last report as the baseline to compare with",
+        KeepPrevious { out: out.clone() },
+        &format!("cargo xtask loadtest {stem}"),
+    ));
     plan.push(Step::exec(
         "loadtest:run",
         &format!("run scenario `{stem}`"),
@@ -134,38 +141,32 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
 }
 
 pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
-    let plan = plan(ctx, args)?;
-    if ctx.dry_run {
-        return ctx.execute(&plan);
-    }
-    let (build, load) = plan.steps.split_at(1);
-    let mut build_plan = Plan::new("loadtest");
-    build_plan.steps = build.to_vec();
-    let built = ctx.execute(&build_plan)?;
-    if built != ExitCode::SUCCESS {
-        return Ok(built);
-    }
-    let crate::plan::Action::Exec { program, args: run_args, .. } = &load[0].action else {
-        unreachable!("the run step is an exec step")
-    };
-    // Keep the previous report as a ready-made baseline for the next comparison.
-    if let Some(pos) = run_args.iter().position(|a| a == "--out") {
-        let out = Path::new(&run_args[pos + 1]);
-        let last = out.join("report.json");
-        if last.is_file() {
-            std::fs::rename(&last, out.join("previous.json"))
-                .with_context(|| format!("keeping {} as previous.json", last.display()))?;
-        }
-    }
-    eprintln!("$ {}", load[0].command_line());
     // Hand the terminal over: progress, Ctrl-C and the exit code are loadgen's.
-    let status = crate::process::Cmd::new(program).args(run_args).current_dir(&ctx.root).status()?;
-    let code = match status.code() {
-        Some(code) => code,
-        // Killed by a signal: report it the shell's way (128 + signal).
-        None => std::os::unix::process::ExitStatusExt::signal(&status).map_or(1, |s| 128 + s),
-    };
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    ctx.hand_off(&plan(ctx, args)?, DryRun::ShowPlan)
+}
+
+/// Keeps the last run's report as `previous.json`: a ready-made baseline for the next comparison.
+#[derive(Clone, Debug, Serialize)]
+pub struct KeepPrevious {
+    pub out: PathBuf,
+}
+
+impl Task for KeepPrevious {
+    fn summary(&self) -> String {
+        format!("mv {0}/report.json {0}/previous.json (if there is one)", self.out.display())
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("keep-previous-report", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        let last = self.out.join("report.json");
+        if last.is_file() {
+            std::fs::rename(&last, self.out.join("previous.json"))
+                .with_context(|| format!("keeping {} as previous.json", last.display()))?;
+            writeln!(log, "kept the last report as {}/previous.json", self.out.display())?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -184,8 +185,9 @@ mod tests {
             &Args { service: Some("api".into()), extra: vec!["--cores".into(), "1".into()], ..args(Some("jobs")) },
         )
         .expect("plan");
-        assert_eq!(plan.steps.len(), 2);
-        let run = plan.steps[1].command_line();
+        assert_eq!(plan.steps.len(), 3);
+        assert_eq!(plan.steps[1].name, "loadtest:keep-previous", "before the run that writes a new report");
+        let run = plan.steps[2].command_line();
         assert!(run.contains("release/loadgen run"), "{run}");
         assert!(run.contains("infra/loadtest/jobs.toml"), "{run}");
         assert!(run.contains("--url http://127.0.0.1:"), "{run}");

@@ -4,7 +4,6 @@ pub mod build;
 pub mod ci;
 pub mod deny;
 pub mod deploy;
-pub mod deploy_docker;
 pub mod dev;
 pub mod doctor;
 pub mod fmt;

@@ -221,7 +221,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     // The runner's own report stays human (on stderr); stdout carries the scan's result.
     let ui = crate::runner::Ui { format: Format::Human, ..ctx.ui.clone() };
     let plan = ctx.with_installs(&plan);
-    let report = crate::runner::run(&plan, &ui, &crate::runner::Options { keep_going: true });
+    let report = crate::runner::run(&plan, &ui, &crate::runner::Options { keep_going: true, quiet: false });
     let out = out_dir(&ctx.root);
     match ctx.ui.format {
         Format::Human => {
@@ -484,13 +484,20 @@ fn config_steps(
     inputs: &mut Vec<Input>,
     not_run: &mut Vec<ScannerStatus>,
 ) -> Result<()> {
-    // trivy has no compose scanner; xtask checks compose files itself, with or without trivy.
+    // trivy has no compose scanner; the deployer (which owns the compose model) checks compose
+    // files, with or without trivy.
     if repo.join("infra/compose").is_dir() {
         let path = out.join("compose.json");
-        let task = ComposeScan { repo: repo.to_path_buf(), out: path.clone() };
         let about = "compose-file checks: privileged, host namespaces, Docker socket, capabilities, root, ports, tags";
-        let reproduce = "cargo xtask scan --skip deny --skip secrets --skip fs --skip images";
-        builtin_scan("compose", about, task, path, reproduce, plan, inputs);
+        let args = ["run", "--locked", "--quiet", "-p", "deployer", "--", "compose-check", "--repo"]
+            .map(String::from)
+            .into_iter()
+            .chain([repo.display().to_string(), "--out".into(), path.display().to_string()]);
+        plan.push(
+            Step::cargo("scan:compose", about, args, &crate::project_root())
+                .reproduced_by("cargo xtask scan --skip deny --skip secrets --skip fs --skip images"),
+        );
+        inputs.push(Input { source: "compose".into(), format: InputFormat::Findings, path, vuln: false });
     }
     if !trivy {
         not_run.push(ScannerStatus {
@@ -633,29 +640,6 @@ impl Task for SecretScan {
     }
     fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
         secret_scan(&self.repo, &self.out, log)
-    }
-}
-
-/// The compose-file checks over every compose file under `repo`'s infra/compose.
-#[derive(Clone, Debug, Serialize)]
-pub struct ComposeScan {
-    pub repo: PathBuf,
-    pub out: PathBuf,
-}
-
-impl Task for ComposeScan {
-    fn summary(&self) -> String {
-        format!(
-            "compose checks (privileged, host namespaces, Docker socket, capabilities, root, ports, tags) over {}/infra/compose > {}",
-            self.repo.display(),
-            self.out.display()
-        )
-    }
-    fn describe(&self) -> serde_json::Value {
-        crate::plan::described("compose-scan", self)
-    }
-    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
-        compose_scan(&self.repo, &self.out, log)
     }
 }
 
@@ -823,52 +807,9 @@ pub fn secret_scan(repo: &Path, out: &Path, log: &mut dyn std::io::Write) -> Res
     ensure_parent(out)?;
     let tracked = crate::git::tracked_files(repo).with_context(|| format!("listing files in {}", repo.display()))?;
     let (findings, scanned) = crate::secrets::scan_files(repo, &tracked)?;
-    let entries = crate::secrets::ignore::load(repo)?;
-    let (kept, ignored, _) = crate::secrets::ignore::apply(findings, &entries);
-    let findings: Vec<Finding> = kept
-        .into_iter()
-        .map(|f| Finding {
-            source: "secrets".into(),
-            kind: scan::Kind::Secret,
-            id: f.rule,
-            severity: match f.severity {
-                crate::secrets::rules::Severity::Medium => Severity::Medium,
-                crate::secrets::rules::Severity::High => Severity::High,
-                crate::secrets::rules::Severity::Critical => Severity::Critical,
-            },
-            title: f.title,
-            target: f.path,
-            line: Some(f.line as u64),
-            detail: f.redacted,
-        })
-        .collect();
-    writeln!(
-        log,
-        "{scanned} files scanned, {} finding(s), {} accepted in {}",
-        findings.len(),
-        ignored.len(),
-        crate::secrets::ignore::FILE_NAME
-    )?;
-    std::fs::write(out, serde_json::to_vec_pretty(&findings)?)?;
-    Ok(())
-}
-
-/// Every git-tracked compose file under infra/compose (any `*.yml` / `*.yaml` with `services`),
-/// checked; tracked files, as the secret scan reads them.
-pub fn compose_scan(repo: &Path, out: &Path, log: &mut dyn std::io::Write) -> Result<()> {
-    remove_stale(out)?;
-    ensure_parent(out)?;
-    let tracked = crate::git::tracked_files(repo).with_context(|| format!("listing files in {}", repo.display()))?;
-    let files: Vec<&String> = tracked
-        .iter()
-        .filter(|f| f.starts_with("infra/compose/") && (f.ends_with(".yml") || f.ends_with(".yaml")))
-        .collect();
-    let mut findings = Vec::new();
-    for rel in &files {
-        let text = std::fs::read_to_string(repo.join(rel)).with_context(|| format!("reading {rel}"))?;
-        findings.extend(scan::compose::check(rel, &text).map_err(anyhow::Error::msg)?);
-    }
-    writeln!(log, "{} compose file(s) checked, {} finding(s)", files.len(), findings.len())?;
+    // Accepted ones are dropped by the report, through the one ignore file, like every scanner's.
+    let findings: Vec<Finding> = findings.iter().map(crate::secrets::Finding::to_finding).collect();
+    writeln!(log, "{scanned} files scanned, {} finding(s)", findings.len())?;
     std::fs::write(out, serde_json::to_vec_pretty(&findings)?)?;
     Ok(())
 }
@@ -1058,12 +999,20 @@ mod tests {
             target: "Cargo.lock".into(),
             line: None,
             detail: String::new(),
+            fingerprint: None,
         }
     }
 
     fn entry(id: &str, expires: &str) -> ignore::Entry {
         let expires_day = crate::date::parse_day(expires).expect("a date");
-        ignore::Entry { id: id.into(), target: None, reason: "r".into(), expires: expires.into(), expires_day }
+        ignore::Entry {
+            id: id.into(),
+            target: None,
+            fingerprint: None,
+            reason: "r".into(),
+            expires: expires.into(),
+            expires_day,
+        }
     }
 
     fn ok(source: &str) -> ScannerStatus {

@@ -2,7 +2,8 @@
 //!
 //! Built-in rules always run; trivy's secret scanner runs too when it is installed (and must be
 //! when `CI` is set, so CI never silently scans with half its rules). Accepted findings go in
-//! `.secrets-ignore.toml`, each with a reason.
+//! `.scan-ignore.toml` like every scanner's, each with a reason and an expiry date; an expired
+//! entry fails the run, as it fails `scan`'s gate.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -12,7 +13,8 @@ use anyhow::{Context, Result};
 
 use crate::plan::{Plan, Step};
 use crate::runner::Format;
-use crate::secrets::{self, Finding, ignore};
+use crate::scan::ignore;
+use crate::secrets::{self, Finding};
 use crate::tools::{GIT, TRIVY};
 use crate::{Ctx, EXIT_FAILED, UsageError};
 
@@ -98,12 +100,28 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
             false
         }
     };
-    let (kept, ignored, unused) = ignore::apply(findings, &entries);
-    for n in &unused {
-        ctx.ui.info(&format!("warning: {} entry {n} matched nothing; remove it if it is obsolete", ignore::FILE_NAME));
+    let applied = ignore::apply_by(findings, Finding::to_finding, &entries, crate::date::today());
+    // Entries for other scanners' findings are not this scan's to call unused.
+    for e in applied.unused.iter().filter(|e| secrets::rules::RULES.iter().any(|r| r.id == e.id)) {
+        ctx.ui.info(&format!(
+            "warning: {} entry {} matched nothing; remove it if it is obsolete",
+            ignore::FILE_NAME,
+            e.id
+        ));
     }
-    report(ctx, &kept, ignored.len(), scanned, trivy_ran);
-    Ok(if kept.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
+    let expired: Vec<&ignore::Entry> =
+        applied.expired.iter().filter(|e| secrets::rules::RULES.iter().any(|r| r.id == e.id)).collect();
+    for e in &expired {
+        ctx.ui.info(&format!(
+            "{} {} entry {} expired on {}: look at it again (renew `expires` with a reason, or fix the finding)",
+            ctx.ui.paint("1;31", "error:"),
+            ignore::FILE_NAME,
+            e.id,
+            e.expires
+        ));
+    }
+    report(ctx, &applied.kept, applied.ignored.len(), scanned, trivy_ran);
+    Ok(if applied.kept.is_empty() && expired.is_empty() { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
 }
 
 fn report(ctx: &Ctx, kept: &[Finding], ignored: usize, scanned: usize, trivy_ran: bool) {
@@ -124,7 +142,7 @@ fn report(ctx: &Ctx, kept: &[Finding], ignored: usize, scanned: usize, trivy_ran
             f.path,
             f.line,
             f.column,
-            format!("{:?}", f.severity).to_uppercase(),
+            f.severity.as_str(),
             f.rule,
             f.redacted,
             f.fingerprint,

@@ -62,6 +62,7 @@ pub fn findings(ndjson: &str) -> Result<Vec<Finding>> {
                         target: format!("Cargo.lock ({})", a.package.unwrap_or_default()),
                         line: None,
                         detail: String::new(),
+                        fingerprint: None,
                     },
                     None => Finding {
                         source: "deny".into(),
@@ -72,6 +73,7 @@ pub fn findings(ndjson: &str) -> Result<Vec<Finding>> {
                         target: "Cargo.lock".into(),
                         line: None,
                         detail: String::new(),
+                        fingerprint: None,
                     },
                 };
                 out.push(finding);

@@ -6,9 +6,17 @@
 //! target = "Cargo.lock*"          # optional glob on the finding's target (default: anywhere)
 //! reason = "no fixed rsa release; we never decrypt with it"
 //! expires = "2027-03-31"          # after this day the entry fails the gate: look again
+//!
+//! [[ignore]]
+//! id = "generic-secret"           # a secret rule: needs `target` or `fingerprint`
+//! target = "docs/**/*.md"         # `*` within a path segment, `**` across them
+//! fingerprint = "5f2c..."         # optional: only this value (as `secrets` prints it)
+//! reason = "made-up example credentials in the docs"
+//! expires = "2027-06-30"
 //! ```
 //! An entry without a reason or an expiry is a configuration error (exit 2). An expired entry
-//! suppresses nothing and fails the gate, so accepted risks get looked at again.
+//! suppresses nothing and fails the gate, so accepted risks get looked at again. This is the one
+//! ignore file: `cargo xtask secrets` reads it too.
 
 use std::path::Path;
 
@@ -23,6 +31,8 @@ pub const FILE_NAME: &str = ".scan-ignore.toml";
 pub struct Entry {
     pub id: String,
     pub target: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
     pub reason: String,
     /// `YYYY-MM-DD`, and as days since the epoch for comparisons.
     pub expires: String,
@@ -42,6 +52,7 @@ struct File {
 struct RawEntry {
     id: Option<String>,
     target: Option<String>,
+    fingerprint: Option<String>,
     reason: Option<String>,
     expires: Option<toml::Value>,
 }
@@ -80,12 +91,33 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Entry>, UsageError> {
         };
         let expires_day = parse_day(&expires)
             .ok_or_else(|| UsageError(format!("{at} ({id}): expires = {expires:?} is not a date like 2027-03-31")))?;
-        entries.push(Entry { id: normalize_id(&id), target: raw.target, reason, expires, expires_day });
+        let secret_rule = crate::secrets::rules::RULES.iter().any(|r| r.id == id.trim());
+        if secret_rule && raw.target.is_none() && raw.fingerprint.is_none() {
+            return Err(UsageError(format!(
+                "{at} ({id}) needs `target` or `fingerprint`: a secret rule alone would accept every secret it finds"
+            )));
+        }
+        entries.push(Entry {
+            id: normalize_id(&id),
+            target: raw.target,
+            fingerprint: raw.fingerprint,
+            reason,
+            expires,
+            expires_day,
+        });
     }
     Ok(entries)
 }
 
+/// Where secret-scan entries used to go; read no more, so its entries are moved, not lost.
+const RETIRED: &str = ".secrets-ignore.toml";
+
 pub fn load(repo: &Path) -> Result<Vec<Entry>, UsageError> {
+    if repo.join(RETIRED).exists() {
+        return Err(UsageError(format!(
+            "{RETIRED} is no longer read: move each [[allow]] entry to {FILE_NAME} as [[ignore]] with id = its rule, target = its path, reason and expires"
+        )));
+    }
     let path = repo.join(FILE_NAME);
     match std::fs::read_to_string(&path) {
         Ok(text) => parse(&text, FILE_NAME),
@@ -101,31 +133,38 @@ impl Entry {
 
     pub fn matches(&self, finding: &Finding) -> bool {
         normalize_id(&finding.id) == self.id
-            && self.target.as_deref().is_none_or(|glob| crate::secrets::ignore::glob_match(glob, &finding.target))
+            && self.target.as_deref().is_none_or(|glob| glob_match(glob, &finding.target))
+            && self.fingerprint.as_ref().is_none_or(|fp| finding.fingerprint.as_ref() == Some(fp))
     }
 }
 
-/// What the ignore file did to a list of findings.
-#[derive(Debug, Default)]
-pub struct Applied {
-    pub kept: Vec<Finding>,
+/// What the ignore file did to a list of findings (or of anything seen as one, `T`).
+#[derive(Debug)]
+pub struct Applied<T = Finding> {
+    pub kept: Vec<T>,
     /// Each suppressed finding with the reason it was accepted.
-    pub ignored: Vec<(Finding, String)>,
+    pub ignored: Vec<(T, String)>,
     pub expired: Vec<Entry>,
     pub unused: Vec<Entry>,
 }
 
 pub fn apply(findings: Vec<Finding>, entries: &[Entry], today: i64) -> Applied {
-    let mut applied = Applied::default();
+    apply_by(findings, Clone::clone, entries, today)
+}
+
+/// `apply` for items that are seen as a finding through `as_finding` (the secret scan's own).
+pub fn apply_by<T>(items: Vec<T>, as_finding: impl Fn(&T) -> Finding, entries: &[Entry], today: i64) -> Applied<T> {
+    let mut applied = Applied { kept: Vec::new(), ignored: Vec::new(), expired: Vec::new(), unused: Vec::new() };
     let mut used = vec![false; entries.len()];
-    for finding in findings {
+    for item in items {
+        let finding = as_finding(&item);
         let hit = entries.iter().enumerate().find(|(_, e)| !e.expired(today) && e.matches(&finding));
         match hit {
             Some((i, entry)) => {
                 used[i] = true;
-                applied.ignored.push((finding, entry.reason.clone()));
+                applied.ignored.push((item, entry.reason.clone()));
             }
-            None => applied.kept.push(finding),
+            None => applied.kept.push(item),
         }
     }
     for (entry, used) in entries.iter().zip(used) {
@@ -136,6 +175,24 @@ pub fn apply(findings: Vec<Finding>, entries: &[Entry], today: i64) -> Applied {
         }
     }
     applied
+}
+
+/// `*` matches within one path segment, `**` across segments, `?` one character.
+pub fn glob_match(pattern: &str, path: &str) -> bool {
+    fn go(p: &[u8], s: &[u8]) -> bool {
+        match p {
+            [] => s.is_empty(),
+            // `**/` matches zero or more whole segments: retry after each `/`, never mid-name.
+            [b'*', b'*', b'/', rest @ ..] => {
+                go(rest, s) || s.iter().position(|&c| c == b'/').is_some_and(|i| go(p, &s[i + 1..]))
+            }
+            [b'*', b'*', rest @ ..] => go(rest, s) || (!s.is_empty() && go(p, &s[1..])),
+            [b'*', rest @ ..] => go(rest, s) || (!s.is_empty() && s[0] != b'/' && go(p, &s[1..])),
+            [b'?', rest @ ..] => !s.is_empty() && s[0] != b'/' && go(rest, &s[1..]),
+            [c, rest @ ..] => s.first() == Some(c) && go(rest, &s[1..]),
+        }
+    }
+    go(pattern.as_bytes(), path.as_bytes())
 }
 
 #[cfg(test)]
@@ -153,6 +210,7 @@ mod tests {
             target: target.into(),
             line: None,
             detail: String::new(),
+            fingerprint: None,
         }
     }
 
@@ -187,6 +245,45 @@ expires = 2001-01-01
         assert_eq!(applied.kept.len(), 2, "other paths and expired entries keep their findings");
         assert_eq!(applied.expired.len(), 1);
         assert!(applied.unused.is_empty());
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("docs/**/*.md", "docs/a/b/c.md"));
+        assert!(glob_match("docs/**/*.md", "docs/c.md"));
+        assert!(glob_match("**/foo.env", "foo.env"));
+        assert!(glob_match("**/foo.env", "a/b/foo.env"));
+        assert!(!glob_match("**/foo.env", "barfoo.env"), "whole segments only");
+        assert!(!glob_match("**/foo.env", "x/notfoo.env"));
+        assert!(glob_match("*.env", "dev.env"));
+        assert!(!glob_match("*.env", "infra/dev.env"));
+        assert!(glob_match("infra/?.env", "infra/a.env"));
+        assert!(!glob_match("docs/*.md", "docs/a/b.md"));
+    }
+
+    #[test]
+    fn a_secret_rule_is_accepted_only_somewhere_or_for_one_value() {
+        let everywhere = "[[ignore]]\nid = \"generic-secret\"\nreason = \"r\"\nexpires = \"2030-01-01\"\n";
+        let err = parse(everywhere, FILE_NAME).expect_err("too wide");
+        assert!(err.0.contains("needs `target` or `fingerprint`"), "{}", err.0);
+        let one_value = format!("{everywhere}fingerprint = \"abc\"\n");
+        let entries = parse(&one_value, FILE_NAME).expect("valid");
+        let mut secret = finding("generic-secret", "any/where.env");
+        assert!(!entries[0].matches(&secret), "no fingerprint, no match");
+        secret.fingerprint = Some("abc".into());
+        assert!(entries[0].matches(&secret));
+        secret.fingerprint = Some("abd".into());
+        assert!(!entries[0].matches(&secret), "another value");
+    }
+
+    #[test]
+    fn the_retired_secrets_ignore_file_is_refused_with_how_to_move_it() {
+        let dir = std::env::temp_dir().join(format!("xtask-retired-ignore-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        std::fs::write(dir.join(RETIRED), "[[allow]]\npath = \"a\"\nreason = \"r\"\n").expect("write");
+        let err = load(&dir).expect_err("refused");
+        assert!(err.0.contains("no longer read") && err.0.contains("[[ignore]]"), "{}", err.0);
+        let _ = std::fs::remove_dir_all(dir);
     }
 
     #[test]

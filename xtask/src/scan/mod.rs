@@ -1,7 +1,6 @@
 //! One security gate over every scanner: findings in one model, one ignore file, one table,
 //! one SARIF file, one exit code (see `commands/scan.rs` for what runs).
 
-pub mod compose;
 pub mod deny;
 pub mod ignore;
 pub mod sarif;
@@ -10,36 +9,7 @@ pub mod trivy;
 use std::collections::BTreeSet;
 
 use serde::{Deserialize, Serialize};
-
-/// Trivy's scale, which every other scanner is mapped onto.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Severity {
-    Unknown,
-    Low,
-    Medium,
-    High,
-    Critical,
-}
-
-impl Severity {
-    pub const ALL: [Severity; 5] =
-        [Severity::Unknown, Severity::Low, Severity::Medium, Severity::High, Severity::Critical];
-
-    pub fn parse(text: &str) -> Option<Severity> {
-        Severity::ALL.into_iter().find(|s| s.as_str().eq_ignore_ascii_case(text.trim()))
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Severity::Unknown => "UNKNOWN",
-            Severity::Low => "LOW",
-            Severity::Medium => "MEDIUM",
-            Severity::High => "HIGH",
-            Severity::Critical => "CRITICAL",
-        }
-    }
-}
+pub use xtask_kit::findings::{Finding, Kind, Severity};
 
 /// `--severity HIGH,CRITICAL`: the severities that fail the gate.
 pub fn parse_severities(text: &str) -> Result<BTreeSet<Severity>, String> {
@@ -54,44 +24,6 @@ pub fn parse_severities(text: &str) -> Result<BTreeSet<Severity>, String> {
         return Err("--severity needs at least one of UNKNOWN, LOW, MEDIUM, HIGH, CRITICAL".into());
     }
     Ok(set)
-}
-
-/// What kind of problem a finding is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Kind {
-    Vulnerability,
-    Misconfiguration,
-    Secret,
-    /// Dependency policy: bans, licences, sources, unmaintained crates.
-    Policy,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Finding {
-    /// Which scan saw it: `deny`, `secrets`, `trivy-fs`, `trivy-config`, `image:<service>`.
-    pub source: String,
-    pub kind: Kind,
-    /// Normalised ID: `RUSTSEC-...`, `CVE-...`, `DS-0002`, a secret rule id.
-    pub id: String,
-    pub severity: Severity,
-    pub title: String,
-    /// File or package the finding is about (repository-relative when it is a file).
-    pub target: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub line: Option<u64>,
-    /// Installed and fixed versions, a redacted match, the scanner's message.
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub detail: String,
-}
-
-impl Finding {
-    pub fn location(&self) -> String {
-        match self.line {
-            Some(line) => format!("{}:{line}", self.target),
-            None => self.target.clone(),
-        }
-    }
 }
 
 /// Trivy's misconfiguration IDs changed shape between releases: `DS002` + `AVD-DS-0002` up to

@@ -95,6 +95,7 @@ mod tests {
             target: target.into(),
             line,
             detail: String::new(),
+            fingerprint: None,
         };
         let findings = [
             finding("DS-0002", "trivy-config", "infra/docker/Dockerfile", Some(2)),

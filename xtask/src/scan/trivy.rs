@@ -97,6 +97,7 @@ pub fn findings(report: &Report, source: &str, rename: &dyn Fn(&str) -> String) 
                 target: format!("{target} ({package} {installed})"),
                 line: None,
                 detail: format!("fixed in: {fixed}"),
+                fingerprint: None,
             });
         }
         for m in result.misconfigurations.iter().flatten() {
@@ -114,6 +115,7 @@ pub fn findings(report: &Report, source: &str, rename: &dyn Fn(&str) -> String) 
                 target: target.clone(),
                 line: m.cause_metadata.as_ref().and_then(|c| c.start_line).filter(|l| *l > 0),
                 detail: m.message.clone().unwrap_or_default(),
+                fingerprint: None,
             });
         }
         for s in result.secrets.iter().flatten() {
@@ -126,6 +128,7 @@ pub fn findings(report: &Report, source: &str, rename: &dyn Fn(&str) -> String) 
                 target: target.clone(),
                 line: s.start_line,
                 detail: s.r#match.clone().unwrap_or_default(),
+                fingerprint: None,
             });
         }
     }

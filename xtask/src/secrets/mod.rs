@@ -1,7 +1,7 @@
 //! The secret scan: built-in rules over every git-tracked file, trivy's secret scanner merged in
-//! when present, and an ignore file whose every entry must say why.
+//! when present. Accepted findings are `.scan-ignore.toml` entries like every scanner's
+//! (`scan/ignore.rs`): the secret scan is the secrets part of `scan`.
 
-pub mod ignore;
 pub mod rules;
 pub mod trivy;
 
@@ -28,6 +28,23 @@ pub struct Finding {
     pub fingerprint: String,
     /// Which scanners saw it: `xtask`, `trivy`, or both.
     pub found_by: Vec<String>,
+}
+
+impl Finding {
+    /// As the scan gate sees it: for the one ignore file, the report and SARIF.
+    pub fn to_finding(&self) -> xtask_kit::findings::Finding {
+        xtask_kit::findings::Finding {
+            source: "secrets".into(),
+            kind: xtask_kit::findings::Kind::Secret,
+            id: self.rule.clone(),
+            severity: self.severity,
+            title: self.title.clone(),
+            target: self.path.clone(),
+            line: Some(self.line as u64),
+            detail: self.redacted.clone(),
+            fingerprint: Some(self.fingerprint.clone()),
+        }
+    }
 }
 
 /// Run the built-in rules over the given files (paths relative to `repo`).

@@ -4,13 +4,7 @@
 //! High precision over recall: every rule checks the shape exactly (length, alphabet, word
 //! boundaries) and rejects well-known placeholders, so a finding is worth stopping a build for.
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
-#[serde(rename_all = "UPPERCASE")]
-pub enum Severity {
-    Medium,
-    High,
-    Critical,
-}
+pub use xtask_kit::findings::Severity;
 
 #[derive(Debug)]
 pub struct Rule {

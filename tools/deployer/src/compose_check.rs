@@ -1,11 +1,40 @@
 //! Misconfiguration checks for compose files, which trivy has no scanner for: the container
 //! settings that give a container the host (privileged, host namespaces, the Docker socket,
 //! dangerous capabilities, unconfined profiles, root) and the ones that expose it (ports on
-//! every interface, floating image tags). Pure: file text in, findings out.
+//! every interface, floating image tags). `check` is pure (file text in, findings out); `run`
+//! is `deployer compose-check`, which `cargo xtask scan` runs over the git-tracked compose files.
 
+use std::path::Path;
+
+use anyhow::{Context, Result};
 use serde_yaml::Value;
+use xtask_kit::findings::{Finding, Kind, Severity};
+use xtask_kit::process::Cmd;
 
-use super::{Finding, Kind, Severity};
+/// Every git-tracked compose file under `repo`'s infra/compose (any `*.yml` / `*.yaml`),
+/// checked; the findings go to `out` as JSON (scan's findings model).
+pub fn run(repo: &Path, out: &Path) -> Result<std::process::ExitCode> {
+    // A failed check must not leave the last run's findings for the report to read.
+    match std::fs::remove_file(out) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).with_context(|| format!("removing the previous {}", out.display()));
+        }
+        _ => {}
+    }
+    let listed = Cmd::new("git").args(["ls-files", "-z", "--", "infra/compose"]).current_dir(repo).read()?;
+    let files: Vec<&str> = listed.split('\0').filter(|f| f.ends_with(".yml") || f.ends_with(".yaml")).collect();
+    let mut findings = Vec::new();
+    for rel in &files {
+        let text = std::fs::read_to_string(repo.join(rel)).with_context(|| format!("reading {rel}"))?;
+        findings.extend(check(rel, &text).map_err(anyhow::Error::msg)?);
+    }
+    if let Some(dir) = out.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(out, serde_json::to_vec_pretty(&findings)?).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!("{} compose file(s) checked, {} finding(s)", files.len(), findings.len());
+    Ok(std::process::ExitCode::SUCCESS)
+}
 
 /// Rule ids, severities and titles, in one place for the table, SARIF and the ignore file.
 pub const RULES: [(&str, Severity, &str); 9] = [
@@ -44,6 +73,7 @@ pub fn check(target: &str, text: &str) -> Result<Vec<Finding>, String> {
                 target: target.into(),
                 line: line_of(text, name, key),
                 detail: format!("service {name}: {detail}"),
+                fingerprint: None,
             });
         };
         let text_of = |key: &str| service.get(key).and_then(scalar);

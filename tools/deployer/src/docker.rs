@@ -1,0 +1,723 @@
+//! `cargo xtask deploy --target docker --env ENV`: a health-gated rolling replace of the
+//! environment's compose project on a Docker host (`DOCKER_HOST` may be remote), with the same
+//! rollback promise as the Kubernetes target; `deploy rollback|status --target docker` go with it.
+//!
+//! How traffic moves, so a replace drops nothing:
+//! - Dependencies (Postgres, Redis, ...) are created once on the project network with their
+//!   service name as alias, and never replaced behind anybody's back (one volume, one server).
+//!   They join the serving network too, where our services answer (Prometheus scrapes them).
+//! - Each of our services runs as `<project>-<service>-<stamp>`. A new version starts beside the
+//!   old one on the project network only (it reaches its dependencies, nobody reaches it), and
+//!   must turn healthy by its own health check. Then it joins `<project>-serving` under the
+//!   service's name: from that moment callers resolve both. The old container then gets SIGTERM:
+//!   it answers `Connection: close` while its shutdown delay runs, closes its listener, finishes
+//!   what is in flight and exits, leaving DNS. Callers (our gateway) retry a refused connection on
+//!   the next address, whatever the method, since such a request never reached anybody.
+//! - Published ports belong to an edge container per published service (`DEPLOY_PUBLISH`): the
+//!   gateway binary routing `/` to the service by name. It stays while the services behind it
+//!   are replaced; it is recreated (a short gap) only when its ports or route change.
+//! - A new version that never turns healthy (or exits) is removed with its logs shown; the old
+//!   one never stopped serving. Services already switched in the same run are switched back.
+//!
+//! What runs is recorded on the host, in the containers' labels: the full run spec of each
+//! container and of the one it replaced. `deploy status` reads them; `deploy rollback` runs the
+//! previous spec through the same health-gated replace, so rollback needs no local files.
+//!
+//! The environment is `infra/compose/env/ENV.env`: the compose variables plus `DEPLOY_*` keys
+//! (which services, which are published, which compose files, the project name). Values in the
+//! process environment win over the file, so secrets come from CI, never from the repository.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use xtask_kit::UsageError;
+
+use crate::compose::*;
+use crate::engine::*;
+use crate::env::*;
+use crate::spec::*;
+use crate::{Ctx, confirm};
+use xtask_kit::handoff::DeployArgs;
+use xtask_kit::images::BuildManifest;
+
+/// The compose program xtask found on this machine.
+fn compose_program(ctx: &Ctx) -> Result<&[String]> {
+    ctx.facts.compose.as_deref().context("xtask handed over no compose program (facts.compose)")
+}
+
+/// Everything one deploy needs to know, resolved before anything changes.
+pub struct Deployment {
+    pub env: DockerEnv,
+    pub planned: BTreeMap<String, Planned>,
+    pub order: Vec<String>,
+    pub edges: Vec<RunSpec>,
+    pub revision: String,
+    /// The environment's copies of the compose files (what `compose build` runs on).
+    pub copies: Vec<PathBuf>,
+    /// Images to fetch or build before anything is replaced (or that are missing for good).
+    pub prepare: Vec<Prepare>,
+}
+
+/// An image the Docker host lacks, and what deploy will do about it.
+#[derive(Clone, Debug, Serialize)]
+pub struct Prepare {
+    pub service: String,
+    pub image: String,
+    #[serde(flatten)]
+    pub action: PrepareAction,
+}
+
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "action", content = "why", rename_all = "kebab-case")]
+pub enum PrepareAction {
+    /// Pinned by digest: `docker pull`.
+    Pull,
+    /// Compose can build it.
+    Build,
+    /// Neither: the deploy is refused with this line.
+    Missing(String),
+}
+
+pub fn plan(
+    ctx: &Ctx,
+    env: DockerEnv,
+    manifest: &BuildManifest,
+    manifest_path: &Path,
+    dir: &Path,
+) -> Result<Deployment> {
+    let docker = Docker;
+    let (config, compose_copies) = compose_config(compose_program(ctx)?, &ctx.root, &env, dir)?;
+    let ours: BTreeSet<String> = ctx.facts.services.iter().map(|s| s.name.clone()).collect();
+    // Every check that needs only the files comes first, so a broken environment is refused
+    // before an image is pulled or built.
+    let mut parsed = Vec::new();
+    for (name, raw) in &config.services {
+        let svc: ComposeService = serde_yaml::from_value(raw.clone()).map_err(|e| {
+            UsageError(format!(
+                "service {name}: {e} (deploy --target docker cannot honour it; remove it or ask for support)"
+            ))
+        })?;
+        let image = if ours.contains(name) { Some(app_image(manifest, manifest_path, name)?) } else { None };
+        parsed.push((name, svc, image));
+    }
+    for p in &env.publish {
+        if !parsed.iter().any(|(name, _, image)| *name == p && image.is_some()) {
+            return Err(UsageError(format!(
+                "DEPLOY_PUBLISH names `{p}`, which is not one of our services deployed here"
+            ))
+            .into());
+        }
+    }
+    // Edges run the gateway binary, deployed here or not.
+    let edge_image = match env.publish.is_empty() {
+        true => None,
+        false => Some(app_image(manifest, manifest_path, "gateway")?),
+    };
+    // What the host lacks is a fact gathered here; fetching or building it is a step of the
+    // deploy, after the plan is shown and confirmed.
+    let mut prepare = Vec::new();
+    if let Some((image, image_name)) = &edge_image {
+        let needed = Needed { service: "gateway", image, image_name, app: true, buildable: false };
+        prepare.extend(image_need(&docker, &env, &needed));
+    }
+    let mut planned = BTreeMap::new();
+    for (name, svc, image) in parsed {
+        let (wanted, wanted_name) = image.clone().unwrap_or_else(|| {
+            let i = svc.image.clone().unwrap_or_default();
+            (i.clone(), i)
+        });
+        let needed = Needed {
+            service: name,
+            image: &wanted,
+            image_name: &wanted_name,
+            app: ours.contains(name),
+            buildable: svc.build.is_some(),
+        };
+        if !prepare.iter().any(|p: &Prepare| p.image == wanted && p.service == *name) {
+            prepare.extend(image_need(&docker, &env, &needed));
+        }
+        // The image's own health check decides how the compose one is given to Docker; an image
+        // not here yet is planned without it and planned again once it is here.
+        let own_health = |image: &str| docker.image_health_test(image);
+        planned.insert(name.clone(), plan_service(&own_health, &env, name, svc, image)?);
+    }
+    let mut edges = Vec::new();
+    if let Some(gateway) = &edge_image {
+        for name in &env.publish {
+            for port in &planned[name].ports {
+                edges.push(edge_spec(gateway, &planned[name], port));
+            }
+        }
+    }
+    let unpublished: Vec<&str> = planned
+        .values()
+        .filter(|p| p.role == Role::App && !p.ports.is_empty() && !env.publish.contains(&p.service))
+        .map(|p| p.service.as_str())
+        .collect();
+    if !unpublished.is_empty() {
+        eprintln!(
+            "note: {} not published on the host (only DEPLOY_PUBLISH services are; others are reached through them)",
+            unpublished.join(", ")
+        );
+    }
+    let order = order(&planned.iter().map(|(k, p)| (k.clone(), p.spec.depends_on.clone())).collect())?;
+    let revision = ctx.facts.revision.clone();
+    Ok(Deployment { env, planned, order, edges, revision, prepare, copies: compose_copies })
+}
+
+pub fn now_stamp() -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    format!("{}{:03}", now.as_secs(), now.subsec_millis())
+}
+
+/// `docker run -d` for a spec, on one network with optional alias; returns the container name.
+pub fn start(
+    docker: &Docker,
+    dep: &Deployment,
+    dir: &Path,
+    spec: &RunSpec,
+    role: Role,
+    previous: Option<&RunSpec>,
+) -> Result<String> {
+    // Apps start where they reach their dependencies but nobody reaches them (the switch comes
+    // after their health check); dependencies are found by name on both networks; edges face the
+    // serving network.
+    let (network, alias) = match role {
+        Role::App => (dep.env.network(), None),
+        Role::Dependency => (dep.env.network(), Some(spec.service.as_str())),
+        Role::Edge => (dep.env.serving_network(), None),
+    };
+    let name = match role {
+        Role::Edge | Role::Dependency => format!("{}-{}", dep.env.project, spec.service),
+        Role::App => format!("{}-{}-{}", dep.env.project, spec.service, now_stamp()),
+    };
+    // Values stay out of the process list: they go through a private env file.
+    let env_file = dir.join(format!("{}.env", spec.service));
+    let mut text = String::new();
+    for (k, v) in &spec.env {
+        if v.contains('\n') {
+            bail!("{}: the value of {k} has a line break, which docker's env files cannot carry", spec.service);
+        }
+        text.push_str(&format!("{k}={v}\n"));
+    }
+    write_private(&env_file, &text)?;
+    let spec_json = serde_json::to_string(spec)?;
+    let mut args: Vec<String> = vec!["run".into(), "-d".into(), "--name".into(), name.clone()];
+    args.extend(["--network".into(), network]);
+    if let Some(a) = alias {
+        args.extend(["--network-alias".into(), a.to_string()]);
+    }
+    let labels = [
+        ("xtask.project", dep.env.project.clone()),
+        ("xtask.env", dep.env.name.clone()),
+        ("xtask.service", spec.service.clone()),
+        ("xtask.role", role.label().to_string()),
+        ("xtask.revision", dep.revision.clone()),
+        ("xtask.spec-hash", spec.hash()),
+        ("xtask.spec", spec_json),
+    ];
+    for (k, v) in labels {
+        args.extend(["--label".into(), format!("{k}={v}")]);
+    }
+    if let Some(p) = previous {
+        args.extend(["--label".into(), format!("xtask.previous-spec={}", serde_json::to_string(p)?)]);
+    }
+    args.extend(["--env-file".into(), env_file.display().to_string()]);
+    for port in &spec.ports {
+        let ip = if port.host_ip.is_empty() { String::new() } else { format!("{}:", port.host_ip) };
+        args.extend(["--publish".into(), format!("{ip}{}:{}", port.host_port, port.container_port)]);
+    }
+    args.extend(spec.options.iter().cloned());
+    args.push(spec.image.clone());
+    args.extend(spec.command.iter().cloned());
+    eprintln!("$ docker run -d --name {name} ... {} ({})", spec.image_name, short(&spec.image));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = docker.checked_quiet(&refs).and_then(|_| match role {
+        // Some dependencies call our services (Prometheus scrapes them), and those answer by
+        // name only on the serving network.
+        Role::Dependency => {
+            docker.checked(&["network", "connect", "--alias", &spec.service, &dep.env.serving_network(), &name])
+        }
+        _ => Ok(String::new()),
+    });
+    let _ = std::fs::remove_file(&env_file);
+    if let Err(e) = result {
+        // A container that was created but could not start (a port taken) must not linger.
+        let _ = docker.quiet(&["rm", "-f", &name]);
+        return Err(e);
+    }
+    Ok(name)
+}
+
+/// What happened to one service, for the summary.
+#[derive(Debug)]
+pub enum Outcome {
+    Unchanged,
+    Created(Duration),
+    /// `previous`: the spec the replaced container ran, what an undo returns to.
+    Replaced {
+        took: Duration,
+        previous: Box<RunSpec>,
+    },
+}
+
+/// Start `spec` beside whatever runs for the service, gate on health, switch, retire the old.
+/// On failure the new container is removed and the old ones keep serving.
+pub fn replace_app(
+    docker: &Docker,
+    dep: &Deployment,
+    dir: &Path,
+    spec: &RunSpec,
+    running: &[Running],
+    timeout: Duration,
+) -> Result<Outcome> {
+    let started = Instant::now();
+    let current: Vec<&Running> = running.iter().filter(|r| r.service == spec.service && r.role == "app").collect();
+    let serving: Vec<&&Running> = current.iter().filter(|r| r.status == "running").collect();
+    if serving.len() == 1 && serving[0].spec_hash == spec.hash() && current.len() == 1 {
+        return Ok(Outcome::Unchanged);
+    }
+    // The spec the newest running container was started from is what a rollback returns to.
+    let previous = serving.last().and_then(|r| r.spec.clone());
+    let name = start(docker, dep, dir, spec, Role::App, previous.as_ref())?;
+    eprintln!("  {}: waiting for {name} to turn healthy", spec.service);
+    if let Err(e) = wait_healthy(docker, &name, spec.healthcheck, timeout) {
+        let _ = docker.checked(&["rm", "-f", &name]);
+        return Err(e.context(if serving.is_empty() {
+            format!("{} did not start; nothing was serving it before", spec.service)
+        } else {
+            format!("{} was not switched; the running version keeps serving", spec.service)
+        }));
+    }
+    // The switch: joining the serving network under the service's name.
+    docker.checked(&["network", "connect", "--alias", &spec.service, &dep.env.serving_network(), &name])?;
+    for old in &current {
+        retire(docker, old)?;
+    }
+    Ok(match previous {
+        Some(p) => Outcome::Replaced { took: started.elapsed(), previous: Box::new(p) },
+        None => Outcome::Created(started.elapsed()),
+    })
+}
+
+/// A dependency is created when missing and otherwise left alone.
+pub fn ensure_dependency(
+    docker: &Docker,
+    dep: &Deployment,
+    dir: &Path,
+    p: &Planned,
+    running: &[Running],
+    timeout: Duration,
+) -> Result<Outcome> {
+    let current: Vec<&Running> = running.iter().filter(|r| r.service == p.service && r.role == "dependency").collect();
+    if let Some(c) = current.iter().find(|c| c.status == "running") {
+        if c.spec_hash != p.spec.hash() {
+            eprintln!(
+                "warning: {} runs with a different configuration than the compose files now say; dependencies are not replaced by deploy (one volume, one server): recreate it in a maintenance window",
+                p.service
+            );
+        }
+        wait_healthy(docker, &c.name, p.spec.healthcheck, timeout)?;
+        return Ok(Outcome::Unchanged);
+    }
+    for c in &current {
+        docker.checked(&["rm", "-f", &c.name])?;
+    }
+    let mut spec = p.spec.clone();
+    spec.ports = p.ports.clone();
+    let started = Instant::now();
+    let name = start(docker, dep, dir, &spec, Role::Dependency, None)?;
+    wait_healthy(docker, &name, spec.healthcheck, timeout)?;
+    Ok(Outcome::Created(started.elapsed()))
+}
+
+/// Edges hold published ports; one is recreated only when its routing or ports change.
+pub fn ensure_edge(
+    docker: &Docker,
+    dep: &Deployment,
+    dir: &Path,
+    spec: &RunSpec,
+    running: &[Running],
+    timeout: Duration,
+) -> Result<Outcome> {
+    let current = running.iter().find(|r| r.role == "edge" && r.service == spec.service);
+    if let Some(c) = current {
+        let same = c.spec.as_ref().is_some_and(|s| edge_identity(s) == edge_identity(spec));
+        if same && c.status == "running" {
+            return Ok(Outcome::Unchanged);
+        }
+        eprintln!(
+            "warning: recreating {} (its ports or route changed): the published port is down for a moment",
+            c.name
+        );
+        docker.checked(&["rm", "-f", &c.name])?;
+    }
+    let started = Instant::now();
+    let name = start(docker, dep, dir, spec, Role::Edge, None)?;
+    wait_healthy(docker, &name, true, timeout)?;
+    Ok(Outcome::Created(started.elapsed()))
+}
+
+/// One image deploy needs on the host.
+pub struct Needed<'a> {
+    pub service: &'a str,
+    pub image: &'a str,
+    pub image_name: &'a str,
+    pub app: bool,
+    pub buildable: bool,
+}
+
+/// What getting an image onto the host takes (`None`: it is there): pull what is pinned by
+/// digest, build what compose can build, and the rest is missing, named.
+pub fn image_need(docker: &Docker, env: &DockerEnv, n: &Needed<'_>) -> Option<Prepare> {
+    if docker.image_exists(n.image) {
+        return None;
+    }
+    let action = if n.image.contains('@') {
+        PrepareAction::Pull
+    } else if n.app {
+        PrepareAction::Missing(format!(
+            "image {} ({}) for {} is not on the Docker host; push it (`cargo xtask image build --push REGISTRY`) or build it there",
+            n.image_name,
+            short(n.image),
+            n.service
+        ))
+    } else if !n.buildable {
+        PrepareAction::Missing(format!(
+            "image {} for {} is not on the Docker host and compose cannot build it; load it, or set its image variable in {}",
+            n.image,
+            n.service,
+            env.file.display()
+        ))
+    } else {
+        PrepareAction::Build
+    };
+    Some(Prepare { service: n.service.to_string(), image: n.image.to_string(), action })
+}
+
+/// Put every image the plan lacks on the host; nothing has been replaced yet if this fails.
+pub fn fetch_images(docker: &Docker, program: &[String], root: &Path, dep: &Deployment) -> Result<()> {
+    for p in &dep.prepare {
+        match &p.action {
+            PrepareAction::Missing(why) => return Err(UsageError(format!("{why}; nothing was changed")).into()),
+            PrepareAction::Pull => {
+                docker.checked(&["pull", &p.image])?;
+            }
+            PrepareAction::Build => {
+                let cmd = compose_command(program, root, &dep.env, &dep.copies, &["build", &p.service])?;
+                eprintln!("$ compose build {} (image {} is missing)", p.service, p.image);
+                if !cmd.to_command().stdout(std::io::stderr()).status()?.success() {
+                    bail!("building the image of {} failed (above); nothing was changed", p.service);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Result<ExitCode> {
+    let images = args.images.as_deref();
+    let timeout = args.timeout;
+    let env = DockerEnv::load(&ctx.root, env_name)?;
+    let manifest_path = images.map_or_else(|| ctx.facts.images.clone(), Path::to_path_buf);
+    if !manifest_path.is_file() {
+        return Err(UsageError(format!(
+            "no build manifest at {}; run `cargo xtask image build` first",
+            manifest_path.display()
+        ))
+        .into());
+    }
+    let manifest = BuildManifest::read(&manifest_path)?;
+    let docker = Docker;
+    let mut dep = plan(ctx, env.clone(), &manifest, &manifest_path, dir)?;
+    let running = containers(&docker, &dep.env.project)?;
+    // The one presentation of the plan, then the one confirmation point, then changes.
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&plan_json(&dep, &running))?);
+    } else {
+        print_plan(&dep, &running);
+    }
+    if ctx.dry_run {
+        eprintln!("dry run: nothing was changed on the Docker host");
+        return Ok(ExitCode::SUCCESS);
+    }
+    confirm(env_name, args)?;
+    if !dep.prepare.is_empty() {
+        fetch_images(&docker, compose_program(ctx)?, &ctx.root, &dep)?;
+        // Now that every image is here, plan with their own health checks (what is run).
+        dep = plan(ctx, env, &manifest, &manifest_path, dir)?;
+    }
+    ensure_network(&docker, &dep.env.network(), &dep.env.project)?;
+    ensure_network(&docker, &dep.env.serving_network(), &dep.env.project)?;
+
+    let mut switched: Vec<(String, Option<RunSpec>)> = Vec::new();
+    let mut report: Vec<(String, Outcome)> = Vec::new();
+    let mut failure: Option<anyhow::Error> = None;
+    for service in &dep.order {
+        let p = &dep.planned[service];
+        eprintln!("{service}:");
+        let running = containers(&docker, &dep.env.project)?;
+        let result = match p.role {
+            Role::App => replace_app(&docker, &dep, dir, &p.spec, &running, timeout),
+            _ => ensure_dependency(&docker, &dep, dir, p, &running, timeout),
+        };
+        match result {
+            Ok(outcome) => {
+                match &outcome {
+                    Outcome::Replaced { previous, .. } => switched.push((service.clone(), Some((**previous).clone()))),
+                    Outcome::Created(_) if p.role == Role::App => switched.push((service.clone(), None)),
+                    _ => {}
+                }
+                eprintln!("  {service}: {}", describe(&outcome));
+                report.push((service.clone(), outcome));
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    if failure.is_none() {
+        for spec in &dep.edges {
+            let running = containers(&docker, &dep.env.project)?;
+            match ensure_edge(&docker, &dep, dir, spec, &running, timeout) {
+                Ok(outcome) => {
+                    eprintln!("  {}: {}", spec.service, describe(&outcome));
+                    report.push((spec.service.clone(), outcome));
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            }
+        }
+    }
+    let Some(error) = failure else {
+        summary(&dep, &report);
+        return Ok(ExitCode::SUCCESS);
+    };
+    eprintln!("failed: {error:#}");
+    // Put back what this run already switched, newest first.
+    let mut undone = Vec::new();
+    let mut undo_failed = Vec::new();
+    for (service, before) in switched.iter().rev() {
+        let Some(before) = before else {
+            undo_failed.push(format!("{service} had no earlier version to return to"));
+            continue;
+        };
+        eprintln!("rolling {service} back to {}", before.image_name);
+        let running = containers(&docker, &dep.env.project)?;
+        match replace_app(&docker, &dep, dir, before, &running, timeout) {
+            Ok(_) => undone.push(service.clone()),
+            Err(e) => undo_failed.push(format!("{service}: {e:#}")),
+        }
+    }
+    let mut message = format!("deploy of {} to the Docker host failed: {error:#}", dep.env.name);
+    if !undone.is_empty() {
+        message.push_str(&format!("; rolled back {}", undone.join(", ")));
+    }
+    if !undo_failed.is_empty() {
+        message.push_str(&format!("; could not roll back: {}", undo_failed.join("; ")));
+    }
+    bail!(message)
+}
+
+pub fn describe(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Unchanged => "unchanged".into(),
+        Outcome::Created(took) => format!("started, healthy in {:.1}s", took.as_secs_f64()),
+        Outcome::Replaced { took, previous } => {
+            format!("replaced {}: healthy and switched in {:.1}s", previous.image_name, took.as_secs_f64())
+        }
+    }
+}
+
+/// What deploy will do to each service: create, replace, unchanged or keep.
+pub fn action(p: &Planned, running: &[Running]) -> String {
+    let current = running.iter().rev().find(|r| r.service == p.service && r.status == "running");
+    match (p.role, current) {
+        (_, None) => "create".to_string(),
+        (Role::App, Some(c)) if c.spec_hash == p.spec.hash() => "unchanged".to_string(),
+        (Role::App, Some(c)) => {
+            format!("replace {} with {}", c.spec.as_ref().map_or("?", |s| s.image_name.as_str()), p.spec.image_name)
+        }
+        (_, Some(_)) => "keep (dependencies are not replaced)".to_string(),
+    }
+}
+
+/// The plan as `--format json` prints it (stdout).
+pub fn plan_json(dep: &Deployment, running: &[Running]) -> serde_json::Value {
+    let services: Vec<serde_json::Value> = dep
+        .order
+        .iter()
+        .map(|name| {
+            let p = &dep.planned[name];
+            serde_json::json!({
+                "service": name,
+                "role": p.role.label(),
+                "image": p.spec.image_name,
+                "action": action(p, running),
+                "spec": p.spec,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "target": "docker",
+        "env": dep.env.name,
+        "project": dep.env.project,
+        "docker_host": std::env::var("DOCKER_HOST").ok(),
+        "revision": dep.revision,
+        "prepare": dep.prepare,
+        "services": services,
+        "edges": dep.edges,
+    })
+}
+
+pub fn print_plan(dep: &Deployment, running: &[Running]) {
+    eprintln!(
+        "deploying {} to the Docker host{} as project {}:",
+        dep.env.name,
+        std::env::var("DOCKER_HOST").map(|h| format!(" {h}")).unwrap_or_default(),
+        dep.env.project
+    );
+    for p in &dep.prepare {
+        let what = match &p.action {
+            PrepareAction::Pull => format!("pull {}", p.image),
+            PrepareAction::Build => format!("build {} with compose", p.image),
+            PrepareAction::Missing(why) => format!("refused: {why}"),
+        };
+        eprintln!("  {:<12} image      {what}", p.service);
+    }
+    for service in &dep.order {
+        let p = &dep.planned[service];
+        eprintln!("  {service:<12} {:<10} {}", p.role.label(), action(p, running));
+    }
+    for e in &dep.edges {
+        let port = &e.ports[0];
+        eprintln!("  {:<12} edge       {}:{} -> {}", e.service, port.host_ip, port.host_port, e.env["GATEWAY_ROUTES"]);
+    }
+}
+
+pub fn summary(dep: &Deployment, report: &[(String, Outcome)]) {
+    let changed = report.iter().filter(|(_, o)| !matches!(o, Outcome::Unchanged)).count();
+    eprintln!(
+        "deployed {} to the Docker host ({} changed, {} unchanged)",
+        dep.env.name,
+        changed,
+        report.len() - changed
+    );
+    for e in &dep.edges {
+        let p = &e.ports[0];
+        let host = if p.host_ip.is_empty() { "0.0.0.0" } else { &p.host_ip };
+        eprintln!("  {} -> http://{host}:{}", e.service.trim_start_matches("edge-"), p.host_port);
+    }
+}
+
+/// `deploy rollback --target docker`: every app that has an earlier spec goes back to it through
+/// the same health-gated replace.
+pub fn rollback(ctx: &Ctx, env_name: &str, timeout: Duration, dir: &Path) -> Result<ExitCode> {
+    let env = DockerEnv::load(&ctx.root, env_name)?;
+    let docker = Docker;
+    let running = containers(&docker, &env.project)?;
+    let apps: Vec<&Running> = running.iter().filter(|r| r.role == "app" && r.status == "running").collect();
+    if apps.is_empty() {
+        bail!("nothing of {env_name} runs on the Docker host (project {}); nothing to roll back", env.project);
+    }
+    let revision = ctx.facts.revision.clone();
+    let dep = Deployment {
+        env,
+        planned: BTreeMap::new(),
+        order: Vec::new(),
+        edges: Vec::new(),
+        revision,
+        copies: Vec::new(),
+        prepare: Vec::new(),
+    };
+    let mut targets: Vec<RunSpec> = Vec::new();
+    for app in &apps {
+        match &app.previous {
+            Some(p) => {
+                eprintln!(
+                    "{}: {} -> {}",
+                    app.service,
+                    app.spec.as_ref().map_or("?", |s| s.image_name.as_str()),
+                    p.image_name
+                );
+                targets.push(p.clone());
+            }
+            None => eprintln!("{}: no earlier version recorded; left as it is", app.service),
+        }
+    }
+    if targets.is_empty() {
+        bail!("no service of {env_name} has an earlier version recorded; nothing to roll back");
+    }
+    if ctx.dry_run {
+        eprintln!("dry run: nothing was changed on the Docker host");
+        return Ok(ExitCode::SUCCESS);
+    }
+    // In dependency order, as deploy goes.
+    let sequence = order(&targets.iter().map(|s| (s.service.clone(), s.depends_on.clone())).collect())?;
+    targets.sort_by_key(|s| sequence.iter().position(|n| *n == s.service));
+    for spec in &targets {
+        if !docker.image_exists(&spec.image) {
+            bail!(
+                "the earlier image of {} ({}) is no longer on the Docker host; nothing was changed",
+                spec.service,
+                spec.image_name
+            );
+        }
+    }
+    for spec in &targets {
+        let running = containers(&docker, &dep.env.project)?;
+        eprintln!("{}:", spec.service);
+        let outcome = replace_app(&docker, &dep, dir, spec, &running, timeout)
+            .with_context(|| format!("rollback of {env_name} stopped at {}", spec.service))?;
+        eprintln!("  {}: {}", spec.service, describe(&outcome));
+    }
+    eprintln!("rolled back {env_name} on the Docker host");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `deploy status --target docker`: every container of the project, from its labels.
+pub fn status(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
+    let env = DockerEnv::load(&ctx.root, env_name)?;
+    let running = containers(&Docker, &env.project)?;
+    if ctx.json {
+        let containers: Vec<serde_json::Value> = running
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "service": r.service, "container": r.name, "role": r.role, "state": r.status,
+                    "health": r.health, "image": r.spec.as_ref().map(|s| s.image_name.clone()),
+                    "image_id": r.image_id, "started": r.started,
+                    "previous": r.previous.as_ref().map(|p| p.image_name.clone()),
+                })
+            })
+            .collect();
+        let report = serde_json::json!({ "target": "docker", "env": env_name, "project": env.project,
+            "containers": containers });
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if running.is_empty() {
+        println!("{env_name}: nothing deployed on the Docker host (project {})", env.project);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "{:<18} {:<11} {:<10} {:<26} {:<14} {:<22} previous",
+        "service", "role", "state", "image", "id", "started"
+    );
+    for r in &running {
+        let image = r.spec.as_ref().map_or("?", |s| s.image_name.as_str());
+        let id = short(&r.image_id);
+        let state = r.health.clone().unwrap_or_else(|| r.status.clone());
+        let previous = r.previous.as_ref().map_or("-".to_string(), |p| p.image_name.clone());
+        let started: String = r.started.chars().take(19).collect();
+        println!("{:<18} {:<11} {:<10} {:<26} {:<14} {:<22} {previous}", r.service, r.role, state, image, id, started);
+    }
+    Ok(ExitCode::SUCCESS)
+}

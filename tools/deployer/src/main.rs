@@ -1,0 +1,216 @@
+//! The deployer: what `cargo xtask deploy` hands off to. It deploys an environment to a
+//! Kubernetes cluster (`kube.rs`: render, pin by digest through kustomize, validate, diff,
+//! apply, verify, roll back on failure) or to a Docker host (`docker.rs`: a health-gated replace
+//! of the compose project), shows what runs (`status`), rolls back on demand (`rollback`), and
+//! checks compose files for settings that hand a container the host (`compose-check`, run by
+//! `cargo xtask scan`).
+//!
+//! Every deploy shows its plan (human, or JSON with `--format json`), then asks at one point
+//! (`confirm`), then changes things; `--dry-run` stops after the plan. xtask gives it the facts
+//! it owns (services, revision, compose program, the policy checker) in a file (`--facts`).
+//! Exit codes: 0 done, 1 failed (after any rollback), 2 bad usage or configuration.
+
+mod compose;
+mod compose_check;
+mod docker;
+mod engine;
+mod env;
+mod kube;
+mod spec;
+
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use xtask_kit::UsageError;
+use xtask_kit::handoff::{DeployArgs, DeployFacts, EnvArgs, Target};
+
+#[derive(Parser, Debug)]
+#[command(name = "deployer", about = "Deploys what `cargo xtask image build` built; run through `cargo xtask deploy`.")]
+struct Cli {
+    /// Plan (render, validate, diff, or compare with what runs), show the plan, change nothing.
+    #[arg(long, global = true)]
+    dry_run: bool,
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    format: Format,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Deploy an environment: plan shown, one confirmation, apply, verify, roll back on failure.
+    Deploy {
+        #[command(flatten)]
+        args: DeployArgs,
+        #[arg(long, value_name = "FILE")]
+        facts: PathBuf,
+    },
+    /// Put the environment's last known-good release back and wait for it.
+    Rollback {
+        #[command(flatten)]
+        args: EnvArgs,
+        #[arg(long, value_name = "FILE")]
+        facts: PathBuf,
+    },
+    /// What runs where: images and digests, readiness, the known-good release.
+    Status {
+        #[command(flatten)]
+        args: EnvArgs,
+        #[arg(long, value_name = "FILE")]
+        facts: PathBuf,
+    },
+    /// Misconfiguration checks over compose files; findings as JSON to `--out`.
+    ComposeCheck {
+        /// The repository whose git-tracked infra/compose files are checked.
+        #[arg(long, value_name = "DIR")]
+        repo: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+    },
+}
+
+/// How this run was asked for, and the facts xtask handed over.
+pub struct Ctx {
+    pub root: PathBuf,
+    pub dry_run: bool,
+    pub json: bool,
+    pub facts: DeployFacts,
+}
+
+impl Ctx {
+    fn new(cli: &Cli, facts: &Path) -> Result<Ctx> {
+        let facts = DeployFacts::read(facts)?;
+        Ok(Ctx { root: facts.root.clone(), dry_run: cli.dry_run, json: cli.format == Format::Json, facts })
+    }
+}
+
+/// Environments that need the explicit confirmation.
+const GUARDED: &[&str] = &["prod"];
+
+/// The one confirmation point of a deploy: after its plan is shown, before anything changes.
+pub fn confirm(env: &str, args: &DeployArgs) -> Result<()> {
+    if !GUARDED.contains(&env) {
+        return Ok(());
+    }
+    if !args.yes {
+        return Err(UsageError(format!(
+            "deploying to {env} needs --yes (and --confirm {env} without a terminal); nothing was applied"
+        ))
+        .into());
+    }
+    if args.confirm.as_deref() == Some(env) {
+        return Ok(());
+    }
+    if let Some(other) = &args.confirm {
+        return Err(UsageError(format!("--confirm {other} does not match --env {env}; nothing was applied")).into());
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(UsageError(format!(
+            "deploying to {env} without a terminal needs --confirm {env}; nothing was applied"
+        ))
+        .into());
+    }
+    eprint!("Deploying to {env}. Type the environment's name to go on: ");
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if answer.trim() != env {
+        return Err(UsageError(format!("`{}` is not `{env}`; nothing was applied", answer.trim())).into());
+    }
+    Ok(())
+}
+
+/// Where one deploy of an environment works. A real deploy holds the environment's directory
+/// exclusively: two deploys of one environment from this checkout take turns instead of
+/// overwriting each other's render (the lock ends with the process). A dry run changes nothing,
+/// so it takes no lock and plans in a scratch directory of its own, removed when it ends.
+pub struct WorkDir {
+    pub dir: PathBuf,
+    _lock: Option<std::fs::File>,
+    scratch: bool,
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if self.scratch {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn work_dir(ctx: &Ctx, env: &str) -> Result<WorkDir> {
+    let home = ctx.facts.work_home(env);
+    if ctx.dry_run {
+        let dir = home.join(format!("dry-run-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        return Ok(WorkDir { dir, _lock: None, scratch: true });
+    }
+    std::fs::create_dir_all(&home).with_context(|| format!("creating {}", home.display()))?;
+    let lock =
+        std::fs::File::create(home.join(".lock")).with_context(|| format!("creating {}/.lock", home.display()))?;
+    if lock.try_lock().is_err() {
+        eprintln!("another deploy of {env} is running from this checkout; waiting for it to finish");
+        lock.lock().with_context(|| format!("locking {}/.lock", home.display()))?;
+    }
+    Ok(WorkDir { dir: home, _lock: Some(lock), scratch: false })
+}
+
+fn run(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Deploy { args, facts } => {
+            let ctx = Ctx::new(cli, facts)?;
+            let env = args.env.clone().expect("clap requires --env");
+            match args.target {
+                Target::K8s => kube::deploy(&ctx, &env, args),
+                Target::Docker => {
+                    let work = work_dir(&ctx, &env)?;
+                    docker::deploy(&ctx, &env, args, &work.dir)
+                }
+            }
+        }
+        Command::Rollback { args, facts } => {
+            let ctx = Ctx::new(cli, facts)?;
+            match args.target {
+                Target::K8s => kube::rollback(&ctx, args),
+                Target::Docker => {
+                    let work = work_dir(&ctx, &args.env)?;
+                    docker::rollback(&ctx, &args.env, args.timeout, &work.dir)
+                }
+            }
+        }
+        Command::Status { args, facts } => {
+            let ctx = Ctx::new(cli, facts)?;
+            match args.target {
+                Target::K8s => kube::status(&ctx, args),
+                Target::Docker => docker::status(&ctx, &args.env),
+            }
+        }
+        Command::ComposeCheck { repo, out } => compose_check::run(repo, out),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(err) => {
+            let _ = err.print();
+            return ExitCode::from(if err.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(&cli) {
+        Ok(code) => code,
+        Err(err) => {
+            let usage = err.downcast_ref::<UsageError>().is_some();
+            eprintln!("error: {}", format!("{err:#}").replace('\n', " "));
+            ExitCode::from(if usage { 2 } else { 1 })
+        }
+    }
+}

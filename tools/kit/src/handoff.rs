@@ -1,0 +1,218 @@
+//! What xtask hands the deployer besides its flags: the facts xtask owns (the services declared
+//! in `[package.metadata.service]`, the git revision, which compose program this machine has,
+//! the policy checker it built), so the deployer reads no Cargo metadata and runs no git.
+//! xtask writes them as JSON next to the deploy's work directory; the deployer reads them back.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+/// Where the repository keeps what the deployer deploys.
+pub const OVERLAYS_DIR: &str = "infra/k8s/overlays";
+pub const COMPOSE_DIR: &str = "infra/compose";
+pub const COMPOSE_ENV_DIR: &str = "infra/compose/env";
+
+/// Where a deploy goes.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Target {
+    /// A Kubernetes cluster through kubectl (the current context).
+    #[default]
+    K8s,
+    /// A Docker host (`DOCKER_HOST`, else the local engine): health-gated replace of the
+    /// compose project described by infra/compose/env/ENV.env.
+    Docker,
+}
+
+impl Target {
+    pub fn name(self) -> &'static str {
+        match self {
+            Target::K8s => "k8s",
+            Target::Docker => "docker",
+        }
+    }
+}
+
+/// The flags of a deploy, shared by `cargo xtask deploy` and the deployer it hands them to.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeployArgs {
+    /// The environment (an overlay under infra/k8s/overlays, or infra/compose/env/ENV.env).
+    #[arg(long, value_name = "ENV", required = true)]
+    pub env: Option<String>,
+    #[arg(long, value_enum, default_value_t = Target::K8s)]
+    pub target: Target,
+    /// Go ahead without asking (prod also needs `--confirm prod`, or typing it on a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// The environment's name again, for prod without a terminal.
+    #[arg(long, value_name = "ENV")]
+    pub confirm: Option<String>,
+    /// How long to wait for every rollout (docker: for each container to turn healthy), e.g.
+    /// `5m`, `90s` (a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = crate::duration::flag)]
+    pub timeout: Duration,
+    /// The build manifest to pin images from (default: target/xtask/images.json).
+    #[arg(long, value_name = "FILE")]
+    pub images: Option<PathBuf>,
+}
+
+/// The flags of `deploy rollback` and `deploy status`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EnvArgs {
+    /// The environment (an overlay under infra/k8s/overlays, or infra/compose/env/ENV.env).
+    #[arg(long, value_name = "ENV")]
+    pub env: String,
+    #[arg(long, value_enum, default_value_t = Target::K8s)]
+    pub target: Target,
+    /// How long to wait for every rollout (docker: for each container to turn healthy), e.g.
+    /// `5m`, `90s` (a bare number is seconds).
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = crate::duration::flag)]
+    pub timeout: Duration,
+}
+
+/// A duration as the flag grammar reads it back, to the millisecond.
+fn duration_arg(d: Duration) -> String {
+    if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}
+
+impl DeployArgs {
+    /// The flags again, for the deployer's command line.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Some(env) = &self.env {
+            out.extend(["--env".to_string(), env.clone()]);
+        }
+        out.extend(["--target".to_string(), self.target.name().to_string()]);
+        if self.yes {
+            out.push("--yes".into());
+        }
+        if let Some(confirm) = &self.confirm {
+            out.extend(["--confirm".to_string(), confirm.clone()]);
+        }
+        out.extend(["--timeout".to_string(), duration_arg(self.timeout)]);
+        if let Some(images) = &self.images {
+            out.extend(["--images".to_string(), images.display().to_string()]);
+        }
+        out
+    }
+}
+
+impl EnvArgs {
+    /// The flags again, for the deployer's command line.
+    pub fn to_args(&self) -> Vec<String> {
+        vec![
+            "--env".into(),
+            self.env.clone(),
+            "--target".into(),
+            self.target.name().into(),
+            "--timeout".into(),
+            duration_arg(self.timeout),
+        ]
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    /// The port it serves HTTP on inside its container or pod.
+    pub port: u16,
+    /// Its readiness path (`/ready`).
+    pub ready: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeployFacts {
+    /// The repository root: overlays, compose files and environments are read from here.
+    pub root: PathBuf,
+    /// The workspace's target directory: work directories and renders go under it.
+    pub target_dir: PathBuf,
+    pub services: Vec<Service>,
+    /// The commit deployed (`unknown` outside a git checkout).
+    pub revision: String,
+    /// The build manifest to pin images from.
+    pub images: PathBuf,
+    /// `docker compose` or `docker-compose`, as found on this machine (Docker target only).
+    pub compose: Option<Vec<String>>,
+    /// The manifest policy checker (tools/k8s-policy), built (Kubernetes target only).
+    pub policy: Option<PathBuf>,
+}
+
+impl DeployFacts {
+    pub fn read(path: &Path) -> Result<DeployFacts> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not a deploy facts file (written by `cargo xtask deploy`)", path.display()))
+    }
+
+    pub fn write(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self)?).with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    /// Where deploys of `env` work (renders, the lock, rollback specs).
+    pub fn work_home(&self, env: &str) -> PathBuf {
+        self.target_dir.join("xtask/deploy").join(env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Deploy {
+        #[command(flatten)]
+        args: DeployArgs,
+    }
+
+    #[derive(Parser)]
+    struct Env {
+        #[command(flatten)]
+        args: EnvArgs,
+    }
+
+    #[test]
+    fn flags_handed_on_parse_back_to_the_same_flags() {
+        for line in [
+            &["--env", "prod", "--target", "docker", "--yes", "--confirm", "prod", "--timeout", "1m30s"][..],
+            &["--env", "dev", "--timeout", "1500ms", "--images", "/tmp/images.json"],
+            &["--env", "staging"],
+        ] {
+            let first = Deploy::try_parse_from(std::iter::once("x").chain(line.iter().copied())).expect("parses").args;
+            let again =
+                Deploy::try_parse_from(std::iter::once("x".to_string()).chain(first.to_args())).expect("parses");
+            assert_eq!(format!("{:?}", again.args), format!("{first:?}"), "{line:?}");
+        }
+        let first =
+            Env::try_parse_from(["x", "--env", "prod", "--target", "docker", "--timeout", "90"]).expect("parses").args;
+        let again = Env::try_parse_from(std::iter::once("x".to_string()).chain(first.to_args())).expect("parses");
+        assert_eq!(format!("{:?}", again.args), format!("{first:?}"));
+    }
+
+    #[test]
+    fn facts_survive_the_trip_through_their_file() {
+        let dir = std::env::temp_dir().join(format!("xtask-kit-facts-{}", std::process::id()));
+        let facts = DeployFacts {
+            root: "/repo".into(),
+            target_dir: "/repo/target".into(),
+            services: vec![Service { name: "api".into(), port: 8080, ready: "/ready".into() }],
+            revision: "abc".into(),
+            images: "/repo/target/xtask/images.json".into(),
+            compose: Some(vec!["docker-compose".into()]),
+            policy: None,
+        };
+        let file = dir.join("facts.json");
+        facts.write(&file).expect("write");
+        assert_eq!(DeployFacts::read(&file).expect("read"), facts);
+        std::fs::write(&file, "{}").expect("write");
+        assert!(format!("{:#}", DeployFacts::read(&file).expect_err("not facts")).contains("not a deploy facts file"));
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
