@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use xtask_kit::UsageError;
 use xtask_kit::process::Cmd;
 
-use crate::env::*;
+use crate::env::DockerEnv;
 use xtask_kit::handoff::COMPOSE_DIR;
 
 /// A string or a list, as compose allows for `command`, `tmpfs`, healthcheck `test`.

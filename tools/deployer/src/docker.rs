@@ -36,10 +36,10 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use xtask_kit::UsageError;
 
-use crate::compose::*;
-use crate::engine::*;
-use crate::env::*;
-use crate::spec::*;
+use crate::compose::{ComposeService, compose_command, compose_config};
+use crate::engine::{Docker, Running, containers, ensure_network, retire, short, wait_healthy, write_private};
+use crate::env::DockerEnv;
+use crate::spec::{Planned, Role, RunSpec, app_image, edge_identity, edge_spec, order, plan_service};
 use crate::{Ctx, confirm};
 use xtask_kit::handoff::DeployArgs;
 use xtask_kit::images::BuildManifest;

@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use xtask_kit::process::Cmd;
 
-use crate::spec::*;
+use crate::spec::{DEFAULT_STOP_GRACE, RunSpec};
 
 /// Health checks are polled this often.
 pub const POLL: Duration = Duration::from_millis(250);

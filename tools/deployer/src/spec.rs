@@ -13,8 +13,8 @@ use xtask_kit::UsageError;
 use xtask_kit::images::BuildManifest;
 use xtask_kit::process::shell_quote;
 
-use crate::compose::*;
-use crate::env::*;
+use crate::compose::{ComposeService, OneOrMany, Port, parse_port, scalar, unescape, volume_arg};
+use crate::env::DockerEnv;
 
 /// How long an old container gets to drain after SIGTERM before Docker kills it.
 pub const DEFAULT_STOP_GRACE: u64 = 30;
