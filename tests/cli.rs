@@ -22,6 +22,54 @@ fn ci_dry_run_json_lists_every_step_and_runs_nothing() {
     assert!(lint["action"]["cwd"].as_str().is_some());
 }
 
+/// `--dry-run --format json` is honoured by every command that plans, or refused with exit 2
+/// and one line; either way nothing runs. (`deploy`'s dry run is the deployer's: it renders and
+/// diffs against a cluster, so tests/deploy.rs covers it with the kubectl stand-in.)
+#[test]
+fn every_command_prints_its_dry_run_as_json_or_refuses_it() {
+    let commands: &[&[&str]] = &[
+        &["fmt"],
+        &["lint"],
+        &["test"],
+        &["test", "--e2e"],
+        &["build", "--release"],
+        &["image", "build"],
+        &["image", "builder"],
+        &["deny"],
+        &["scan"],
+        &["secrets"],
+        &["dev", "up"],
+        &["dev", "down"],
+        &["dev", "status"],
+        &["dev", "urls"],
+        &["dev", "logs"],
+        &["loadtest", "smoke"],
+        &["k8s", "validate"],
+        &["deploy", "rollback", "--env", "dev"],
+        &["doctor"],
+        &["setup"],
+        &["workflows"],
+        &["ci"],
+    ];
+    for args in commands {
+        let mut line = vec!["--dry-run", "--format", "json"];
+        line.extend_from_slice(args);
+        let out = xtask(&line);
+        let err = text(&out.stderr);
+        match out.status.code() {
+            Some(0) => {
+                let json: Result<serde_json::Value, _> = serde_json::from_slice(&out.stdout);
+                assert!(json.is_ok(), "{args:?}: stdout is not JSON: {}\n{err}", text(&out.stdout));
+            }
+            Some(2) => {
+                assert!(err.contains("--format json"), "{args:?}: refused, but not for JSON: {err}");
+                assert_eq!(err.trim().lines().count(), 1, "{args:?}: one line: {err}");
+            }
+            other => panic!("{args:?}: exit {other:?}: {err}"),
+        }
+    }
+}
+
 #[test]
 fn a_bad_flag_exits_2_with_one_line() {
     let out = xtask(&["ci", "--dry-rn"]);

@@ -434,7 +434,7 @@ pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Resul
     let manifest = BuildManifest::read(&manifest_path)?;
     let docker = Docker;
     let mut dep = plan(ctx, env.clone(), &manifest, &manifest_path, dir)?;
-    let running = containers(&docker, &dep.env.project)?;
+    let running = containers(&dep.env.project)?;
     // The one presentation of the plan, then the one confirmation point, then changes.
     if ctx.json {
         println!("{}", serde_json::to_string_pretty(&plan_json(&dep, &running))?);
@@ -460,7 +460,7 @@ pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Resul
     for service in &dep.order {
         let p = &dep.planned[service];
         eprintln!("{service}:");
-        let running = containers(&docker, &dep.env.project)?;
+        let running = containers(&dep.env.project)?;
         let result = match p.role {
             Role::App => replace_app(&docker, &dep, dir, &p.spec, &running, timeout),
             _ => ensure_dependency(&docker, &dep, dir, p, &running, timeout),
@@ -483,7 +483,7 @@ pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Resul
     }
     if failure.is_none() {
         for spec in &dep.edges {
-            let running = containers(&docker, &dep.env.project)?;
+            let running = containers(&dep.env.project)?;
             match ensure_edge(&docker, &dep, dir, spec, &running, timeout) {
                 Ok(outcome) => {
                     eprintln!("  {}: {}", spec.service, describe(&outcome));
@@ -510,7 +510,7 @@ pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Resul
             continue;
         };
         eprintln!("rolling {service} back to {}", before.image_name);
-        let running = containers(&docker, &dep.env.project)?;
+        let running = containers(&dep.env.project)?;
         match replace_app(&docker, &dep, dir, before, &running, timeout) {
             Ok(_) => undone.push(service.clone()),
             Err(e) => undo_failed.push(format!("{service}: {e:#}")),
@@ -622,7 +622,7 @@ pub fn summary(dep: &Deployment, report: &[(String, Outcome)]) {
 pub fn rollback(ctx: &Ctx, env_name: &str, timeout: Duration, dir: &Path) -> Result<ExitCode> {
     let env = DockerEnv::load(&ctx.root, env_name)?;
     let docker = Docker;
-    let running = containers(&docker, &env.project)?;
+    let running = containers(&env.project)?;
     let apps: Vec<&Running> = running.iter().filter(|r| r.role == "app" && r.status == "running").collect();
     if apps.is_empty() {
         bail!("nothing of {env_name} runs on the Docker host (project {}); nothing to roll back", env.project);
@@ -672,7 +672,7 @@ pub fn rollback(ctx: &Ctx, env_name: &str, timeout: Duration, dir: &Path) -> Res
         }
     }
     for spec in &targets {
-        let running = containers(&docker, &dep.env.project)?;
+        let running = containers(&dep.env.project)?;
         eprintln!("{}:", spec.service);
         let outcome = replace_app(&docker, &dep, dir, spec, &running, timeout)
             .with_context(|| format!("rollback of {env_name} stopped at {}", spec.service))?;
@@ -685,7 +685,7 @@ pub fn rollback(ctx: &Ctx, env_name: &str, timeout: Duration, dir: &Path) -> Res
 /// `deploy status --target docker`: every container of the project, from its labels.
 pub fn status(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
     let env = DockerEnv::load(&ctx.root, env_name)?;
-    let running = containers(&Docker, &env.project)?;
+    let running = containers(&env.project)?;
     if ctx.json {
         let containers: Vec<serde_json::Value> = running
             .iter()

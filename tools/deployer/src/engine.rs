@@ -5,10 +5,9 @@ use std::path::Path;
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
+use xtask_kit::docker::Container;
 use xtask_kit::process::Cmd;
 
 use crate::spec::{DEFAULT_STOP_GRACE, RunSpec};
@@ -66,52 +65,9 @@ pub struct Running {
     pub spec_hash: String,
 }
 
-pub fn containers(docker: &Docker, project: &str) -> Result<Vec<Running>> {
-    let filter = format!("label=xtask.project={project}");
-    let ids = docker.checked_quiet(&["ps", "-a", "-q", "--no-trunc", "--filter", &filter])?;
-    let ids: Vec<&str> = ids.split_whitespace().collect();
-    if ids.is_empty() {
-        return Ok(Vec::new());
-    }
-    let mut args = vec!["inspect"];
-    args.extend(&ids);
-    let out = docker.checked_quiet(&args)?;
-    let list: Vec<Inspected> = serde_json::from_str(&out).context("docker inspect printed no JSON")?;
-    let mut found: Vec<Running> = list.into_iter().map(Running::from).collect();
-    found.sort_by(|a, b| a.started.cmp(&b.started));
-    Ok(found)
-}
-
-/// What deploy reads of `docker inspect` (a container), typed; Docker omits some fields
-/// (`Health` without a health check), so every field defaults.
-#[derive(Deserialize, Debug, Default)]
-#[serde(default, rename_all = "PascalCase")]
-pub struct Inspected {
-    name: String,
-    image: String,
-    state: State,
-    config: Config,
-}
-
-#[derive(Deserialize, Debug, Default)]
-#[serde(default, rename_all = "PascalCase")]
-struct State {
-    status: String,
-    started_at: String,
-    health: Option<Health>,
-}
-
-#[derive(Deserialize, Debug, Default)]
-#[serde(default, rename_all = "PascalCase")]
-struct Health {
-    status: String,
-}
-
-#[derive(Deserialize, Debug, Default)]
-#[serde(default, rename_all = "PascalCase")]
-struct Config {
-    /// `null` on a container without labels.
-    labels: Option<BTreeMap<String, String>>,
+pub fn containers(project: &str) -> Result<Vec<Running>> {
+    let list = xtask_kit::docker::with_label(&format!("xtask.project={project}"))?;
+    Ok(list.into_iter().map(Running::from).collect())
 }
 
 /// `docker image inspect --format '{{json .Config.Healthcheck}}'`.
@@ -121,22 +77,20 @@ struct Healthcheck {
     test: Vec<String>,
 }
 
-impl From<Inspected> for Running {
-    fn from(c: Inspected) -> Running {
-        let labels = c.config.labels.unwrap_or_default();
-        let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
-        let spec_of = |k: &str| labels.get(k).and_then(|s| serde_json::from_str::<RunSpec>(s).ok());
+impl From<Container> for Running {
+    fn from(c: Container) -> Running {
+        let spec_of = |k: &str| serde_json::from_str::<RunSpec>(c.label(k)).ok();
         Running {
-            name: c.name.trim_start_matches('/').to_string(),
-            service: label("xtask.service"),
-            role: label("xtask.role"),
-            status: c.state.status,
-            health: c.state.health.map(|h| h.status),
-            image_id: c.image,
-            started: c.state.started_at,
+            name: c.name().to_string(),
+            service: c.label("xtask.service").to_string(),
+            role: c.label("xtask.role").to_string(),
+            status: c.state.status.clone(),
+            health: c.health().map(str::to_string),
+            image_id: c.image.clone(),
+            started: c.state.started_at.clone(),
             spec: spec_of("xtask.spec"),
             previous: spec_of("xtask.previous-spec"),
-            spec_hash: label("xtask.spec-hash"),
+            spec_hash: c.label("xtask.spec-hash").to_string(),
         }
     }
 }
@@ -233,7 +187,7 @@ mod tests {
     #[test]
     fn containers_read_from_docker_inspect() {
         let spec = r#"{"version":1,"service":"api","image":"sha256:1","image_name":"api:v1","env":{},"options":[],"command":[],"healthcheck":true,"stop_grace":10}"#;
-        let inspected: Vec<Inspected> = serde_json::from_value(serde_json::json!([
+        let inspected: Vec<Container> = serde_json::from_value(serde_json::json!([
             {"Name": "/p-api-1", "Image": "sha256:1", "State": {"Status": "running", "StartedAt": "2026-12-03T10:00:00Z",
               "Health": {"Status": "healthy"}},
              "Config": {"Labels": {"xtask.service": "api", "xtask.role": "app", "xtask.spec": spec, "xtask.spec-hash": "ab"}}},

@@ -1,8 +1,10 @@
 //! What xtask and the tools it hands off to (the deployer) share, so each concept has one
 //! model: the process layer, the duration grammar, the `.env` reader, dates, the build
-//! manifest, and the usage error that means exit code 2.
+//! manifest, findings, Docker's container state, the deploy hand-off, and the usage error that
+//! means exit code 2.
 
 pub mod date;
+pub mod docker;
 pub mod duration;
 pub mod env_file;
 pub mod findings;

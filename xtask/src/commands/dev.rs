@@ -527,47 +527,24 @@ pub struct ContainerState {
 }
 
 pub fn containers(project: &str) -> Result<Vec<ContainerState>> {
-    let out = Cmd::new("docker")
-        .args([
-            "ps",
-            "--all",
-            "--filter",
-            &format!("label=com.docker.compose.project={project}"),
-            "--format",
-            "{{.Label \"com.docker.compose.service\"}}\t{{.Names}}\t{{.State}}\t{{.Status}}\t{{.Ports}}",
-        ])
-        .read()?;
-    Ok(parse_ps(&out))
+    let list = xtask_kit::docker::with_label(&format!("com.docker.compose.project={project}"))?;
+    Ok(states(&list))
 }
 
-/// `docker ps --format 'SERVICE\tNAME\tSTATE\tSTATUS\tPORTS'` lines as container states, by
-/// service; health comes from the status text (`Up 3 seconds (health: starting)`).
-fn parse_ps(out: &str) -> Vec<ContainerState> {
-    let mut list: Vec<ContainerState> = out
-        .lines()
-        .filter_map(|line| {
-            let mut parts = line.split('\t');
-            let (service, name, state, status) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
-            let health = if status.contains("(healthy)") {
-                "healthy"
-            } else if status.contains("(unhealthy)") {
-                "unhealthy"
-            } else if status.contains("health: starting") {
-                "starting"
-            } else {
-                "-"
-            };
-            Some(ContainerState {
-                service: service.to_string(),
-                name: name.to_string(),
-                state: state.to_string(),
-                health: health.to_string(),
-                ports: parts.next().unwrap_or("").to_string(),
-            })
+/// Docker's containers as the dev stack's states, by service; `-` for no health check.
+fn states(list: &[xtask_kit::docker::Container]) -> Vec<ContainerState> {
+    let mut states: Vec<ContainerState> = list
+        .iter()
+        .map(|c| ContainerState {
+            service: c.label("com.docker.compose.service").to_string(),
+            name: c.name().to_string(),
+            state: c.state.status.clone(),
+            health: c.health().unwrap_or("-").to_string(),
+            ports: c.published(),
         })
         .collect();
-    list.sort_by(|a, b| a.service.cmp(&b.service));
-    list
+    states.sort_by(|a, b| a.service.cmp(&b.service));
+    states
 }
 
 fn status(ctx: &Ctx, project: &str) -> Result<ExitCode> {
@@ -820,18 +797,36 @@ pub fn up(task: &DevUp, log: &mut dyn std::io::Write) -> Result<()> {
 mod tests {
     use super::*;
 
-    const PS: &str = "api\txtask-dev_api_1\trunning\tUp 9 seconds (healthy)\t127.0.0.1:8081->8081/tcp\n\
-                      worker\txtask-dev_worker_1\trunning\tUp 2 seconds (health: starting)\t\n\
-                      postgres\txtask-dev_postgres_1\texited\tExited (1) 3 seconds ago\t\n\
-                      redis\txtask-dev_redis_1\trunning\tUp 9 seconds\t\n";
+    /// Four containers as `docker inspect` describes them.
+    fn ps() -> Vec<ContainerState> {
+        let container = |service: &str, status: &str, health: Option<&str>, ports: serde_json::Value| {
+            serde_json::json!({"Name": format!("/xtask-dev_{service}_1"),
+                "State": {"Status": status, "Health": health.map(|h| serde_json::json!({"Status": h}))},
+                "Config": {"Labels": {"com.docker.compose.service": service}},
+                "NetworkSettings": {"Ports": ports}})
+        };
+        let list: Vec<xtask_kit::docker::Container> = serde_json::from_value(serde_json::json!([
+            container(
+                "api",
+                "running",
+                Some("healthy"),
+                serde_json::json!({"8081/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8081"}]})
+            ),
+            container("worker", "running", Some("starting"), serde_json::Value::Null),
+            container("postgres", "exited", None, serde_json::json!({"5432/tcp": null})),
+            container("redis", "running", None, serde_json::Value::Null),
+        ]))
+        .expect("docker's shape");
+        states(&list)
+    }
 
     fn services(names: &[&str]) -> Vec<String> {
         names.iter().map(|s| s.to_string()).collect()
     }
 
     #[test]
-    fn docker_ps_lines_become_container_states_with_their_health() {
-        let list = parse_ps(PS);
+    fn docker_containers_become_container_states_with_their_health() {
+        let list = ps();
         let got: Vec<(&str, &str, &str)> =
             list.iter().map(|c| (c.service.as_str(), c.state.as_str(), c.health.as_str())).collect();
         assert_eq!(
@@ -844,12 +839,12 @@ mod tests {
             ]
         );
         assert_eq!(list[0].ports, "127.0.0.1:8081->8081/tcp");
-        assert!(parse_ps("garbage without tabs\n").is_empty());
+        assert_eq!(list[1].ports, "", "postgres is not published");
     }
 
     #[test]
     fn the_wait_ends_healthy_only_when_every_service_is_ready_and_compose_finished() {
-        let list = parse_ps(PS);
+        let list = ps();
         let ready = services(&["api", "redis"]);
         assert_eq!(classify(&ready, &list, Some(true), false, 60), Wait::Healthy);
         assert_eq!(classify(&ready, &list, None, false, 60), Wait::Waiting, "compose is still working");
@@ -858,7 +853,7 @@ mod tests {
 
     #[test]
     fn an_exited_or_unhealthy_service_stops_the_wait_naming_it() {
-        let list = parse_ps(PS);
+        let list = ps();
         let Wait::Failed { culprits, why } = classify(&services(&["api", "postgres"]), &list, None, false, 60) else {
             panic!("postgres exited")
         };
@@ -868,7 +863,7 @@ mod tests {
 
     #[test]
     fn a_timeout_names_who_is_not_ready_and_who_was_never_created() {
-        let list = parse_ps(PS);
+        let list = ps();
         let Wait::Failed { culprits, why } = classify(&services(&["worker", "gateway"]), &list, None, true, 90) else {
             panic!("timed out")
         };
@@ -878,7 +873,7 @@ mod tests {
 
     #[test]
     fn a_failed_compose_up_stops_the_wait() {
-        let list = parse_ps(PS);
+        let list = ps();
         let verdict = classify(&services(&["api"]), &list, Some(false), false, 60);
         assert_eq!(verdict, Wait::Failed { culprits: Vec::new(), why: "compose up failed (see above)".into() });
     }
