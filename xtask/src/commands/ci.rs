@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::commands::{build, deny, fmt, image, k8s, lint, scan, secrets, test};
+use crate::commands::{build, deny, fmt, image, k8s, lint, scan, secrets, test, workflows};
 use crate::plan::Plan;
 use crate::tools::{DOCKER, KUBECTL, TRIVY, Tool};
 use crate::{Ctx, UsageError, affected};
@@ -30,6 +30,13 @@ pub const STAGES: &[Stage] = &[
     Stage { name: "secrets", command: "secrets", about: "Secret scan", needs_setup: true, prepare: &[] },
     Stage { name: "fmt", command: "fmt --check", about: "Formatting", needs_setup: false, prepare: &[] },
     Stage { name: "lint", command: "lint", about: "Clippy", needs_setup: false, prepare: &[] },
+    Stage {
+        name: "workflows",
+        command: "workflows --check",
+        about: "Workflows (generated, zizmor)",
+        needs_setup: true,
+        prepare: &[],
+    },
     Stage {
         name: "test",
         command: "test --e2e",
@@ -57,7 +64,7 @@ pub const STAGES: &[Stage] = &[
     },
 ];
 
-/// Run what CI runs: secrets, fmt --check, lint, test, deny, a release build, the Kubernetes
+/// Run what CI runs: secrets, fmt --check, lint, the workflows' check, test, deny, a release build, the Kubernetes
 /// manifests' checks, images and the scan.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
@@ -147,6 +154,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             "fmt" => fmt::plan(ctx, &fmt::Args { check: true }),
             "lint" if nothing_affected => continue,
             "lint" => lint::plan(ctx, &packages),
+            "workflows" => workflows::check_plan(ctx),
             "test" if nothing_affected => continue,
             "test" => {
                 let run = test::TestRun { packages: &packages, partition: None, e2e: true };

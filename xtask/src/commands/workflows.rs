@@ -1,17 +1,45 @@
 //! `cargo xtask workflows [--check]`: write .github/workflows/ci.yml from the list of ci stages.
 //!
 //! The workflow is generated, not hand-written, so every `cargo xtask ci` stage has exactly one
-//! job running the same command. `--check` (also a tidy test) fails when the file has drifted.
+//! job running the same command. `--check` fails when the file has drifted (also a tidy test)
+//! and runs zizmor over every workflow, failing on a finding of medium severity or above.
+//!
+//! What zizmor asks of a workflow is built into the renderer: every action pinned by commit SHA
+//! (the version in a comment), `persist-credentials: false` on checkout, no permissions at the
+//! top and `contents: read` per job, and no `${{ }}` expression inside a `run:`.
 
 use std::fmt::Write as _;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
 
+use crate::Ctx;
 use crate::commands::ci::STAGES;
-use crate::{Ctx, EXIT_FAILED};
+use crate::plan::{Plan, Step, Task};
+use crate::tools::ZIZMOR;
 
 pub const CI_WORKFLOW: &str = ".github/workflows/ci.yml";
+
+/// An action the workflows use, pinned by the commit its release tag points at.
+pub struct Pinned {
+    pub name: &'static str,
+    pub sha: &'static str,
+    pub version: &'static str,
+}
+
+impl Pinned {
+    fn uses(&self) -> String {
+        format!("{}@{} # {}", self.name, self.sha, self.version)
+    }
+}
+
+/// Bump here (tag and the commit it points at, both from the action's releases page).
+pub const CHECKOUT: Pinned =
+    Pinned { name: "actions/checkout", sha: "8e8c483db84b4bee98b60c0593521ed34d9990e8", version: "v6.0.1" };
+pub const CACHE: Pinned =
+    Pinned { name: "actions/cache", sha: "9255dc7a253b0ccc959486e2bca901246202afeb", version: "v5.0.1" };
 
 /// Regenerate the GitHub Actions workflow from the `ci` stages (or check it is up to date).
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -28,7 +56,8 @@ pub fn render_ci_workflow() -> String {
          # One job per `cargo xtask ci` stage, each running the very command you run locally.\n\
          name: ci\n\
          on:\n  push:\n    branches: [main]\n  pull_request:\n\
-         permissions:\n  contents: read\n\
+         # Each job asks for what it needs; nothing is granted by default.\n\
+         permissions: {}\n\
          concurrency:\n  group: ci-${{ github.ref }}\n  cancel-in-progress: true\n\
          env:\n  CARGO_TERM_COLOR: always\n  CARGO_INCREMENTAL: \"0\"\n  NEXTEST_PROFILE: ci\n\
          \x20 # Runners can download trivy's vulnerability DB: a scan without it fails here.\n\
@@ -38,14 +67,16 @@ pub fn render_ci_workflow() -> String {
     for stage in STAGES {
         let _ = write!(
             y,
-            "  {name}:\n    name: {about}\n    runs-on: ubuntu-24.04\n    timeout-minutes: 30\n    steps:\n      - uses: actions/checkout@v4\n",
+            "  {name}:\n    name: {about}\n    runs-on: ubuntu-24.04\n    timeout-minutes: 30\n    permissions:\n      contents: read\n    steps:\n      - uses: {checkout}\n        with:\n          persist-credentials: false\n",
             name = stage.name,
-            about = stage.about
+            about = stage.about,
+            checkout = CHECKOUT.uses(),
         );
         let _ = write!(
             y,
-            "      - uses: actions/cache@v4\n        with:\n          path: |\n            ~/.cargo/bin\n            ~/.cargo/registry/index\n            ~/.cargo/registry/cache\n            ~/.cargo/git/db\n            target\n          key: {name}-${{{{ runner.os }}}}-${{{{ hashFiles('Cargo.lock', 'xtask/tools.toml', 'rust-toolchain.toml') }}}}\n          restore-keys: {name}-${{{{ runner.os }}}}-\n",
-            name = stage.name
+            "      - uses: {cache}\n        with:\n          path: |\n            ~/.cargo/bin\n            ~/.cargo/registry/index\n            ~/.cargo/registry/cache\n            ~/.cargo/git/db\n            target\n          key: {name}-${{{{ runner.os }}}}-${{{{ hashFiles('Cargo.lock', 'xtask/tools.toml', 'rust-toolchain.toml') }}}}\n          restore-keys: {name}-${{{{ runner.os }}}}-\n",
+            name = stage.name,
+            cache = CACHE.uses(),
         );
         if stage.needs_setup {
             y.push_str("      - run: cargo xtask setup\n");
@@ -58,37 +89,77 @@ pub fn render_ci_workflow() -> String {
     y
 }
 
-/// The same three modes (check, dry run, write) as one JSON object on stdout.
-fn json_report(ctx: &Ctx, args: &Args, path: &std::path::Path, current: &str, wanted: &str) -> Result<ExitCode> {
+/// The checked-in workflow is what the stages render.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkflowCurrent {
+    pub path: PathBuf,
+}
+
+impl Task for WorkflowCurrent {
+    fn summary(&self) -> String {
+        format!("compare {} with what `cargo xtask workflows` renders", self.path.display())
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("workflow-current", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        let current = std::fs::read_to_string(&self.path).unwrap_or_default();
+        if current != render_ci_workflow() {
+            bail!("{CI_WORKFLOW} is out of date with the ci stages; run `cargo xtask workflows` and commit the result");
+        }
+        writeln!(log, "{CI_WORKFLOW} is up to date")?;
+        Ok(())
+    }
+}
+
+/// `workflows --check` (a `ci` stage): the workflow is current, and zizmor finds nothing of
+/// medium severity or above in any workflow (offline: no GitHub API calls).
+pub fn check_plan(ctx: &Ctx) -> Plan {
+    let mut plan = Plan::new("workflows --check");
+    plan.push(Step::internal(
+        "workflows:current",
+        "the workflow is what the ci stages render",
+        WorkflowCurrent { path: ctx.root.join(CI_WORKFLOW) },
+        "cargo xtask workflows --check",
+    ));
+    plan.push(
+        Step::exec(
+            "workflows:zizmor",
+            "zizmor: no finding of medium severity or above",
+            "zizmor",
+            ["--offline", "--no-progress", "--min-severity", "medium", ".github/workflows"],
+            &ctx.root,
+        )
+        .requiring(&ZIZMOR)
+        .reproduced_by("zizmor --offline --min-severity medium .github/workflows"),
+    );
+    plan
+}
+
+/// Writing (or, on a dry run, showing) the workflow, as one JSON object on stdout.
+fn json_report(ctx: &Ctx, path: &std::path::Path, current: &str, wanted: &str) -> Result<ExitCode> {
     let up_to_date = current == wanted;
     let mut report = serde_json::json!({ "path": CI_WORKFLOW, "up_to_date": up_to_date });
-    if ctx.dry_run && !args.check {
+    if ctx.dry_run {
         report["content"] = wanted.into();
-    } else if !args.check && !up_to_date {
+    } else if !up_to_date {
         std::fs::create_dir_all(path.parent().context("workflow dir")?)?;
         std::fs::write(path, wanted).with_context(|| format!("writing {}", path.display()))?;
         report["written"] = true.into();
     }
     println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(if args.check && !up_to_date { ExitCode::from(EXIT_FAILED) } else { ExitCode::SUCCESS })
+    Ok(ExitCode::SUCCESS)
 }
 
 pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
+    if args.check {
+        return ctx.execute(&check_plan(ctx));
+    }
     let path = ctx.root.join(CI_WORKFLOW);
     let wanted = render_ci_workflow();
     let current = std::fs::read_to_string(&path).unwrap_or_default();
     if ctx.ui.format == crate::runner::Format::Json {
-        return json_report(ctx, args, &path, &current, &wanted);
-    }
-    if args.check {
-        if current == wanted {
-            println!("{CI_WORKFLOW} is up to date");
-            return Ok(ExitCode::SUCCESS);
-        }
-        eprintln!(
-            "error: {CI_WORKFLOW} is out of date with the ci stages; run `cargo xtask workflows` and commit the result"
-        );
-        return Ok(ExitCode::from(EXIT_FAILED));
+        return json_report(ctx, &path, &current, &wanted);
     }
     if ctx.dry_run {
         print!("{wanted}");
@@ -102,4 +173,38 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
         println!("{CI_WORKFLOW} is up to date");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What zizmor checks, held by the renderer itself (zizmor runs on the result in `--check`).
+    #[test]
+    fn the_rendered_workflow_pins_actions_and_grants_nothing_by_default() {
+        let y = render_ci_workflow();
+        assert!(y.contains("\npermissions: {}\n"), "no default permissions");
+        let uses: Vec<&str> = y.lines().filter_map(|l| l.trim().strip_prefix("- uses: ")).collect();
+        assert!(!uses.is_empty());
+        for u in &uses {
+            let (action, rest) = u.split_once('@').expect("action@ref");
+            let (sha, comment) = rest.split_once(" # ").unwrap_or_else(|| panic!("{u}: no version comment"));
+            assert!(sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()), "{action}: not pinned by SHA");
+            assert!(comment.starts_with('v'), "{u}");
+        }
+        let jobs = y.matches("\n    runs-on: ").count();
+        assert_eq!(y.matches("\n    permissions:\n      contents: read\n").count(), jobs, "each job reads only");
+        assert_eq!(y.matches("persist-credentials: false").count(), y.matches(CHECKOUT.name).count());
+        assert!(!y.lines().any(|l| l.contains("run:") && l.contains("${{")), "no expression in a run:");
+    }
+
+    #[test]
+    fn check_compares_then_runs_zizmor_offline_at_medium() {
+        let plan = check_plan(&crate::test_ctx());
+        let names: Vec<&str> = plan.steps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["workflows:current", "workflows:zizmor"]);
+        let zizmor = plan.steps[1].command_line();
+        assert!(zizmor.contains("--offline") && zizmor.contains("--min-severity medium"), "{zizmor}");
+        assert!(plan.steps[1].requires.iter().any(|t| t.name == "zizmor"), "installed on first use");
+    }
 }
