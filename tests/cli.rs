@@ -35,6 +35,11 @@ fn every_command_prints_its_dry_run_as_json_or_refuses_it() {
         &["build", "--release"],
         &["image", "build"],
         &["image", "builder"],
+        &[
+            "image",
+            "verify",
+            "127.0.0.1:5000/api@sha256:0000000000000000000000000000000000000000000000000000000000000000",
+        ],
         &["deny"],
         &["scan"],
         &["secrets"],

@@ -13,7 +13,7 @@ use std::time::Duration;
 use test_support::{Link, eventually, free_port, http};
 
 mod common;
-use common::{docker, docker_ok, target_dir, text, xtask, xtask_command};
+use common::{docker, docker_ok, require_tool, target_dir, text, xtask, xtask_command};
 
 fn build_manifest() -> serde_json::Value {
     let path = target_dir().join("xtask/images.json");
@@ -338,10 +338,12 @@ fn a_pushed_image_pulls_back_by_its_recorded_digest() {
     let pinned = record["pushed"].as_str().expect("the push recorded a digest").to_string();
     assert!(pinned.starts_with(&format!("{address}/gateway@sha256:")), "{pinned}");
 
-    // Forget every local name of the image, then pull it back by digest alone.
+    // The registry holds the manifest xtask wrote: the pushed digest is the one it computed.
+    assert_eq!(pinned.split_once('@').expect("digest").1, record["manifest_digest"], "pushed as written");
+    // Forget the local name of the image (the push never gave Docker another), then pull it
+    // back by digest alone.
     let image = record["image"].as_str().expect("image");
-    let tag = image.split_once(':').expect("name:tag").1;
-    docker_ok(&["rmi", "-f", &format!("{address}/gateway:{tag}"), image]);
+    docker_ok(&["rmi", "-f", image]);
     let gone = docker(&["image", "inspect", &pinned]);
     assert!(!gone.status.success(), "the image should be gone before the pull");
     docker_ok(&["pull", &pinned]);
@@ -349,6 +351,57 @@ fn a_pushed_image_pulls_back_by_its_recorded_digest() {
     assert_eq!(id, record["id"], "the pulled image is the one xtask built");
     // Put the local tag back for whoever uses the image next.
     docker_ok(&["tag", &pinned, image]);
+}
+
+/// The CI shape: one job writes the tars without Docker, another pushes them as they are.
+#[test]
+fn tars_written_without_docker_are_pushed_as_they_are_and_pull_back() {
+    require_tool("skopeo");
+    let registry = Registry::start();
+    let address = format!("127.0.0.1:{}", registry.port);
+    let built = build_images(&["--service", "worker", "--service", "gateway", "--no-load"]);
+    let written = built["images"]["worker"]["manifest_digest"].as_str().expect("digest").to_string();
+    let out = xtask(&["image", "push", "--registry", &address, "--service", "worker", "--service", "gateway"]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let manifest = build_manifest();
+    let pinned = manifest["images"]["worker"]["pushed"].as_str().expect("recorded").to_string();
+    assert_eq!(pinned, format!("{address}/worker@{written}"), "the digest xtask computed is the registry's");
+    docker_ok(&["pull", &pinned]);
+    let id = docker_ok(&["image", "inspect", "--format", "{{.Id}}", &pinned]);
+    assert_eq!(id, built["images"]["worker"]["id"], "the pulled image is the one xtask wrote");
+    docker_ok(&["rmi", "-f", &pinned]);
+
+    // Its SBOM and provenance went beside it, about exactly this digest.
+    let out = xtask(&["--format", "json", "image", "verify", &pinned]);
+    assert!(out.status.success(), "{}{}", text(&out.stdout), text(&out.stderr));
+    let verified: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(verified["sbom_components"].as_u64().is_some_and(|n| n > 10), "the crates are listed: {verified}");
+    assert_eq!(verified["commit"], built["images"]["worker"]["revision"], "{verified}");
+    // Swap in another image's provenance: verification names the mismatch and fails with exit 2.
+    let gateway = manifest["images"]["gateway"]["pushed"].as_str().expect("recorded");
+    let tag = |pinned: &str, suffix: &str| {
+        let (repo, digest) = pinned.split_once('@').expect("digest ref");
+        format!("docker://{repo}:{}.{suffix}", digest.replace(':', "-"))
+    };
+    let swap = Command::new("skopeo")
+        .args(["copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false"])
+        .args([tag(gateway, "att"), tag(&pinned, "att")])
+        .status()
+        .expect("skopeo runs");
+    assert!(swap.success());
+    let out = xtask(&["image", "verify", &pinned]);
+    assert_eq!(out.status.code(), Some(2), "{}{}", text(&out.stdout), text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("provenance") && err.contains("tampered"), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let unknown = format!("{address}/worker@sha256:{}", "0".repeat(64));
+    let out = xtask(&["image", "verify", &unknown]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("no SBOM at"), "{}", text(&out.stderr));
+
+    let out = xtask(&["image", "push", "--registry", &address, "--service", "nope"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("--service nope"), "{}", text(&out.stderr));
 }
 
 #[test]

@@ -22,6 +22,10 @@ pub const NONROOT: u32 = 65532;
 pub const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 pub const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+/// The empty config (`{}`) of an artifact manifest.
+pub const MEDIA_EMPTY: &str = "application/vnd.oci.empty.v1+json";
+pub const MEDIA_CYCLONEDX: &str = "application/vnd.cyclonedx+json";
+pub const MEDIA_IN_TOTO: &str = "application/vnd.in-toto+json";
 
 /// Everything that goes into one service image.
 #[derive(Clone, Debug)]
@@ -118,8 +122,14 @@ struct Descriptor {
 struct Manifest {
     schema_version: u32,
     media_type: &'static str,
+    /// Artifacts only (OCI 1.1): what the manifest carries.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    artifact_type: Option<&'static str>,
     config: Descriptor,
     layers: Vec<Descriptor>,
+    /// Artifacts only (OCI 1.1): the image the artifact is about.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    subject: Option<Descriptor>,
     annotations: BTreeMap<String, String>,
 }
 
@@ -249,6 +259,8 @@ pub fn image_tar(spec: &ImageSpec) -> Result<(Vec<u8>, ImageDigests)> {
     let manifest = Manifest {
         schema_version: 2,
         media_type: MEDIA_MANIFEST,
+        artifact_type: None,
+        subject: None,
         config: Descriptor {
             media_type: MEDIA_CONFIG,
             digest: format!("sha256:{config_digest}"),
@@ -308,9 +320,94 @@ pub fn image_tar(spec: &ImageSpec) -> Result<(Vec<u8>, ImageDigests)> {
     Ok((tar.into_inner()?, digests))
 }
 
+/// A document about an image (its SBOM, its provenance), as an OCI 1.1 artifact: a manifest whose
+/// `artifactType` names the document, whose one layer is the document, and whose `subject` is
+/// the image's manifest. Written as an OCI layout tar (skopeo pushes it like an image); returns
+/// the tar and the artifact manifest's digest.
+pub fn artifact_tar(
+    artifact_type: &'static str,
+    document: &[u8],
+    subject_digest: &str,
+    subject_size: u64,
+    created: &str,
+) -> Result<(Vec<u8>, String)> {
+    let empty = b"{}".to_vec();
+    let empty_digest = sha256_hex(&empty);
+    let document_digest = sha256_hex(document);
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: MEDIA_MANIFEST,
+        artifact_type: Some(artifact_type),
+        config: Descriptor {
+            media_type: MEDIA_EMPTY,
+            digest: format!("sha256:{empty_digest}"),
+            size: empty.len() as u64,
+            annotations: BTreeMap::new(),
+        },
+        layers: vec![Descriptor {
+            media_type: artifact_type,
+            digest: format!("sha256:{document_digest}"),
+            size: document.len() as u64,
+            annotations: BTreeMap::new(),
+        }],
+        subject: Some(Descriptor {
+            media_type: MEDIA_MANIFEST,
+            digest: subject_digest.to_string(),
+            size: subject_size,
+            annotations: BTreeMap::new(),
+        }),
+        annotations: BTreeMap::from([("org.opencontainers.image.created".to_string(), created.to_string())]),
+    };
+    let manifest_json = serde_json::to_vec(&manifest)?;
+    let manifest_digest = sha256_hex(&manifest_json);
+    let index = Index {
+        schema_version: 2,
+        media_type: "application/vnd.oci.image.index.v1+json",
+        manifests: vec![Descriptor {
+            media_type: MEDIA_MANIFEST,
+            digest: format!("sha256:{manifest_digest}"),
+            size: manifest_json.len() as u64,
+            annotations: BTreeMap::new(),
+        }],
+    };
+    let mut entries: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    entries.insert("blobs/".into(), None);
+    entries.insert("blobs/sha256/".into(), None);
+    entries.insert(format!("blobs/sha256/{empty_digest}"), Some(empty));
+    entries.insert(format!("blobs/sha256/{document_digest}"), Some(document.to_vec()));
+    entries.insert(format!("blobs/sha256/{manifest_digest}"), Some(manifest_json));
+    entries.insert("index.json".into(), Some(serde_json::to_vec(&index)?));
+    entries.insert("oci-layout".into(), Some(br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()));
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, data) in &entries {
+        append(&mut tar, path, if data.is_some() { 0o644 } else { 0o755 }, data.as_deref())?;
+    }
+    Ok((tar.into_inner()?, format!("sha256:{manifest_digest}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_artifact_names_its_type_and_the_image_it_is_about() {
+        let subject = format!("sha256:{}", "a".repeat(64));
+        let (tar, digest) =
+            artifact_tar(MEDIA_CYCLONEDX, br#"{"bomFormat":"CycloneDX"}"#, &subject, 812, "2026-12-03T00:00:00Z")
+                .expect("tar");
+        let files = entries(&tar);
+        let manifest_blob = &files[&format!("blobs/sha256/{}", digest.trim_start_matches("sha256:"))].1;
+        assert_eq!(format!("sha256:{}", sha256_hex(manifest_blob)), digest);
+        let manifest: serde_json::Value = serde_json::from_slice(manifest_blob).expect("json");
+        assert_eq!(manifest["artifactType"], MEDIA_CYCLONEDX);
+        assert_eq!(manifest["subject"]["digest"], subject.as_str());
+        assert_eq!(manifest["config"]["mediaType"], MEDIA_EMPTY);
+        let layer = manifest["layers"][0]["digest"].as_str().expect("layer").trim_start_matches("sha256:");
+        assert_eq!(files[&format!("blobs/sha256/{layer}")].1, br#"{"bomFormat":"CycloneDX"}"#);
+        let again =
+            artifact_tar(MEDIA_CYCLONEDX, br#"{"bomFormat":"CycloneDX"}"#, &subject, 812, "2026-12-03T00:00:00Z");
+        assert_eq!(again.expect("tar").0, tar, "reproducible");
+    }
 
     fn spec() -> ImageSpec {
         ImageSpec {

@@ -200,6 +200,16 @@ pub const DOCKER_REGISTRY: Tool = Tool {
     install_hint: "cargo xtask setup (apt-get install docker-registry)",
 };
 
+pub const SKOPEO: Tool = Tool {
+    name: "skopeo",
+    binary: "skopeo",
+    version_args: &["--version"],
+    source: Source::Apt("skopeo"),
+    minimum: Some("1.9"),
+    needed_by: &["image build --push, image push (to a registry, no Docker daemon)"],
+    install_hint: "cargo xtask setup (apt-get install skopeo)",
+};
+
 pub const DEBOOTSTRAP: Tool = Tool {
     name: "debootstrap",
     binary: "debootstrap",
@@ -235,6 +245,7 @@ pub const ALL: &[&Tool] = &[
     &DOCKER,
     &DOCKER_COMPOSE,
     &DOCKER_REGISTRY,
+    &SKOPEO,
     &DEBOOTSTRAP,
     &KUBECTL,
 ];

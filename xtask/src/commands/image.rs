@@ -21,7 +21,7 @@ use crate::images::{BuildManifest, Builder, ImageRecord, MANIFEST_SCHEMA};
 use crate::oci::{self, ImageDigests, ImageSpec};
 use crate::plan::{Plan, Step, Task};
 use crate::process::Cmd;
-use crate::tools::{CARGO_AUDITABLE, DOCKER};
+use crate::tools::{CARGO_AUDITABLE, DOCKER, SKOPEO, TRIVY};
 use crate::workspace::Workspace;
 use crate::{Ctx, UsageError, affected};
 
@@ -64,6 +64,21 @@ pub enum ImageCommand {
     Build(BuildArgs),
     /// Make the docker builder's image offline: Debian (debootstrap) + this machine's Rust + cargo-chef.
     Builder(BuilderArgs),
+    /// Push the image tars the last `image build` wrote to a registry, as they are (skopeo, no
+    /// Docker daemon), with each image's SBOM and provenance beside it; record the digests.
+    Push(PushArgs),
+    /// Check a pushed image's SBOM and provenance are in the registry and about its digest.
+    Verify(super::attest::VerifyArgs),
+}
+
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct PushArgs {
+    /// The registry (host[:port][/path], no scheme), e.g. 127.0.0.1:5000.
+    #[arg(long, value_name = "REGISTRY")]
+    pub registry: String,
+    /// Only this service (repeatable); default: every image in images.json.
+    #[arg(long = "service", value_name = "NAME")]
+    pub services: Vec<String>,
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -99,8 +114,8 @@ pub struct BuildArgs {
     /// `cargo xtask image builder` made, else rust:<version>-bookworm from Docker Hub.
     #[arg(long, value_name = "IMAGE")]
     pub builder_image: Option<String>,
-    /// Write the tars only: no `docker load`, no push (no Docker needed).
-    #[arg(long, conflicts_with = "push")]
+    /// Write the tars only, no `docker load` (no Docker needed; `--push` still pushes them).
+    #[arg(long)]
     pub no_load: bool,
 }
 
@@ -108,6 +123,8 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<std::process::ExitCode> {
     match &args.command {
         ImageCommand::Build(build) => ctx.execute(&plan(ctx, &ctx.workspace()?, build)?),
         ImageCommand::Builder(builder) => ctx.execute(&builder_plan(ctx, &ctx.workspace()?, builder)?),
+        ImageCommand::Push(push) => ctx.execute(&push_plan(ctx, &ctx.workspace()?, push)?),
+        ImageCommand::Verify(verify) => super::attest::verify(ctx, verify),
     }
 }
 
@@ -208,6 +225,13 @@ pub fn plan(ctx: &Ctx, ws: &Workspace, args: &BuildArgs) -> Result<Plan> {
     let mut plan = Plan::new("image build");
     if let Some(registry) = &args.push {
         validate_registry(registry)?;
+        if args.no_load && args.builder == Builder::Docker {
+            return Err(UsageError(
+                "--builder docker --no-load --push: the docker builder's images exist only in Docker; drop --no-load"
+                    .into(),
+            )
+            .into());
+        }
     }
     let services = services_to_build(ctx, ws, args, &mut plan)?;
     if services.is_empty() {
@@ -338,11 +362,110 @@ fn host_steps(
             );
         }
         if let Some(registry) = &args.push {
-            push_steps(plan, ctx, service, &image, registry);
+            plan.push(skopeo_push(ctx, ws, service, &assemble_tar(ws, service), registry, &revision.tag));
+            plan.push(attach_step(ctx, ws, service, registry));
         }
     }
     plan.push(record_step(ws, records, !args.no_load, args.push.clone(), Vec::new()));
     Ok(())
+}
+
+fn assemble_tar(ws: &Workspace, service: &str) -> PathBuf {
+    output_dir(ws).join("images").join(format!("{service}.tar"))
+}
+
+/// Where a push leaves the digest the registry stored (read back by the record step).
+fn pushed_digest_file(ws: &Workspace, service: &str) -> PathBuf {
+    output_dir(ws).join("images").join(format!("{service}.pushed"))
+}
+
+/// The image tar xtask wrote, copied to `registry` as it is: no Docker daemon, and the manifest
+/// digest in the registry is the one xtask computed (`--preserve-digests` refuses any rewrite).
+fn skopeo_push(ctx: &Ctx, ws: &Workspace, service: &str, tar: &Path, registry: &str, tag: &str) -> Step {
+    let remote = format!("{registry}/{service}:{tag}");
+    let mut args = vec!["copy".to_string(), "--quiet".into(), "--preserve-digests".into()];
+    if super::attest::loopback(registry) {
+        args.push("--dest-tls-verify=false".into());
+    }
+    args.extend([
+        "--digestfile".into(),
+        pushed_digest_file(ws, service).display().to_string(),
+        format!("oci-archive:{}", tar.display()),
+        format!("docker://{remote}"),
+    ]);
+    Step::exec(
+        &format!("image:push:{service}"),
+        &format!("push {remote} (skopeo, as written)"),
+        "skopeo",
+        args,
+        &ctx.root,
+    )
+    .requiring(&SKOPEO)
+}
+
+/// After the push: the image's SBOM and provenance, pushed beside it.
+fn attach_step(ctx: &Ctx, ws: &Workspace, service: &str, registry: &str) -> Step {
+    let task = super::attest::AttachDocuments {
+        service: service.to_string(),
+        registry: registry.to_string(),
+        record: output_dir(ws).join("images").join(format!("{service}.json")),
+        pushed: pushed_digest_file(ws, service),
+        cargo_lock: ws.root.join("Cargo.lock"),
+        source: source_of(ctx, ws, service),
+    };
+    Step::internal(
+        &format!("image:attest:{service}"),
+        &format!("SBOM and provenance of {service}, pushed beside it"),
+        task,
+        &format!("cargo xtask image push --registry {registry} --service {service}"),
+    )
+    .requiring(&TRIVY)
+    .requiring(&SKOPEO)
+}
+
+/// `image push`: what the last build wrote, to a registry, with the digests recorded.
+pub fn push_plan(ctx: &Ctx, ws: &Workspace, args: &PushArgs) -> Result<Plan> {
+    validate_registry(&args.registry).map_err(|_| {
+        UsageError(format!(
+            "--registry {}: expected a registry host[:port][/path] without a scheme, e.g. 127.0.0.1:5000",
+            args.registry
+        ))
+    })?;
+    let manifest_file = manifest_path(ws);
+    let manifest = BuildManifest::read(&manifest_file)?;
+    let services: Vec<String> =
+        if args.services.is_empty() { manifest.images.keys().cloned().collect() } else { args.services.clone() };
+    if services.is_empty() {
+        return Err(UsageError(format!(
+            "{} records no image to push; run `cargo xtask image build --no-load` first",
+            manifest_file.display()
+        ))
+        .into());
+    }
+    let mut plan = Plan::new("image push");
+    let mut records = Vec::new();
+    for service in &services {
+        let Some(record) = manifest.images.get(service) else {
+            return Err(UsageError(format!(
+                "--service {service}: {} has no image for it; run `cargo xtask image build --service {service}`",
+                manifest_file.display()
+            ))
+            .into());
+        };
+        if record.builder != Builder::Host || record.manifest_digest.is_none() {
+            return Err(UsageError(format!(
+                "`{}` was built by the docker builder and lives only in Docker; push it with `image build --builder docker --push`",
+                record.image
+            ))
+            .into());
+        }
+        let tag = record.image.split_once(':').map_or("latest", |(_, tag)| tag);
+        plan.push(skopeo_push(ctx, ws, service, &record.tar, &args.registry, tag));
+        plan.push(attach_step(ctx, ws, service, &args.registry));
+        records.push(output_dir(ws).join("images").join(format!("{service}.json")));
+    }
+    plan.push(record_step(ws, records, false, Some(args.registry.clone()), Vec::new()));
+    Ok(plan)
 }
 
 /// `docker tag` and `docker push` of one image to `registry`.
@@ -843,6 +966,23 @@ fn docker_inspect(reference: &str, format: &str) -> Result<String> {
     Ok(Cmd::new(docker).args(["image", "inspect", "--format", format, reference]).read()?.trim().to_string())
 }
 
+/// `<registry>/<service>@sha256:...` of a tar skopeo pushed: the digest the registry stored
+/// (skopeo's digest file beside the record) must be the manifest digest xtask computed.
+fn pushed_as(registry: &str, record_file: &Path, record: &ImageRecord) -> Result<String> {
+    let file = record_file.with_extension("pushed");
+    let stored =
+        std::fs::read_to_string(&file).with_context(|| format!("reading {} (written by the push)", file.display()))?;
+    let stored = stored.trim();
+    let written = record.manifest_digest.as_deref().context("a host-built record has its manifest digest")?;
+    if stored != written {
+        bail!(
+            "the registry stored {} as {stored}, but xtask wrote it as {written}: it was rewritten on the way",
+            record.image
+        );
+    }
+    Ok(format!("{registry}/{}@{stored}", record.service))
+}
+
 /// `<registry>/<service>@sha256:...` from Docker's record of the push.
 fn pushed_digest(registry: &str, record: &ImageRecord) -> Result<String> {
     let repository = format!("{registry}/{}", record.service);
@@ -869,7 +1009,7 @@ pub fn record(task: &RecordImages, log: &mut dyn std::io::Write) -> Result<()> {
             }
         }
         if let Some(registry) = &task.registry {
-            let pinned = pushed_digest(registry, &record)?;
+            let pinned = pushed_as(registry, path, &record)?;
             writeln!(log, "{}: pushed as {pinned}", record.image)?;
             record.pushed = Some(pinned);
         }

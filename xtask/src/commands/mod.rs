@@ -1,5 +1,6 @@
 //! One module per subcommand; each builds a plan (or does its one job) for `main` to execute.
 
+pub mod attest;
 pub mod build;
 pub mod ci;
 pub mod deny;
@@ -383,12 +384,20 @@ mod plan_tests {
         )
         .expect("plan");
         assert!(names(&pushed).contains(&"image:push:gateway"));
-        assert_eq!(
-            argv(&pushed, "image:push:gateway")[1],
-            format!("127.0.0.1:5000/gateway:{}", image::Revision::of(&ctx.root).expect("rev").tag)
-        );
-        let offline = image::plan(&ctx, &ws, &image::BuildArgs { no_load: true, ..args }).expect("plan");
+        // The tar as written goes to the registry: no Docker daemon, the digest xtask computed.
+        let push = argv(&pushed, "image:push:gateway");
+        let tag = image::Revision::of(&ctx.root).expect("rev").tag;
+        assert!(push.starts_with(&["copy".to_string(), "--quiet".into(), "--preserve-digests".into()]), "{push:?}");
+        assert!(push.contains(&"--dest-tls-verify=false".to_string()), "a loopback registry speaks HTTP");
+        assert!(push.iter().any(|a| a.starts_with("oci-archive:") && a.ends_with("images/gateway.tar")), "{push:?}");
+        assert_eq!(push.last().expect("dest"), &format!("docker://127.0.0.1:5000/gateway:{tag}"));
+        let offline = image::plan(&ctx, &ws, &image::BuildArgs { no_load: true, ..args.clone() }).expect("plan");
         assert!(!names(&offline).iter().any(|n| n.starts_with("image:load")), "--no-load needs no docker");
+        let remote = image::BuildArgs { push: Some("registry.example.com/team".into()), no_load: true, ..args };
+        let remote = image::plan(&ctx, &ws, &remote).expect("plan");
+        let push = argv(&remote, "image:push:gateway");
+        assert!(!push.iter().any(|a| a.contains("tls-verify")), "a remote registry is verified: {push:?}");
+        assert!(remote.steps.iter().all(|s| s.requires.iter().all(|t| t.name != "docker")), "no daemon needed");
     }
 
     #[test]

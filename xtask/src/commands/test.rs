@@ -126,6 +126,7 @@ pub fn plan_for(ctx: &Ctx, ws: &Workspace, run: &TestRun<'_>, facts: &TestFacts)
 const E2E_TOOLS: &[&tools::Tool] = &[
     &tools::DOCKER,
     &tools::DOCKER_REGISTRY,
+    &tools::SKOPEO,
     &tools::DEBOOTSTRAP,
     &tools::KUBECTL,
     &tools::TRIVY,
