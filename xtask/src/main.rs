@@ -174,6 +174,11 @@ impl Ctx {
         let plan::Action::Exec { program, args, env, cwd } = &last.action else {
             anyhow::bail!("`{}`: a hand-off is a command, not a built-in step", last.name)
         };
+        // A tool it needs that is missing (and will not be installed first) fails now, with its
+        // install hint, before any build.
+        for tool in last.requires.iter().filter(|t| !self.will_have(t)) {
+            tool.require()?;
+        }
         let prepare = plan::Plan { command: plan.command.clone(), notes: plan.notes.clone(), steps: before.to_vec() };
         let report = runner::run(&prepare, &self.ui, &runner::Options { keep_going: false, quiet });
         if !report.ok {

@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use xtask_kit::UsageError;
+use xtask_kit::handoff::COMPOSE_DIR;
 use xtask_kit::process::Cmd;
 
 use crate::env::DockerEnv;
-use xtask_kit::handoff::COMPOSE_DIR;
 
 /// A string or a list, as compose allows for `command`, `tmpfs`, healthcheck `test`.
 #[derive(Deserialize, Debug, Clone)]

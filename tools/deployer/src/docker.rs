@@ -35,14 +35,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use xtask_kit::UsageError;
+use xtask_kit::handoff::DeployArgs;
+use xtask_kit::images::BuildManifest;
 
 use crate::compose::{ComposeService, compose_command, compose_config};
 use crate::engine::{Docker, Running, containers, ensure_network, retire, short, wait_healthy, write_private};
 use crate::env::DockerEnv;
 use crate::spec::{Planned, Role, RunSpec, app_image, edge_identity, edge_spec, order, plan_service};
 use crate::{Ctx, confirm};
-use xtask_kit::handoff::DeployArgs;
-use xtask_kit::images::BuildManifest;
 
 /// The compose program xtask found on this machine.
 fn compose_program(ctx: &Ctx) -> Result<&[String]> {

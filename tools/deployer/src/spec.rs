@@ -9,7 +9,6 @@ use std::path::Path;
 use anyhow::{Result, bail};
 use serde::{Deserialize, Serialize};
 use xtask_kit::UsageError;
-
 use xtask_kit::images::BuildManifest;
 use xtask_kit::process::shell_quote;
 
