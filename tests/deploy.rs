@@ -186,7 +186,8 @@ fn a_rollout_that_times_out_is_rolled_back_to_the_known_good_render() {
     );
     assert!(applied.iter().any(|a| a.contains(&digest(2, "api"))), "v2 was tried");
     // The failed version was not recorded as known-good.
-    let known = std::fs::read_to_string(cluster.state.path().join("known-good.json")).expect("known-good");
+    let known =
+        std::fs::read_to_string(cluster.state.path().join("known-good-platform-staging.json")).expect("known-good");
     assert!(known.contains(&digest(1, "api")) && !known.contains(&digest(2, "api")));
 
     // `deploy rollback` does the same on demand.
@@ -221,6 +222,44 @@ fn a_crash_loop_is_caught_before_the_timeout_and_rolled_back() {
     assert!(err.contains("api: CrashLoopBackOff (pod api-"), "{err}");
     assert!(err.contains("rolled back"), "{err}");
     assert!(cluster.applied().last().expect("applied").contains(&digest(1, "api")));
+}
+
+/// Prod gets exactly the digests staging runs, read from staging's namespace in the cluster,
+/// never from a build manifest; a promote from an environment that runs nothing, or another
+/// commit than the one asked for, changes nothing.
+#[test]
+fn promote_deploys_to_prod_exactly_what_staging_runs() {
+    let cluster = Cluster::new();
+    let v1 = manifest(cluster.state.path(), 1, true);
+    let staged = cluster.xtask("success", "", &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8")]);
+    assert!(staged.status.success(), "{}", said(&staged));
+    let known = std::fs::read_to_string(cluster.state.path().join("known-good-platform-staging.json")).expect("kept");
+    let known: serde_json::Value = serde_json::from_str(&known).expect("json");
+    let revision = known["metadata"]["annotations"]["xtask/revision"].as_str().expect("revision").to_string();
+
+    let promote = ["deploy", "promote", "--from", "staging", "--to", "prod", "--yes", "--confirm", "prod"];
+    let before = cluster.applied().len();
+    let wrong = cluster.xtask("success", "", &[&promote[..], &["--commit", "0000000"]].concat());
+    assert_eq!(wrong.status.code(), Some(2), "{}", said(&wrong));
+    assert!(text(&wrong.stderr).contains(&format!("staging runs commit {revision}, not 0000000")), "{}", said(&wrong));
+    let nothing = cluster.xtask("success", "", &["deploy", "promote", "--from", "dev", "--to", "prod", "--yes"]);
+    assert_eq!(nothing.status.code(), Some(2), "{}", said(&nothing));
+    assert!(text(&nothing.stderr).contains("dev runs nothing to promote"), "{}", said(&nothing));
+    assert_eq!(cluster.applied().len(), before, "a refused promote applies nothing");
+
+    let out = cluster.xtask("success", "", &[&promote[..], &["--commit", &revision[..7]]].concat());
+    assert!(out.status.success(), "{}", said(&out));
+    let applied = cluster.applied();
+    let prod = &applied[before];
+    assert!(prod.contains("namespace: platform-prod"), "the prod render was applied");
+    for service in ["api", "gateway", "worker"] {
+        assert!(prod.contains(&format!("image: 127.0.0.1:5000/{service}@{}", digest(1, service))), "{service}: {prod}");
+    }
+    let recorded = std::fs::read_to_string(cluster.state.path().join("known-good-platform-prod.json")).expect("kept");
+    assert!(recorded.contains(&format!("\"xtask/revision\": \"{revision}\"")), "prod records staging's commit");
+    let reads: Vec<Vec<String>> =
+        cluster.calls().into_iter().filter(|c| c.contains(&"platform-staging".to_string())).collect();
+    assert!(reads.iter().any(|c| c[..2] == ["get", "deployments"]), "staging's health was read: {reads:?}");
 }
 
 #[test]

@@ -419,6 +419,94 @@ pub fn fetch_images(docker: &Docker, program: &[String], root: &Path, dep: &Depl
     Ok(())
 }
 
+/// `promote --from A --to B` on Docker hosts: B gets exactly the images A's services run (their
+/// run specs' images: digests when pushed, else image IDs on the same host), refused when A runs
+/// nothing, one of its services is not healthy, or it runs another commit than `--commit`.
+pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs, dir: &Path) -> Result<ExitCode> {
+    let to = args.env.clone().expect("clap requires --to");
+    if from == to {
+        return Err(UsageError(format!("--from {from} --to {to}: promote between two environments")).into());
+    }
+    let source = DockerEnv::load(&ctx.root, from)?;
+    DockerEnv::load(&ctx.root, &to)?;
+    let (manifest, revision) = release_of(from, &containers(&source.project)?, commit)?;
+    let file = dir.join(format!("promoted-from-{from}.json"));
+    std::fs::write(&file, serde_json::to_vec_pretty(&manifest)?)
+        .with_context(|| format!("writing {}", file.display()))?;
+    eprintln!("promoting {from} (commit {revision}) to {to}");
+    let facts = xtask_kit::handoff::DeployFacts { revision, ..ctx.facts.clone() };
+    let promoted = Ctx { root: ctx.root.clone(), dry_run: ctx.dry_run, json: ctx.json, facts };
+    deploy(&promoted, &to, &DeployArgs { images: Some(file), ..args.clone() }, dir)
+}
+
+/// What an environment runs, as a build manifest another environment can deploy: the newest
+/// running container of each of our services, each healthy, all of one commit.
+fn release_of(env: &str, running: &[Running], commit: Option<&str>) -> Result<(BuildManifest, String)> {
+    let mut newest: BTreeMap<&str, &Running> = BTreeMap::new();
+    for c in running.iter().filter(|c| c.role == Role::App.label() && c.spec.is_some()) {
+        if newest.get(c.service.as_str()).is_none_or(|n| n.started <= c.started) {
+            newest.insert(&c.service, c);
+        }
+    }
+    if newest.is_empty() {
+        return Err(UsageError(format!("{env} runs nothing to promote (deploy it first)")).into());
+    }
+    let mut problems = Vec::new();
+    let mut revisions = BTreeSet::new();
+    let mut images = BTreeMap::new();
+    for (service, c) in &newest {
+        let spec = c.spec.as_ref().expect("filtered on a spec");
+        let healthy = c.status == "running" && (!spec.healthcheck || c.health.as_deref() == Some("healthy"));
+        if !healthy {
+            problems.push(format!("{service}: {} ({})", c.status, c.health.as_deref().unwrap_or("no health check")));
+        }
+        revisions.insert(c.revision.clone());
+        let pushed = spec.image.contains("@sha256:").then(|| spec.image.clone());
+        images.insert(
+            service.to_string(),
+            xtask_kit::images::ImageRecord {
+                service: service.to_string(),
+                image: spec.image_name.clone(),
+                revision: c.revision.clone(),
+                dirty: false,
+                created: c.started.clone(),
+                id: if pushed.is_some() { c.image_id.clone() } else { spec.image.clone() },
+                manifest_digest: None,
+                tar: PathBuf::new(),
+                tar_sha256: String::new(),
+                binary_size: None,
+                layer_size: None,
+                builder: xtask_kit::images::Builder::Host,
+                inputs: None,
+                pushed,
+            },
+        );
+    }
+    if !problems.is_empty() {
+        return Err(UsageError(format!("{env} is not healthy ({}); nothing was promoted", problems.join(", "))).into());
+    }
+    let revision = match revisions.into_iter().collect::<Vec<_>>().as_slice() {
+        [one] => one.clone(),
+        several => {
+            return Err(UsageError(format!(
+                "{env} runs several commits ({}): deploy one release to it before promoting",
+                several.join(", ")
+            ))
+            .into());
+        }
+    };
+    if let Some(commit) = commit
+        && !revision.starts_with(commit)
+    {
+        return Err(UsageError(format!(
+            "{env} runs commit {revision}, not {commit}: promote what {env} verified, or deploy {commit} to {env} first"
+        ))
+        .into());
+    }
+    let manifest = BuildManifest { schema: xtask_kit::images::MANIFEST_SCHEMA, images };
+    Ok((manifest, revision))
+}
+
 pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Result<ExitCode> {
     let images = args.images.as_deref();
     let timeout = args.timeout;
@@ -720,4 +808,66 @@ pub fn status(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
         println!("{:<18} {:<11} {:<10} {:<26} {:<14} {:<22} {previous}", r.service, r.role, state, image, id, started);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn running(service: &str, image: &str, revision: &str, status: &str, health: Option<&str>) -> Running {
+        let spec = RunSpec {
+            version: 1,
+            service: service.into(),
+            image: image.into(),
+            image_name: format!("{service}:abc"),
+            env: BTreeMap::new(),
+            options: Vec::new(),
+            command: Vec::new(),
+            healthcheck: true,
+            stop_grace: 10,
+            ports: Vec::new(),
+            depends_on: Vec::new(),
+        };
+        Running {
+            name: format!("p-{service}-1"),
+            service: service.into(),
+            role: "app".into(),
+            status: status.into(),
+            health: health.map(str::to_string),
+            image_id: "sha256:id".into(),
+            started: "2026-12-03T10:00:00Z".into(),
+            spec: Some(spec),
+            previous: None,
+            spec_hash: "h".into(),
+            revision: revision.into(),
+        }
+    }
+
+    const PINNED: &str = "127.0.0.1:5000/api@sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    #[test]
+    fn an_environment_promotes_what_its_healthy_services_run_at_one_commit() {
+        let env = [
+            running("api", PINNED, "abc123", "running", Some("healthy")),
+            running("worker", "sha256:local", "abc123", "running", Some("healthy")),
+        ];
+        let (manifest, revision) = release_of("staging", &env, Some("abc")).expect("promotable");
+        assert_eq!(revision, "abc123");
+        assert_eq!(manifest.images["api"].pushed.as_deref(), Some(PINNED), "a pushed digest goes as it is");
+        assert_eq!(manifest.images["worker"].id, "sha256:local", "an unpushed image goes by its ID on this host");
+        assert!(manifest.images["worker"].pushed.is_none());
+
+        let err = release_of("staging", &env, Some("def")).expect_err("another commit").to_string();
+        assert!(err.contains("runs commit abc123, not def"), "{err}");
+        let sick = [running("api", PINNED, "abc123", "running", Some("unhealthy"))];
+        let err = release_of("staging", &sick, None).expect_err("unhealthy").to_string();
+        assert!(err.contains("not healthy (api: running (unhealthy))"), "{err}");
+        let mixed = [
+            running("api", PINNED, "abc123", "running", Some("healthy")),
+            running("worker", PINNED, "def456", "running", Some("healthy")),
+        ];
+        assert!(release_of("staging", &mixed, None).expect_err("two commits").to_string().contains("several commits"));
+        let err = release_of("staging", &[], None).expect_err("nothing").to_string();
+        assert!(err.contains("runs nothing to promote"), "{err}");
+    }
 }

@@ -63,6 +63,8 @@ pub struct Running {
     pub spec: Option<RunSpec>,
     pub previous: Option<RunSpec>,
     pub spec_hash: String,
+    /// The commit its deploy recorded.
+    pub revision: String,
 }
 
 pub fn containers(project: &str) -> Result<Vec<Running>> {
@@ -91,6 +93,7 @@ impl From<Container> for Running {
             spec: spec_of("xtask.spec"),
             previous: spec_of("xtask.previous-spec"),
             spec_hash: c.label("xtask.spec-hash").to_string(),
+            revision: c.label("xtask.revision").to_string(),
         }
     }
 }

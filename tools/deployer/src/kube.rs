@@ -334,6 +334,8 @@ struct KnownGood {
     render: String,
     revision: String,
     deployed_at: String,
+    /// The digest references it runs (`xtask/images`).
+    images: Vec<String>,
 }
 
 impl KnownGood {
@@ -341,7 +343,12 @@ impl KnownGood {
         let annotation = |key: &str| cm.metadata.annotations.get(key).cloned().unwrap_or_else(|| "?".into());
         let (revision, deployed_at) = (annotation("xtask/revision"), annotation("xtask/deployed-at"));
         let render = cm.data.get("render.yaml").cloned().context("the known-good ConfigMap has no render.yaml")?;
-        Ok(KnownGood { render, revision, deployed_at })
+        let images = cm
+            .metadata
+            .annotations
+            .get("xtask/images")
+            .map_or_else(Vec::new, |i| i.split_whitespace().map(str::to_string).collect());
+        Ok(KnownGood { render, revision, deployed_at, images })
     }
 }
 
@@ -579,8 +586,7 @@ fn overlay(root: &Path, env: &str) -> Result<PathBuf> {
 }
 
 pub fn deploy(ctx: &Ctx, env: &str, args: &DeployArgs) -> Result<ExitCode> {
-    let overlay = overlay(&ctx.root, env)?;
-    let namespace = overlay_namespace(&ctx.root, env)?;
+    overlay(&ctx.root, env)?;
     let manifest_path = args.images.clone().unwrap_or_else(|| ctx.facts.images.clone());
     if !manifest_path.is_file() {
         return Err(UsageError(format!(
@@ -590,8 +596,95 @@ pub fn deploy(ctx: &Ctx, env: &str, args: &DeployArgs) -> Result<ExitCode> {
         .into());
     }
     let manifest = BuildManifest::read(&manifest_path)?;
+    let pins = pins(&deployments(ctx), &manifest, &manifest_path)?;
+    release(ctx, env, args, &pins, &ctx.facts.revision)
+}
+
+/// `promote --from A --to B`: deploy to B exactly the digests A runs, read from A itself (its
+/// known-good release), refusing when A runs nothing, is not healthy, or runs another commit
+/// than the one being promoted (`--commit`).
+pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs) -> Result<ExitCode> {
+    let to = args.env.clone().expect("clap requires --env");
+    overlay(&ctx.root, from)?;
+    overlay(&ctx.root, &to)?;
+    if from == to {
+        return Err(UsageError(format!("--from {from} --to {to}: promote between two environments")).into());
+    }
+    let source = overlay_namespace(&ctx.root, from)?;
+    let kube = Kube { program: kubectl_program() };
+    let Some(good) = fetch_known_good(&kube, &source)? else {
+        return Err(UsageError(format!(
+            "{from} runs nothing to promote: {source} has no known-good release (deploy {from} first)"
+        ))
+        .into());
+    };
+    if let Some(commit) = commit
+        && !good.revision.starts_with(commit)
+    {
+        return Err(UsageError(format!(
+            "{from} runs commit {}, not {commit}: promote what {from} verified, or deploy {commit} to {from} first",
+            good.revision
+        ))
+        .into());
+    }
+    let list: List<Deployment> = kube.read_json(&["get", "deployments", "-n", &source, "-o", "json"])?;
+    let services = deployments(ctx);
+    let unhealthy = unhealthy_deployments(&list, &services);
+    if !unhealthy.is_empty() {
+        return Err(UsageError(format!(
+            "{from} is not healthy ({}); nothing was promoted to {to}",
+            unhealthy.join(", ")
+        ))
+        .into());
+    }
+    let pins = pins_of(&good.images, &services)
+        .map_err(|e| UsageError(format!("{from}'s known-good release cannot be promoted: {e}")))?;
+    eprintln!("promoting {from} (commit {}, deployed {}) to {to}", good.revision, good.deployed_at);
+    release(ctx, &to, args, &pins, &good.revision)
+}
+
+/// Our deployments that are missing, or not at their replica count, in a `get deployments`.
+fn unhealthy_deployments(list: &List<Deployment>, services: &[String]) -> Vec<String> {
+    services
+        .iter()
+        .filter_map(|name| match list.items.iter().find(|d| &d.metadata.name == name) {
+            None => Some(format!("{name}: missing")),
+            Some(d) if d.spec.replicas == 0 || d.status.ready_replicas < d.spec.replicas => {
+                Some(format!("{name}: {}/{} ready", d.status.ready_replicas, d.spec.replicas))
+            }
+            Some(_) => None,
+        })
+        .collect()
+}
+
+/// Service -> digest reference, from the references a release runs.
+fn pins_of(images: &[String], services: &[String]) -> Result<BTreeMap<String, String>, String> {
+    let mut pins = BTreeMap::new();
+    for service in services {
+        let found = images.iter().find(|i| repository(i).rsplit('/').next() == Some(service.as_str()));
+        match found {
+            Some(image) if is_digest_ref(image) => {
+                pins.insert(service.clone(), image.clone());
+            }
+            Some(image) => return Err(format!("`{image}` is not pinned by digest")),
+            None => return Err(format!("it names no image for `{service}`")),
+        }
+    }
+    Ok(pins)
+}
+
+/// Render, pin to `pins`, validate, diff, confirm, apply, verify, and record as known-good at
+/// `revision`; on a failure, put the last known-good release back.
+fn release(
+    ctx: &Ctx,
+    env: &str,
+    args: &DeployArgs,
+    pins: &BTreeMap<String, String>,
+    revision: &str,
+) -> Result<ExitCode> {
+    let overlay = overlay(&ctx.root, env)?;
+    let namespace = overlay_namespace(&ctx.root, env)?;
     let deployments = deployments(ctx);
-    let pins = pins(&deployments, &manifest, &manifest_path)?;
     let kube = Kube { program: kubectl_program() };
     let work = work_dir(ctx, env)?;
     let dir = &work.dir;
@@ -603,10 +696,10 @@ pub fn deploy(ctx: &Ctx, env: &str, args: &DeployArgs) -> Result<ExitCode> {
     let kustomization = pin_dir.join("kustomization.yaml");
     // kustomize takes only relative paths to other kustomizations.
     let from_pin_dir = relative(&pin_dir.canonicalize()?, &overlay.canonicalize()?);
-    std::fs::write(&kustomization, pin_overlay(&from_pin_dir, &rendered, &pins)?)
+    std::fs::write(&kustomization, pin_overlay(&from_pin_dir, &rendered, pins)?)
         .with_context(|| format!("writing {}", kustomization.display()))?;
     let pinned = kube.checked(&["kustomize", &pin_dir.display().to_string()])?;
-    check_pinned(&pinned, &pins)?;
+    check_pinned(&pinned, pins)?;
     let render_file = dir.join("render.yaml");
     std::fs::write(&render_file, &pinned).with_context(|| format!("writing {}", render_file.display()))?;
     validate(ctx, env, &render_file)?;
@@ -659,7 +752,7 @@ pub fn deploy(ctx: &Ctx, env: &str, args: &DeployArgs) -> Result<ExitCode> {
     match outcome {
         Ok(()) => {
             let cm = dir.join("known-good-configmap.json");
-            std::fs::write(&cm, known_good_configmap(&namespace, &pinned, &ctx.facts.revision, &pins))?;
+            std::fs::write(&cm, known_good_configmap(&namespace, &pinned, revision, pins))?;
             apply(&kube, &cm).context("the deploy succeeded, but recording it as known-good failed")?;
             eprintln!(
                 "deployed {env} ({namespace}): every rollout finished, smoke checks passed; recorded as known-good"
@@ -849,6 +942,23 @@ mod tests {
         let good = KnownGood::from_configmap(cm).expect("complete");
         assert_eq!((good.render.as_str(), good.revision.as_str()), ("kind: X\n", "abc"));
         assert!(KnownGood::from_configmap(ConfigMap::default()).is_err(), "no render.yaml");
+    }
+
+    #[test]
+    fn a_release_is_promoted_only_whole_pinned_and_healthy() {
+        let services = vec!["api".to_string(), "worker".to_string()];
+        let worker = A.replace("/api@", "/worker@");
+        let pins = pins_of(&[A.to_string(), worker.clone()], &services).expect("pins");
+        assert_eq!((pins["api"].as_str(), pins["worker"].as_str()), (A, worker.as_str()));
+        assert!(pins_of(&[A.to_string()], &services).expect_err("no worker").contains("no image for `worker`"));
+        let tagged = pins_of(&[A.to_string(), "r/worker:v1".into()], &services).expect_err("a tag");
+        assert!(tagged.contains("not pinned by digest"), "{tagged}");
+
+        let list: List<Deployment> = serde_json::from_value(serde_json::json!({"items": [
+            {"metadata": {"name": "api"}, "spec": {"replicas": 2}, "status": {"readyReplicas": 1}},
+        ]}))
+        .expect("kubectl's shape");
+        assert_eq!(unhealthy_deployments(&list, &services), ["api: 1/2 ready", "worker: missing"]);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtask_kit::UsageError;
-use xtask_kit::handoff::{DeployArgs, DeployFacts, EnvArgs, Target};
+use xtask_kit::handoff::{DeployArgs, DeployFacts, EnvArgs, PromoteArgs, Target};
 
 #[derive(Parser, Debug)]
 #[command(name = "deployer", about = "Deploys what `cargo xtask image build` built; run through `cargo xtask deploy`.")]
@@ -51,6 +51,13 @@ enum Command {
     Deploy {
         #[command(flatten)]
         args: DeployArgs,
+        #[arg(long, value_name = "FILE")]
+        facts: PathBuf,
+    },
+    /// Deploy to `--to` exactly the digests `--from` runs (read from the environment itself).
+    Promote {
+        #[command(flatten)]
+        args: PromoteArgs,
         #[arg(long, value_name = "FILE")]
         facts: PathBuf,
     },
@@ -173,6 +180,17 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 Target::Docker => {
                     let work = work_dir(&ctx, &env)?;
                     docker::deploy(&ctx, &env, args, &work.dir)
+                }
+            }
+        }
+        Command::Promote { args, facts } => {
+            let ctx = Ctx::new(cli, facts)?;
+            let deploy = args.deploy();
+            match args.target {
+                Target::K8s => kube::promote(&ctx, &args.from, args.commit.as_deref(), &deploy),
+                Target::Docker => {
+                    let work = work_dir(&ctx, &args.to)?;
+                    docker::promote(&ctx, &args.from, args.commit.as_deref(), &deploy, &work.dir)
                 }
             }
         }

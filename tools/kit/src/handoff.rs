@@ -71,6 +71,62 @@ pub struct EnvArgs {
     pub timeout: Duration,
 }
 
+/// The flags of `deploy promote`: what one environment runs, to another.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PromoteArgs {
+    /// The environment whose release is promoted (it must run one, healthy).
+    #[arg(long, value_name = "ENV")]
+    pub from: String,
+    /// The environment it goes to.
+    #[arg(long, value_name = "ENV")]
+    pub to: String,
+    /// The commit being promoted: refuse unless `--from` runs it (a prefix of the full SHA is enough).
+    #[arg(long, value_name = "SHA")]
+    pub commit: Option<String>,
+    #[arg(long, value_enum, default_value_t = Target::K8s)]
+    pub target: Target,
+    /// Go ahead without asking (prod also needs `--confirm prod`, or typing it on a terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// The target environment's name again, for prod without a terminal.
+    #[arg(long, value_name = "ENV")]
+    pub confirm: Option<String>,
+    /// How long to wait for every rollout, e.g. `5m`, `90s`.
+    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = crate::duration::flag)]
+    pub timeout: Duration,
+}
+
+impl PromoteArgs {
+    /// The flags again, for the deployer's command line.
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = vec!["--from".into(), self.from.clone(), "--to".into(), self.to.clone()];
+        if let Some(commit) = &self.commit {
+            out.extend(["--commit".to_string(), commit.clone()]);
+        }
+        out.extend(["--target".to_string(), self.target.name().to_string()]);
+        if self.yes {
+            out.push("--yes".into());
+        }
+        if let Some(confirm) = &self.confirm {
+            out.extend(["--confirm".to_string(), confirm.clone()]);
+        }
+        out.extend(["--timeout".to_string(), duration_arg(self.timeout)]);
+        out
+    }
+
+    /// The deploy of `--to` it amounts to (its images come from `--from`, not a manifest).
+    pub fn deploy(&self) -> DeployArgs {
+        DeployArgs {
+            env: Some(self.to.clone()),
+            target: self.target,
+            yes: self.yes,
+            confirm: self.confirm.clone(),
+            timeout: self.timeout,
+            images: None,
+        }
+    }
+}
+
 /// A duration as the flag grammar reads it back, to the millisecond.
 fn duration_arg(d: Duration) -> String {
     if d.subsec_millis() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
@@ -173,6 +229,12 @@ mod tests {
     }
 
     #[derive(Parser)]
+    struct Promote {
+        #[command(flatten)]
+        args: PromoteArgs,
+    }
+
+    #[derive(Parser)]
     struct Env {
         #[command(flatten)]
         args: EnvArgs,
@@ -190,6 +252,12 @@ mod tests {
                 Deploy::try_parse_from(std::iter::once("x".to_string()).chain(first.to_args())).expect("parses");
             assert_eq!(format!("{:?}", again.args), format!("{first:?}"), "{line:?}");
         }
+        let first = Promote::try_parse_from(["x", "--from", "staging", "--to", "prod", "--commit", "abc", "--yes"])
+            .expect("parses")
+            .args;
+        let again = Promote::try_parse_from(std::iter::once("x".to_string()).chain(first.to_args())).expect("parses");
+        assert_eq!(format!("{:?}", again.args), format!("{first:?}"));
+        assert_eq!(first.deploy().env.as_deref(), Some("prod"));
         let first =
             Env::try_parse_from(["x", "--env", "prod", "--target", "docker", "--timeout", "90"]).expect("parses").args;
         let again = Env::try_parse_from(std::iter::once("x".to_string()).chain(first.to_args())).expect("parses");

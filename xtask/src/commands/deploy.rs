@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use serde::Serialize;
-pub use xtask_kit::handoff::{DeployArgs, EnvArgs, Target};
+pub use xtask_kit::handoff::{DeployArgs, EnvArgs, PromoteArgs, Target};
 use xtask_kit::handoff::{DeployFacts, Service};
 
 use crate::commands::image;
@@ -34,6 +34,10 @@ pub struct Args {
 
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Action {
+    /// Deploy to `--to` exactly the digests `--from` runs (read from that environment: the
+    /// cluster's known-good release, the containers' labels), refused when `--from` runs nothing,
+    /// is unhealthy, or runs another commit than `--commit`.
+    Promote(PromoteArgs),
     /// Re-apply the environment's last known-good release and wait for it.
     Rollback(EnvArgs),
     /// What runs where: deployments, images and digests, ready replicas, the known-good release.
@@ -74,12 +78,17 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             let env = args.deploy.env.clone().expect("clap requires --env");
             ("deploy", env, args.deploy.target, args.deploy.to_args())
         }
+        Some(Action::Promote(a)) => ("promote", a.to.clone(), a.target, a.to_args()),
         Some(Action::Rollback(a)) => ("rollback", a.env.clone(), a.target, a.to_args()),
         Some(Action::Status(a)) => ("status", a.env.clone(), a.target, a.to_args()),
     };
     let ws = ctx.workspace()?;
     if target == Target::K8s {
-        crate::commands::k8s::resolve_envs(&ctx.root, std::slice::from_ref(&env))?;
+        let mut envs = vec![env.clone()];
+        if let Some(Action::Promote(a)) = &args.action {
+            envs.push(a.from.clone());
+        }
+        crate::commands::k8s::resolve_envs(&ctx.root, &envs)?;
     }
     let facts = DeployFacts {
         root: ctx.root.clone(),
