@@ -278,46 +278,66 @@ pub fn image_tar(spec: &ImageSpec) -> Result<(Vec<u8>, ImageDigests)> {
     let manifest_json = serde_json::to_vec(&manifest)?;
     let manifest_digest = sha256_hex(&manifest_json);
     let reference = format!("{}:{}", spec.name, spec.tag);
-    let index = Index {
-        schema_version: 2,
-        media_type: "application/vnd.oci.image.index.v1+json",
-        manifests: vec![Descriptor {
-            media_type: MEDIA_MANIFEST,
-            digest: format!("sha256:{manifest_digest}"),
-            size: manifest_json.len() as u64,
-            annotations: BTreeMap::from([
-                ("io.containerd.image.name".to_string(), reference.clone()),
-                ("org.opencontainers.image.ref.name".to_string(), spec.tag.clone()),
-            ]),
-        }],
-    };
     let legacy = [LegacyManifest {
         config: format!("blobs/sha256/{config_digest}"),
-        repo_tags: vec![reference],
+        repo_tags: vec![reference.clone()],
         layers: vec![format!("blobs/sha256/{layer_digest}")],
     }];
-
-    let mut entries: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-    entries.insert("blobs/".into(), None);
-    entries.insert("blobs/sha256/".into(), None);
-    entries.insert(format!("blobs/sha256/{config_digest}"), Some(config_json));
-    entries.insert(format!("blobs/sha256/{layer_digest}"), Some(layer_gz.clone()));
-    entries.insert(format!("blobs/sha256/{manifest_digest}"), Some(manifest_json));
-    entries.insert("index.json".into(), Some(serde_json::to_vec(&index)?));
-    entries.insert("manifest.json".into(), Some(serde_json::to_vec(&legacy)?));
-    entries.insert("oci-layout".into(), Some(br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()));
-    let mut tar = tar::Builder::new(Vec::new());
-    for (path, data) in &entries {
-        append(&mut tar, path, if data.is_some() { 0o644 } else { 0o755 }, data.as_deref())?;
-    }
+    let layer_size = layer_gz.len() as u64;
+    let tar = layout_tar(
+        vec![config_json, layer_gz],
+        manifest_json,
+        BTreeMap::from([
+            ("io.containerd.image.name".to_string(), reference),
+            ("org.opencontainers.image.ref.name".to_string(), spec.tag.clone()),
+        ]),
+        Some(serde_json::to_vec(&legacy)?),
+    )?;
     let digests = ImageDigests {
         config: format!("sha256:{config_digest}"),
         manifest: format!("sha256:{manifest_digest}"),
         layer: format!("sha256:{layer_digest}"),
         diff_id,
-        layer_size: layer_gz.len() as u64,
+        layer_size,
     };
-    Ok((tar.into_inner()?, digests))
+    Ok((tar, digests))
+}
+
+/// An OCI image layout as a tar: each blob and the manifest under `blobs/sha256/`, `index.json`
+/// naming the manifest (with `annotations`), `oci-layout`, and Docker's `manifest.json` when
+/// given. Entries are sorted and every header pinned, so equal inputs give equal bytes.
+fn layout_tar(
+    blobs: Vec<Vec<u8>>,
+    manifest: Vec<u8>,
+    annotations: BTreeMap<String, String>,
+    docker_manifest: Option<Vec<u8>>,
+) -> Result<Vec<u8>> {
+    let index = Index {
+        schema_version: 2,
+        media_type: "application/vnd.oci.image.index.v1+json",
+        manifests: vec![Descriptor {
+            media_type: MEDIA_MANIFEST,
+            digest: format!("sha256:{}", sha256_hex(&manifest)),
+            size: manifest.len() as u64,
+            annotations,
+        }],
+    };
+    let mut entries: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
+    entries.insert("blobs/".into(), None);
+    entries.insert("blobs/sha256/".into(), None);
+    for blob in blobs.into_iter().chain([manifest]) {
+        entries.insert(format!("blobs/sha256/{}", sha256_hex(&blob)), Some(blob));
+    }
+    entries.insert("index.json".into(), Some(serde_json::to_vec(&index)?));
+    if let Some(legacy) = docker_manifest {
+        entries.insert("manifest.json".into(), Some(legacy));
+    }
+    entries.insert("oci-layout".into(), Some(br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()));
+    let mut tar = tar::Builder::new(Vec::new());
+    for (path, data) in &entries {
+        append(&mut tar, path, if data.is_some() { 0o644 } else { 0o755 }, data.as_deref())?;
+    }
+    Ok(tar.into_inner()?)
 }
 
 /// A document about an image (its SBOM, its provenance), as an OCI 1.1 artifact: a manifest whose
@@ -360,29 +380,8 @@ pub fn artifact_tar(
     };
     let manifest_json = serde_json::to_vec(&manifest)?;
     let manifest_digest = sha256_hex(&manifest_json);
-    let index = Index {
-        schema_version: 2,
-        media_type: "application/vnd.oci.image.index.v1+json",
-        manifests: vec![Descriptor {
-            media_type: MEDIA_MANIFEST,
-            digest: format!("sha256:{manifest_digest}"),
-            size: manifest_json.len() as u64,
-            annotations: BTreeMap::new(),
-        }],
-    };
-    let mut entries: BTreeMap<String, Option<Vec<u8>>> = BTreeMap::new();
-    entries.insert("blobs/".into(), None);
-    entries.insert("blobs/sha256/".into(), None);
-    entries.insert(format!("blobs/sha256/{empty_digest}"), Some(empty));
-    entries.insert(format!("blobs/sha256/{document_digest}"), Some(document.to_vec()));
-    entries.insert(format!("blobs/sha256/{manifest_digest}"), Some(manifest_json));
-    entries.insert("index.json".into(), Some(serde_json::to_vec(&index)?));
-    entries.insert("oci-layout".into(), Some(br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec()));
-    let mut tar = tar::Builder::new(Vec::new());
-    for (path, data) in &entries {
-        append(&mut tar, path, if data.is_some() { 0o644 } else { 0o755 }, data.as_deref())?;
-    }
-    Ok((tar.into_inner()?, format!("sha256:{manifest_digest}")))
+    let tar = layout_tar(vec![empty, document.to_vec()], manifest_json, BTreeMap::new(), None)?;
+    Ok((tar, format!("sha256:{manifest_digest}")))
 }
 
 #[cfg(test)]

@@ -147,18 +147,7 @@ fn run_serial(step: &Step, ui: &Ui, header: &str) -> StepResult {
     // On a terminal, show a spinner and keep the log unless the step fails; elsewhere
     // (CI, pipes, --verbose) stream the child's output as it comes.
     let result = if ui.tty && !ui.verbose && ui.format == Format::Human {
-        let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("  {spinner} {elapsed:>4} {wide_msg}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
-        );
-        bar.enable_steady_tick(Duration::from_millis(120));
-        let (result, output) = run_captured(step, Some(&bar));
-        bar.finish_and_clear();
-        if matches!(result.status, Status::Failed { .. }) {
-            let _ = std::io::stderr().write_all(&output);
-        }
-        result
+        run_kept(step, true)
     } else {
         run_streaming(step, ui.format == Format::Json)
     };
@@ -168,9 +157,22 @@ fn run_serial(step: &Step, ui: &Ui, header: &str) -> StepResult {
 }
 
 fn run_quietly(step: &Step, ui: &Ui) -> StepResult {
-    let bar = (ui.tty && ui.format == Format::Human).then(|| {
+    let result = run_kept(step, ui.tty && ui.format == Format::Human);
+    if matches!(result.status, Status::Failed { .. }) {
+        report_outcome(ui, &result);
+    }
+    result
+}
+
+/// Run `step` with its output kept, under a spinner when asked, and print the output only when
+/// the step fails.
+fn run_kept(step: &Step, spinner: bool) -> StepResult {
+    let bar = spinner.then(|| {
         let bar = indicatif::ProgressBar::new_spinner();
-        bar.set_message(step.description.clone());
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("  {spinner} {elapsed:>4} {wide_msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
     });
@@ -180,7 +182,6 @@ fn run_quietly(step: &Step, ui: &Ui) -> StepResult {
     }
     if matches!(result.status, Status::Failed { .. }) {
         let _ = std::io::stderr().write_all(&output);
-        report_outcome(ui, &result);
     }
     result
 }

@@ -82,13 +82,13 @@ pub enum PrepareAction {
     Missing(String),
 }
 
-pub fn plan(
-    ctx: &Ctx,
-    env: DockerEnv,
-    manifest: &BuildManifest,
-    manifest_path: &Path,
-    dir: &Path,
-) -> Result<Deployment> {
+/// Our image for a service: (what `docker run` is given, its name for people).
+type Images<'a> = &'a dyn Fn(&str) -> Result<(String, String)>;
+
+/// Service -> (what `docker run` is given, its name for people).
+type ImageMap = BTreeMap<String, (String, String)>;
+
+pub fn plan(ctx: &Ctx, env: DockerEnv, images: Images<'_>, revision: &str, dir: &Path) -> Result<Deployment> {
     let docker = Docker;
     let (config, compose_copies) = compose_config(compose_program(ctx)?, &ctx.root, &env, dir)?;
     let ours: BTreeSet<String> = ctx.facts.services.iter().map(|s| s.name.clone()).collect();
@@ -101,7 +101,7 @@ pub fn plan(
                 "service {name}: {e} (deploy --target docker cannot honour it; remove it or ask for support)"
             ))
         })?;
-        let image = if ours.contains(name) { Some(app_image(manifest, manifest_path, name)?) } else { None };
+        let image = if ours.contains(name) { Some(images(name)?) } else { None };
         parsed.push((name, svc, image));
     }
     for p in &env.publish {
@@ -115,7 +115,7 @@ pub fn plan(
     // Edges run the gateway binary, deployed here or not.
     let edge_image = match env.publish.is_empty() {
         true => None,
-        false => Some(app_image(manifest, manifest_path, "gateway")?),
+        false => Some(images("gateway")?),
     };
     // What the host lacks is a fact gathered here; fetching or building it is a step of the
     // deploy, after the plan is shown and confirmed.
@@ -165,8 +165,7 @@ pub fn plan(
         );
     }
     let order = order(&planned.iter().map(|(k, p)| (k.clone(), p.spec.depends_on.clone())).collect())?;
-    let revision = ctx.facts.revision.clone();
-    Ok(Deployment { env, planned, order, edges, revision, prepare, copies: compose_copies })
+    Ok(Deployment { env, planned, order, edges, revision: revision.to_string(), prepare, copies: compose_copies })
 }
 
 pub fn now_stamp() -> String {
@@ -428,20 +427,18 @@ pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs, d
         return Err(UsageError(format!("--from {from} --to {to}: promote between two environments")).into());
     }
     let source = DockerEnv::load(&ctx.root, from)?;
-    DockerEnv::load(&ctx.root, &to)?;
-    let (manifest, revision) = release_of(from, &containers(&source.project)?, commit)?;
-    let file = dir.join(format!("promoted-from-{from}.json"));
-    std::fs::write(&file, serde_json::to_vec_pretty(&manifest)?)
-        .with_context(|| format!("writing {}", file.display()))?;
+    let (images, revision) = release_of(from, &containers(&source.project)?, commit)?;
     eprintln!("promoting {from} (commit {revision}) to {to}");
-    let facts = xtask_kit::handoff::DeployFacts { revision, ..ctx.facts.clone() };
-    let promoted = Ctx { root: ctx.root.clone(), dry_run: ctx.dry_run, json: ctx.json, facts };
-    deploy(&promoted, &to, &DeployArgs { images: Some(file), ..args.clone() }, dir)
+    let lookup = |service: &str| -> Result<(String, String)> {
+        images.get(service).cloned().ok_or_else(|| UsageError(format!("{from} runs no `{service}` to promote")).into())
+    };
+    release(ctx, &to, args, dir, &lookup, &revision)
 }
 
-/// What an environment runs, as a build manifest another environment can deploy: the newest
-/// running container of each of our services, each healthy, all of one commit.
-fn release_of(env: &str, running: &[Running], commit: Option<&str>) -> Result<(BuildManifest, String)> {
+/// What an environment runs, service by service (the image its run spec was given, and its
+/// name), and the one commit it runs: the newest running container of each of our services,
+/// each healthy.
+fn release_of(env: &str, running: &[Running], commit: Option<&str>) -> Result<(ImageMap, String)> {
     let mut newest: BTreeMap<&str, &Running> = BTreeMap::new();
     for c in running.iter().filter(|c| c.role == Role::App.label() && c.spec.is_some()) {
         if newest.get(c.service.as_str()).is_none_or(|n| n.started <= c.started) {
@@ -461,26 +458,7 @@ fn release_of(env: &str, running: &[Running], commit: Option<&str>) -> Result<(B
             problems.push(format!("{service}: {} ({})", c.status, c.health.as_deref().unwrap_or("no health check")));
         }
         revisions.insert(c.revision.clone());
-        let pushed = spec.image.contains("@sha256:").then(|| spec.image.clone());
-        images.insert(
-            service.to_string(),
-            xtask_kit::images::ImageRecord {
-                service: service.to_string(),
-                image: spec.image_name.clone(),
-                revision: c.revision.clone(),
-                dirty: false,
-                created: c.started.clone(),
-                id: if pushed.is_some() { c.image_id.clone() } else { spec.image.clone() },
-                manifest_digest: None,
-                tar: PathBuf::new(),
-                tar_sha256: String::new(),
-                binary_size: None,
-                layer_size: None,
-                builder: xtask_kit::images::Builder::Host,
-                inputs: None,
-                pushed,
-            },
-        );
+        images.insert(service.to_string(), (spec.image.clone(), spec.image_name.clone()));
     }
     if !problems.is_empty() {
         return Err(UsageError(format!("{env} is not healthy ({}); nothing was promoted", problems.join(", "))).into());
@@ -503,15 +481,11 @@ fn release_of(env: &str, running: &[Running], commit: Option<&str>) -> Result<(B
         ))
         .into());
     }
-    let manifest = BuildManifest { schema: xtask_kit::images::MANIFEST_SCHEMA, images };
-    Ok((manifest, revision))
+    Ok((images, revision))
 }
 
 pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Result<ExitCode> {
-    let images = args.images.as_deref();
-    let timeout = args.timeout;
-    let env = DockerEnv::load(&ctx.root, env_name)?;
-    let manifest_path = images.map_or_else(|| ctx.facts.images.clone(), Path::to_path_buf);
+    let manifest_path = args.images.clone().unwrap_or_else(|| ctx.facts.images.clone());
     if !manifest_path.is_file() {
         return Err(UsageError(format!(
             "no build manifest at {}; run `cargo xtask image build` first",
@@ -520,8 +494,24 @@ pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Resul
         .into());
     }
     let manifest = BuildManifest::read(&manifest_path)?;
+    let images = |service: &str| app_image(&manifest, &manifest_path, service);
+    release(ctx, env_name, args, dir, &images, &ctx.facts.revision)
+}
+
+/// Plan with `images`, show the plan, confirm, then replace service by service, recording
+/// `revision`; on a failure, switch back what this run switched.
+fn release(
+    ctx: &Ctx,
+    env_name: &str,
+    args: &DeployArgs,
+    dir: &Path,
+    images: Images<'_>,
+    revision: &str,
+) -> Result<ExitCode> {
+    let timeout = args.apply.timeout;
+    let env = DockerEnv::load(&ctx.root, env_name)?;
     let docker = Docker;
-    let mut dep = plan(ctx, env.clone(), &manifest, &manifest_path, dir)?;
+    let mut dep = plan(ctx, env.clone(), images, revision, dir)?;
     let running = containers(&dep.env.project)?;
     // The one presentation of the plan, then the one confirmation point, then changes.
     if ctx.json {
@@ -533,11 +523,11 @@ pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Resul
         eprintln!("dry run: nothing was changed on the Docker host");
         return Ok(ExitCode::SUCCESS);
     }
-    confirm(env_name, args)?;
+    confirm(env_name, &args.apply)?;
     if !dep.prepare.is_empty() {
         fetch_images(&docker, compose_program(ctx)?, &ctx.root, &dep)?;
         // Now that every image is here, plan with their own health checks (what is run).
-        dep = plan(ctx, env, &manifest, &manifest_path, dir)?;
+        dep = plan(ctx, env, images, revision, dir)?;
     }
     ensure_network(&docker, &dep.env.network(), &dep.env.project)?;
     ensure_network(&docker, &dep.env.serving_network(), &dep.env.project)?;
@@ -851,11 +841,10 @@ mod tests {
             running("api", PINNED, "abc123", "running", Some("healthy")),
             running("worker", "sha256:local", "abc123", "running", Some("healthy")),
         ];
-        let (manifest, revision) = release_of("staging", &env, Some("abc")).expect("promotable");
+        let (images, revision) = release_of("staging", &env, Some("abc")).expect("promotable");
         assert_eq!(revision, "abc123");
-        assert_eq!(manifest.images["api"].pushed.as_deref(), Some(PINNED), "a pushed digest goes as it is");
-        assert_eq!(manifest.images["worker"].id, "sha256:local", "an unpushed image goes by its ID on this host");
-        assert!(manifest.images["worker"].pushed.is_none());
+        assert_eq!(images["api"], (PINNED.to_string(), "api:abc".to_string()), "a pushed digest goes as it is");
+        assert_eq!(images["worker"].0, "sha256:local", "an unpushed image goes by its ID on this host");
 
         let err = release_of("staging", &env, Some("def")).expect_err("another commit").to_string();
         assert!(err.contains("runs commit abc123, not def"), "{err}");

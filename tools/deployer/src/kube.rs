@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use xtask_kit::UsageError;
-use xtask_kit::handoff::{DeployArgs, EnvArgs, OVERLAYS_DIR, Service};
+use xtask_kit::handoff::{DeployArgs, EnvArgs, OVERLAYS_DIR, Service, overlays};
 use xtask_kit::images::BuildManifest;
 use xtask_kit::process::Cmd;
 
@@ -574,15 +574,8 @@ fn overlay(root: &Path, env: &str) -> Result<PathBuf> {
     if dir.join("kustomization.yaml").is_file() {
         return Ok(dir);
     }
-    let mut known: Vec<String> = std::fs::read_dir(root.join(OVERLAYS_DIR))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().join("kustomization.yaml").is_file())
-        .filter_map(|e| e.file_name().to_str().map(String::from))
-        .collect();
-    known.sort();
-    Err(UsageError(format!("--env {env}: no overlay {OVERLAYS_DIR}/{env} (environments: {})", known.join(", "))).into())
+    let known = overlays(root).join(", ");
+    Err(UsageError(format!("--env {env}: no overlay {OVERLAYS_DIR}/{env} (environments: {known})")).into())
 }
 
 pub fn deploy(ctx: &Ctx, env: &str, args: &DeployArgs) -> Result<ExitCode> {
@@ -606,7 +599,6 @@ pub fn deploy(ctx: &Ctx, env: &str, args: &DeployArgs) -> Result<ExitCode> {
 pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs) -> Result<ExitCode> {
     let to = args.env.clone().expect("clap requires --env");
     overlay(&ctx.root, from)?;
-    overlay(&ctx.root, &to)?;
     if from == to {
         return Err(UsageError(format!("--from {from} --to {to}: promote between two environments")).into());
     }
@@ -734,14 +726,14 @@ fn release(
     }
 
     // 4-5: confirmation, then the rollback point, before anything changes.
-    confirm(env, args)?;
+    confirm(env, &args.apply)?;
     let known_good = fetch_known_good(&kube, &namespace)?;
     if known_good.is_none() {
         eprintln!("warning: {namespace} has no known-good render yet (first deploy): a failure cannot be rolled back");
     }
 
     // 6: apply, wait, smoke.
-    let timeout = args.timeout;
+    let timeout = args.apply.timeout;
     let edge = edge_service(ctx);
     let outcome = apply(&kube, &render_file)
         .map_err(|e| vec![format!("{e:#}")])

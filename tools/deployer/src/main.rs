@@ -25,7 +25,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtask_kit::UsageError;
-use xtask_kit::handoff::{DeployArgs, DeployFacts, EnvArgs, PromoteArgs, Target};
+use xtask_kit::handoff::{ApplyArgs, DeployArgs, DeployFacts, EnvArgs, PromoteArgs, Target};
 
 #[derive(Parser, Debug)]
 #[command(name = "deployer", about = "Deploys what `cargo xtask image build` built; run through `cargo xtask deploy`.")]
@@ -104,7 +104,7 @@ impl Ctx {
 const GUARDED: &[&str] = &["prod"];
 
 /// The one confirmation point of a deploy: after its plan is shown, before anything changes.
-pub fn confirm(env: &str, args: &DeployArgs) -> Result<()> {
+pub fn confirm(env: &str, args: &ApplyArgs) -> Result<()> {
     if !GUARDED.contains(&env) {
         return Ok(());
     }
@@ -175,7 +175,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Deploy { args, facts } => {
             let ctx = Ctx::new(cli, facts)?;
             let env = args.env.clone().expect("clap requires --env");
-            match args.target {
+            match args.apply.target {
                 Target::K8s => kube::deploy(&ctx, &env, args),
                 Target::Docker => {
                     let work = work_dir(&ctx, &env)?;
@@ -186,7 +186,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Promote { args, facts } => {
             let ctx = Ctx::new(cli, facts)?;
             let deploy = args.deploy();
-            match args.target {
+            match args.apply.target {
                 Target::K8s => kube::promote(&ctx, &args.from, args.commit.as_deref(), &deploy),
                 Target::Docker => {
                     let work = work_dir(&ctx, &args.to)?;

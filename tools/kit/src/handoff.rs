@@ -14,6 +14,20 @@ pub const OVERLAYS_DIR: &str = "infra/k8s/overlays";
 pub const COMPOSE_DIR: &str = "infra/compose";
 pub const COMPOSE_ENV_DIR: &str = "infra/compose/env";
 
+/// The Kubernetes environments: the overlays under `root`'s infra/k8s/overlays, sorted.
+pub fn overlays(root: &Path) -> Vec<String> {
+    let mut found: Vec<String> = std::fs::read_dir(root.join(OVERLAYS_DIR))
+        .map(|rd| {
+            rd.flatten()
+                .filter(|e| e.path().join("kustomization.yaml").is_file())
+                .filter_map(|e| e.file_name().to_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 /// Where a deploy goes.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Target {
@@ -34,24 +48,47 @@ impl Target {
     }
 }
 
-/// The flags of a deploy, shared by `cargo xtask deploy` and the deployer it hands them to.
+/// What every change to an environment takes: where it goes, the confirmation, how long to wait.
+/// Flattened into the deploy and promote flags.
 #[derive(clap::Args, Debug, Clone)]
-pub struct DeployArgs {
-    /// The environment (an overlay under infra/k8s/overlays, or infra/compose/env/ENV.env).
-    #[arg(long, value_name = "ENV", required = true)]
-    pub env: Option<String>,
+pub struct ApplyArgs {
     #[arg(long, value_enum, default_value_t = Target::K8s)]
     pub target: Target,
     /// Go ahead without asking (prod also needs `--confirm prod`, or typing it on a terminal).
     #[arg(long)]
     pub yes: bool,
-    /// The environment's name again, for prod without a terminal.
+    /// The name of the environment deployed to, again, for prod without a terminal.
     #[arg(long, value_name = "ENV")]
     pub confirm: Option<String>,
     /// How long to wait for every rollout (docker: for each container to turn healthy), e.g.
     /// `5m`, `90s` (a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = crate::duration::flag)]
     pub timeout: Duration,
+}
+
+impl ApplyArgs {
+    /// The flags again, for the deployer's command line.
+    fn to_args(&self) -> Vec<String> {
+        let mut out = vec!["--target".to_string(), self.target.name().to_string()];
+        if self.yes {
+            out.push("--yes".into());
+        }
+        if let Some(confirm) = &self.confirm {
+            out.extend(["--confirm".to_string(), confirm.clone()]);
+        }
+        out.extend(["--timeout".to_string(), duration_arg(self.timeout)]);
+        out
+    }
+}
+
+/// The flags of a deploy, shared by `cargo xtask deploy` and the deployer it hands them to.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DeployArgs {
+    /// The environment (an overlay under infra/k8s/overlays, or infra/compose/env/ENV.env).
+    #[arg(long, value_name = "ENV", required = true)]
+    pub env: Option<String>,
+    #[command(flatten)]
+    pub apply: ApplyArgs,
     /// The build manifest to pin images from (default: target/xtask/images.json).
     #[arg(long, value_name = "FILE")]
     pub images: Option<PathBuf>,
@@ -83,17 +120,8 @@ pub struct PromoteArgs {
     /// The commit being promoted: refuse unless `--from` runs it (a prefix of the full SHA is enough).
     #[arg(long, value_name = "SHA")]
     pub commit: Option<String>,
-    #[arg(long, value_enum, default_value_t = Target::K8s)]
-    pub target: Target,
-    /// Go ahead without asking (prod also needs `--confirm prod`, or typing it on a terminal).
-    #[arg(long)]
-    pub yes: bool,
-    /// The target environment's name again, for prod without a terminal.
-    #[arg(long, value_name = "ENV")]
-    pub confirm: Option<String>,
-    /// How long to wait for every rollout, e.g. `5m`, `90s`.
-    #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = crate::duration::flag)]
-    pub timeout: Duration,
+    #[command(flatten)]
+    pub apply: ApplyArgs,
 }
 
 impl PromoteArgs {
@@ -103,27 +131,13 @@ impl PromoteArgs {
         if let Some(commit) = &self.commit {
             out.extend(["--commit".to_string(), commit.clone()]);
         }
-        out.extend(["--target".to_string(), self.target.name().to_string()]);
-        if self.yes {
-            out.push("--yes".into());
-        }
-        if let Some(confirm) = &self.confirm {
-            out.extend(["--confirm".to_string(), confirm.clone()]);
-        }
-        out.extend(["--timeout".to_string(), duration_arg(self.timeout)]);
+        out.extend(self.apply.to_args());
         out
     }
 
     /// The deploy of `--to` it amounts to (its images come from `--from`, not a manifest).
     pub fn deploy(&self) -> DeployArgs {
-        DeployArgs {
-            env: Some(self.to.clone()),
-            target: self.target,
-            yes: self.yes,
-            confirm: self.confirm.clone(),
-            timeout: self.timeout,
-            images: None,
-        }
+        DeployArgs { env: Some(self.to.clone()), apply: self.apply.clone(), images: None }
     }
 }
 
@@ -139,14 +153,7 @@ impl DeployArgs {
         if let Some(env) = &self.env {
             out.extend(["--env".to_string(), env.clone()]);
         }
-        out.extend(["--target".to_string(), self.target.name().to_string()]);
-        if self.yes {
-            out.push("--yes".into());
-        }
-        if let Some(confirm) = &self.confirm {
-            out.extend(["--confirm".to_string(), confirm.clone()]);
-        }
-        out.extend(["--timeout".to_string(), duration_arg(self.timeout)]);
+        out.extend(self.apply.to_args());
         if let Some(images) = &self.images {
             out.extend(["--images".to_string(), images.display().to_string()]);
         }

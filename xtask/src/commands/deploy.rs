@@ -48,7 +48,6 @@ pub enum Action {
 #[derive(Clone, Debug, Serialize)]
 pub struct WriteFacts {
     pub path: PathBuf,
-    #[serde(skip)]
     pub facts: DeployFacts,
 }
 
@@ -57,7 +56,7 @@ impl Task for WriteFacts {
         format!("write the services, revision and tools the deployer needs to {}", self.path.display())
     }
     fn describe(&self) -> serde_json::Value {
-        serde_json::json!({ "task": "deploy-facts", "path": self.path, "facts": self.facts })
+        crate::plan::described("deploy-facts", self)
     }
     fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
         self.facts.write(&self.path)?;
@@ -76,9 +75,9 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     let (verb, env, target, flags) = match &args.action {
         None => {
             let env = args.deploy.env.clone().expect("clap requires --env");
-            ("deploy", env, args.deploy.target, args.deploy.to_args())
+            ("deploy", env, args.deploy.apply.target, args.deploy.to_args())
         }
-        Some(Action::Promote(a)) => ("promote", a.to.clone(), a.target, a.to_args()),
+        Some(Action::Promote(a)) => ("promote", a.to.clone(), a.apply.target, a.to_args()),
         Some(Action::Rollback(a)) => ("rollback", a.env.clone(), a.target, a.to_args()),
         Some(Action::Status(a)) => ("status", a.env.clone(), a.target, a.to_args()),
     };

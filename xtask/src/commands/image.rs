@@ -224,7 +224,7 @@ fn services_to_build(ctx: &Ctx, ws: &Workspace, args: &BuildArgs, plan: &mut Pla
 pub fn plan(ctx: &Ctx, ws: &Workspace, args: &BuildArgs) -> Result<Plan> {
     let mut plan = Plan::new("image build");
     if let Some(registry) = &args.push {
-        validate_registry(registry)?;
+        validate_registry("--push", registry)?;
         if args.no_load && args.builder == Builder::Docker {
             return Err(UsageError(
                 "--builder docker --no-load --push: the docker builder's images exist only in Docker; drop --no-load"
@@ -251,7 +251,8 @@ pub fn plan(ctx: &Ctx, ws: &Workspace, args: &BuildArgs) -> Result<Plan> {
     Ok(plan)
 }
 
-fn validate_registry(registry: &str) -> Result<()> {
+/// `registry`, given as `flag`, is host[:port][/path] without a scheme.
+fn validate_registry(flag: &str, registry: &str) -> Result<()> {
     let ok = !registry.is_empty()
         && !registry.contains("://")
         && !registry.ends_with('/')
@@ -260,7 +261,7 @@ fn validate_registry(registry: &str) -> Result<()> {
         Ok(())
     } else {
         Err(UsageError(format!(
-            "--push {registry}: expected a registry host[:port][/path] without a scheme, e.g. 127.0.0.1:5000"
+            "{flag} {registry}: expected a registry host[:port][/path] without a scheme, e.g. 127.0.0.1:5000"
         ))
         .into())
     }
@@ -326,15 +327,14 @@ fn host_steps(
     }
     plan.push(compile);
 
-    let out = output_dir(ws);
     let mut records = Vec::new();
     for service in services {
         let meta = ws.members[service].service.as_ref().context("service metadata")?;
         let assemble = AssembleImage {
             service: service.clone(),
             binary: ws.target_dir.join(TARGET).join(PROFILE).join(service),
-            tar: out.join("images").join(format!("{service}.tar")),
-            record: out.join("images").join(format!("{service}.json")),
+            tar: image_file(ws, service, "tar"),
+            record: image_file(ws, service, "json"),
             port: meta.port,
             version: ws.members[service].version.clone(),
             source: source_of(ctx, ws, service),
@@ -362,7 +362,7 @@ fn host_steps(
             );
         }
         if let Some(registry) = &args.push {
-            plan.push(skopeo_push(ctx, ws, service, &assemble_tar(ws, service), registry, &revision.tag));
+            plan.push(skopeo_push(ctx, ws, service, &image_file(ws, service, "tar"), registry, &revision.tag));
             plan.push(attach_step(ctx, ws, service, registry));
         }
     }
@@ -370,13 +370,10 @@ fn host_steps(
     Ok(())
 }
 
-fn assemble_tar(ws: &Workspace, service: &str) -> PathBuf {
-    output_dir(ws).join("images").join(format!("{service}.tar"))
-}
-
-/// Where a push leaves the digest the registry stored (read back by the record step).
-fn pushed_digest_file(ws: &Workspace, service: &str) -> PathBuf {
-    output_dir(ws).join("images").join(format!("{service}.pushed"))
+/// One service's files of a build, side by side: `tar` (the image), `json` (its record) and
+/// `pushed` (the digest a push stored, beside the record it completes).
+fn image_file(ws: &Workspace, service: &str, extension: &str) -> PathBuf {
+    output_dir(ws).join("images").join(format!("{service}.{extension}"))
 }
 
 /// The image tar xtask wrote, copied to `registry` as it is: no Docker daemon, and the manifest
@@ -389,7 +386,7 @@ fn skopeo_push(ctx: &Ctx, ws: &Workspace, service: &str, tar: &Path, registry: &
     }
     args.extend([
         "--digestfile".into(),
-        pushed_digest_file(ws, service).display().to_string(),
+        image_file(ws, service, "pushed").display().to_string(),
         format!("oci-archive:{}", tar.display()),
         format!("docker://{remote}"),
     ]);
@@ -408,8 +405,8 @@ fn attach_step(ctx: &Ctx, ws: &Workspace, service: &str, registry: &str) -> Step
     let task = super::attest::AttachDocuments {
         service: service.to_string(),
         registry: registry.to_string(),
-        record: output_dir(ws).join("images").join(format!("{service}.json")),
-        pushed: pushed_digest_file(ws, service),
+        record: image_file(ws, service, "json"),
+        pushed: image_file(ws, service, "pushed"),
         cargo_lock: ws.root.join("Cargo.lock"),
         source: source_of(ctx, ws, service),
     };
@@ -425,12 +422,7 @@ fn attach_step(ctx: &Ctx, ws: &Workspace, service: &str, registry: &str) -> Step
 
 /// `image push`: what the last build wrote, to a registry, with the digests recorded.
 pub fn push_plan(ctx: &Ctx, ws: &Workspace, args: &PushArgs) -> Result<Plan> {
-    validate_registry(&args.registry).map_err(|_| {
-        UsageError(format!(
-            "--registry {}: expected a registry host[:port][/path] without a scheme, e.g. 127.0.0.1:5000",
-            args.registry
-        ))
-    })?;
+    validate_registry("--registry", &args.registry)?;
     let manifest_file = manifest_path(ws);
     let manifest = BuildManifest::read(&manifest_file)?;
     let services: Vec<String> =
@@ -462,7 +454,7 @@ pub fn push_plan(ctx: &Ctx, ws: &Workspace, args: &PushArgs) -> Result<Plan> {
         let tag = record.image.split_once(':').map_or("latest", |(_, tag)| tag);
         plan.push(skopeo_push(ctx, ws, service, &record.tar, &args.registry, tag));
         plan.push(attach_step(ctx, ws, service, &args.registry));
-        records.push(output_dir(ws).join("images").join(format!("{service}.json")));
+        records.push(image_file(ws, service, "json"));
     }
     plan.push(record_step(ws, records, false, Some(args.registry.clone()), Vec::new()));
     Ok(plan)
@@ -594,7 +586,7 @@ fn docker_steps(
             .with_env("DOCKER_BUILDKIT", buildkit)
             .requiring(&DOCKER),
         );
-        let tar = output_dir(ws).join("images").join(format!("{service}.tar"));
+        let tar = image_file(ws, service, "tar");
         plan.push(
             Step::exec(
                 &format!("image:save:{service}"),
@@ -1143,10 +1135,10 @@ mod tests {
 
     #[test]
     fn registries_are_host_and_port_without_a_scheme() {
-        assert!(validate_registry("127.0.0.1:5000").is_ok());
-        assert!(validate_registry("ghcr.io/acme").is_ok());
+        assert!(validate_registry("--push", "127.0.0.1:5000").is_ok());
+        assert!(validate_registry("--push", "ghcr.io/acme").is_ok());
         for bad in ["http://127.0.0.1:5000", "", "reg/", "a b"] {
-            assert!(validate_registry(bad).is_err(), "{bad}");
+            assert!(validate_registry("--push", bad).is_err(), "{bad}");
         }
     }
 }

@@ -14,7 +14,7 @@ use crate::plan::{Plan, Step};
 use crate::tools::KUBECTL;
 use crate::{Ctx, UsageError};
 
-pub const OVERLAYS_DIR: &str = "infra/k8s/overlays";
+pub use xtask_kit::handoff::{OVERLAYS_DIR, overlays};
 
 /// Kubernetes manifests: offline validation of the rendered overlays.
 #[derive(clap::Args, Debug, Clone)]
@@ -34,20 +34,6 @@ pub struct ValidateArgs {
     /// Only this environment (repeatable; default: every overlay under infra/k8s/overlays).
     #[arg(long = "env", value_name = "ENV")]
     pub envs: Vec<String>,
-}
-
-/// The overlays (environments) that exist, sorted.
-pub fn overlays(repo: &Path) -> Vec<String> {
-    let mut found: Vec<String> = std::fs::read_dir(repo.join(OVERLAYS_DIR))
-        .map(|rd| {
-            rd.flatten()
-                .filter(|e| e.path().join("kustomization.yaml").is_file())
-                .filter_map(|e| e.file_name().to_str().map(String::from))
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort();
-    found
 }
 
 /// The environments asked for, checked against the overlays that exist.

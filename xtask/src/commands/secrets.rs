@@ -102,15 +102,14 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     };
     let applied = ignore::apply_by(findings, Finding::to_finding, &entries, crate::date::today());
     // Entries for other scanners' findings are not this scan's to call unused.
-    for e in applied.unused.iter().filter(|e| secrets::rules::RULES.iter().any(|r| r.id == e.id)) {
+    for e in applied.unused.iter().filter(|e| secrets::rules::is_rule(&e.id)) {
         ctx.ui.info(&format!(
             "warning: {} entry {} matched nothing; remove it if it is obsolete",
             ignore::FILE_NAME,
             e.id
         ));
     }
-    let expired: Vec<&ignore::Entry> =
-        applied.expired.iter().filter(|e| secrets::rules::RULES.iter().any(|r| r.id == e.id)).collect();
+    let expired: Vec<&ignore::Entry> = applied.expired.iter().filter(|e| secrets::rules::is_rule(&e.id)).collect();
     for e in &expired {
         ctx.ui.info(&format!(
             "{} {} entry {} expired on {}: look at it again (renew `expires` with a reason, or fix the finding)",

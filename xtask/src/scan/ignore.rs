@@ -91,7 +91,7 @@ pub fn parse(text: &str, file: &str) -> Result<Vec<Entry>, UsageError> {
         };
         let expires_day = parse_day(&expires)
             .ok_or_else(|| UsageError(format!("{at} ({id}): expires = {expires:?} is not a date like 2027-03-31")))?;
-        let secret_rule = crate::secrets::rules::RULES.iter().any(|r| r.id == id.trim());
+        let secret_rule = crate::secrets::rules::is_rule(&id);
         if secret_rule && raw.target.is_none() && raw.fingerprint.is_none() {
             return Err(UsageError(format!(
                 "{at} ({id}) needs `target` or `fingerprint`: a secret rule alone would accept every secret it finds"

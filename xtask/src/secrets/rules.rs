@@ -189,6 +189,11 @@ pub const RULES: &[Rule] = &[
     },
 ];
 
+/// Whether `id` names one of the built-in rules.
+pub fn is_rule(id: &str) -> bool {
+    RULES.iter().any(|r| r.id == id.trim())
+}
+
 /// One match. `secret` stays in memory only: everything printed goes through [`redact`].
 #[derive(Clone, Debug)]
 pub struct Hit {
