@@ -41,7 +41,7 @@ impl Env {
         self.vars.get(name).map(String::as_str).filter(|v| !v.trim().is_empty())
     }
 
-    fn error(name: &str, problem: String) -> ConfigError {
+    pub(crate) fn error(name: &str, problem: String) -> ConfigError {
         ConfigError { variable: name.to_string(), problem }
     }
 

@@ -82,6 +82,11 @@ impl Metrics {
         );
         registry.register("http_requests_in_flight", "HTTP requests being handled now", in_flight.clone());
         registry.register("build_info", "The running build: service, version and git commit", build_info);
+        // When this process started: a change is a restart (`deploy verify` counts them).
+        let started = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        started
+            .set(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
+        registry.register("process_start_time_seconds", "Start time of the process since the Unix epoch", started);
         Metrics { registry: Arc::new(Mutex::new(registry)), handles: Arc::default(), requests, latency, in_flight }
     }
 
@@ -140,6 +145,7 @@ mod tests {
         m.observe_request("/v1/jobs", "POST", 201, 0.004);
         let text = m.render();
         assert!(text.contains(r#"http_requests_total{route="/v1/jobs",method="POST",status="201"} 2"#), "{text}");
+        assert!(text.contains("process_start_time_seconds 1"), "the start time is exposed: {text}");
         assert!(
             text.contains(
                 r#"http_request_duration_seconds_bucket{le="0.005",route="/v1/jobs",method="POST",status="201"} 2"#

@@ -27,6 +27,10 @@ pub struct ServerConfig {
     /// Between readiness going false and the listener closing: time for load balancers and
     /// Kubernetes endpoints to stop sending new connections.
     pub shutdown_delay: Duration,
+    /// The share of requests (0 to 1) answered 500 without reaching the handler, for drills
+    /// and for testing what catches a bad release (`deploy verify`). Built-in endpoints are
+    /// never faulted. 0 (the default) turns it off.
+    pub fault_5xx: f64,
 }
 
 impl ServerConfig {
@@ -36,7 +40,11 @@ impl ServerConfig {
         let port = env.port_or("PORT", info.port)?;
         let drain_timeout = env.duration_or("DRAIN_TIMEOUT", Duration::from_secs(10))?;
         let shutdown_delay = env.duration_or("SHUTDOWN_DELAY", Duration::ZERO)?;
-        Ok(ServerConfig { listen: SocketAddr::new(host, port), drain_timeout, shutdown_delay })
+        let fault_5xx: f64 = env.parse_or("FAULT_INJECT_5XX", 0.0, "a share from 0 to 1, like 0.2")?;
+        if !(0.0..=1.0).contains(&fault_5xx) {
+            return Err(Env::error("FAULT_INJECT_5XX", format!("expected a share from 0 to 1, got {fault_5xx}")));
+        }
+        Ok(ServerConfig { listen: SocketAddr::new(host, port), drain_timeout, shutdown_delay, fault_5xx })
     }
 }
 
@@ -134,7 +142,15 @@ impl Server {
     /// Bind, serve until shutdown, then wait for in-flight requests (bounded by the drain timeout).
     pub async fn serve(self, app: Router) -> Result<(), StartError> {
         let listener = self.listen().await?;
+        if self.config.fault_5xx > 0.0 {
+            tracing::warn!(
+                share = self.config.fault_5xx,
+                "FAULT_INJECT_5XX is set: answering 500 to that share of requests"
+            );
+        }
+        let faults = Faults::new(self.config.fault_5xx);
         let router = app
+            .layer(middleware::from_fn_with_state(faults, inject_faults))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz).with_state(self.readiness.clone()))
             .route("/metrics", get(metrics_text).with_state(self.metrics.clone()))
@@ -225,6 +241,36 @@ async fn close_when_draining(State(readiness): State<Readiness>, request: Reques
     let mut response = next.run(request).await;
     mark_close_if_draining(&readiness, &mut response);
     response
+}
+
+/// Which requests get an injected 500: exactly `share` of them, spread evenly (the n-th request
+/// is faulted when `n * share` crosses a whole number), so a drill's error ratio is what it says.
+#[derive(Clone)]
+struct Faults {
+    share: f64,
+    seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl Faults {
+    fn new(share: f64) -> Faults {
+        Faults { share, seen: Default::default() }
+    }
+
+    fn next_is_faulted(&self) -> bool {
+        if self.share <= 0.0 {
+            return false;
+        }
+        let n = self.seen.fetch_add(1, std::sync::atomic::Ordering::Relaxed) as f64;
+        ((n + 1.0) * self.share).floor() > (n * self.share).floor()
+    }
+}
+
+/// Layered on the service's own routes only: the built-in endpoints are never faulted.
+async fn inject_faults(State(faults): State<Faults>, request: Request, next: Next) -> Response {
+    if faults.next_is_faulted() {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "injected fault (FAULT_INJECT_5XX)\n").into_response();
+    }
+    next.run(request).await
 }
 
 fn drain_expired(drain: Duration) -> StartError {
@@ -384,4 +430,30 @@ pub async fn builtin_endpoint(path: &str, readiness: &Readiness, metrics: &Metri
         "/readyz" => readyz(State(readiness.clone())).await,
         _ => metrics_text(State(metrics.clone())).await,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn injected_faults_are_exactly_the_share_asked_for() {
+        for (share, of, expected) in [(0.0, 100, 0), (0.2, 100, 20), (0.25, 1000, 250), (1.0, 7, 7)] {
+            let faults = Faults::new(share);
+            let faulted = (0..of).filter(|_| faults.next_is_faulted()).count();
+            assert_eq!(faulted, expected, "share {share} of {of}");
+        }
+    }
+
+    #[test]
+    fn the_fault_share_is_read_and_bounded() {
+        let info = ServiceInfo { name: "demo", version: "1", port: 8080, health_path: "/healthz" };
+        let config = ServerConfig::from_env(&Env::from_pairs(&[("FAULT_INJECT_5XX", "0.3")]), &info).expect("valid");
+        assert_eq!(config.fault_5xx, 0.3);
+        assert_eq!(ServerConfig::from_env(&Env::from_pairs(&[]), &info).expect("valid").fault_5xx, 0.0);
+        for bad in ["1.5", "-0.1", "often"] {
+            let err = ServerConfig::from_env(&Env::from_pairs(&[("FAULT_INJECT_5XX", bad)]), &info).expect_err(bad);
+            assert!(err.to_string().contains("FAULT_INJECT_5XX"), "{err}");
+        }
+    }
 }
