@@ -9,6 +9,14 @@
 //! 3. A good v2 is deployed under the same load: the API is switched to it, v1 is gone, and
 //!    not one request fails (the switch happens while the load still runs; the test checks).
 //! 4. `deploy rollback` puts v1 back the same way; `deploy status` shows what runs.
+//! 5. `deploy verify` holds v1 to the SLO file under its verification load, reading the real
+//!    Prometheus: verified, and the history says so.
+//! 6. A v2 of the API that answers 500 to a fifth of its requests turns healthy and is
+//!    switched, then fails its verification under load: the breach is named (objective,
+//!    observed, limit), v1 is put back by itself, and the steady load outside saw no failure
+//!    but the injected 500s.
+//! 7. That release, put back on purpose (`rollback --to`) and verified without rollback, is
+//!    refused by `deploy promote`; `rollback --to` the good release ends it.
 //!
 //! The environment is `staging` with the project, ports and compose files overridden by
 //! DEPLOY_* and port variables, so it never meets a developer's deploy.
@@ -83,11 +91,37 @@ impl Env {
         cmd.output().expect("xtask runs")
     }
 
+    /// A deploy without verification (steps 1-4 test the replace itself).
     fn deploy(&self, manifest: &Path, extra: &[&str]) -> Output {
+        let mut args = vec!["--no-verify"];
+        args.extend(extra);
+        self.deploy_verified(manifest, &args)
+    }
+
+    fn deploy_verified(&self, manifest: &Path, extra: &[&str]) -> Output {
         let manifest = manifest.display().to_string();
         let mut args = vec!["deploy", "--target", "docker", "--env", "staging", "--images", &manifest];
         args.extend(extra);
         self.xtask(&args)
+    }
+
+    /// The environment's release history, newest first: (id, state, rollback_of).
+    fn history(&self) -> Vec<(u64, String, Option<u64>)> {
+        let out = self.xtask(&["--format", "json", "deploy", "history", "--target", "docker", "--env", "staging"]);
+        assert_ok(&out, "deploy history");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).expect("history is JSON");
+        json["releases"]
+            .as_array()
+            .expect("releases")
+            .iter()
+            .map(|r| {
+                (
+                    r["id"].as_u64().expect("id"),
+                    r["state"].as_str().expect("state").to_string(),
+                    r["rollback_of"].as_u64(),
+                )
+            })
+            .collect()
     }
 
     /// Running containers of a service: (name, image ID).
@@ -104,10 +138,13 @@ impl Env {
 
 impl Drop for Env {
     fn drop(&mut self) {
-        let filter = format!("label=xtask.project={}", self.project);
-        let ids = docker(&["ps", "-aq", "--filter", &filter]);
-        for id in text(&ids.stdout).split_whitespace() {
-            let _ = docker(&["rm", "-f", "-v", id]);
+        for filter in
+            [format!("label=xtask.project={}", self.project), format!("label=xtask.release-of={}", self.project)]
+        {
+            let ids = docker(&["ps", "-aq", "--filter", &filter]);
+            for id in text(&ids.stdout).split_whitespace() {
+                let _ = docker(&["rm", "-f", "-v", id]);
+            }
         }
         for net in [self.project.clone(), format!("{}-serving", self.project)] {
             let _ = docker(&["network", "rm", &net]);
@@ -144,7 +181,31 @@ impl Load {
     }
 
     /// Waits for the run; every request must have succeeded.
-    fn finish_without_errors(mut self, what: &str) -> u64 {
+    fn finish_without_errors(self, what: &str) -> u64 {
+        let (report, code, err) = self.finish(what);
+        let overall = &report["overall"];
+        assert_eq!(overall["errors"], 0, "{what}: requests failed during the deploy: {overall:#}");
+        assert_eq!(code, Some(0), "{what}: loadgen: {err}");
+        overall["count"].as_u64().expect("count")
+    }
+
+    /// Waits for the run; what failed must be answers of `status` only (none lost, none refused,
+    /// none timed out); returns how many there were.
+    fn finish_failing_only_with(self, status: &str, what: &str) -> u64 {
+        let (report, _, _) = self.finish(what);
+        let overall = &report["overall"];
+        let failures = overall["failures"].as_object().expect("failures");
+        assert!(failures.values().all(|n| n == 0), "{what}: requests failed other than by answer: {overall:#}");
+        let statuses = overall["status"].as_object().expect("status");
+        for (code, n) in statuses {
+            assert!(code.starts_with('2') || code == status, "{what}: {n} answers of {code}: {overall:#}");
+        }
+        let faulted = statuses.get(status).and_then(serde_json::Value::as_u64).unwrap_or(0);
+        assert_eq!(overall["errors"].as_u64(), Some(faulted), "{what}: every error is a {status}: {overall:#}");
+        faulted
+    }
+
+    fn finish(mut self, what: &str) -> (serde_json::Value, Option<i32>, String) {
         let status = self.child.wait().expect("loadgen finishes");
         let mut err = String::new();
         std::io::Read::read_to_string(self.child.stderr.as_mut().expect("stderr"), &mut err).expect("stderr");
@@ -152,15 +213,12 @@ impl Load {
             &std::fs::read(self.out.join("report.json")).unwrap_or_else(|e| panic!("{what}: no report ({e}): {err}")),
         )
         .expect("report is JSON");
-        let overall = &report["overall"];
-        assert_eq!(overall["errors"], 0, "{what}: requests failed during the deploy: {overall:#}");
         assert!(
             report["run"]["valid"].as_bool().unwrap_or(false),
             "{what}: the load run was not valid: {:#}",
             report["run"]
         );
-        assert_eq!(status.code(), Some(0), "{what}: loadgen: {err}");
-        overall["count"].as_u64().expect("count")
+        (report, status.code(), err)
     }
 }
 
@@ -191,7 +249,12 @@ fn docker_target_replaces_health_gated_under_load_and_rolls_back() {
     let good_id = derive_image(&good_tag, &format!("FROM {api_tag}\nLABEL test.release=good-v2\n"));
     let bad = manifest_with_api(&v1, tmp.path(), "v2-bad", &bad_tag, &bad_id);
     let good = manifest_with_api(&v1, tmp.path(), "v2-good", &good_tag, &good_id);
-    let _images = RemoveImages(vec![bad_tag.clone(), good_tag.clone()]);
+    // Healthy, but a fifth of its answers are 500s: what only verification catches.
+    let faulty_tag = format!("api:test-faulty-{pid}");
+    let faulty_id =
+        derive_image(&faulty_tag, &format!("FROM {api_tag}\nENV FAULT_INJECT_5XX=0.2\nLABEL test.release=faulty-v2\n"));
+    let faulty = manifest_with_api(&v1, tmp.path(), "v2-faulty", &faulty_tag, &faulty_id);
+    let _images = RemoveImages(vec![bad_tag.clone(), good_tag.clone(), faulty_tag.clone()]);
 
     let env = Env::new();
 
@@ -258,6 +321,80 @@ fn docker_target_replaces_health_gated_under_load_and_rolls_back() {
     for needle in ["postgres", "redis", "edge-gateway-8080", &api_tag, &good_tag] {
         assert!(table.contains(needle), "status shows {needle}:\n{table}");
     }
+    // v1, good v2, v1 again (a rollback is a release, as in Helm).
+    assert_eq!(
+        env.history(),
+        [(3, "deployed".into(), Some(1)), (2, "deployed".into(), None), (1, "deployed".into(), None)]
+    );
+
+    // 5. Verification of what runs: the real Prometheus, under the verification load.
+    let verified = env.xtask(&["deploy", "verify", "--target", "docker", "--env", "staging", "--window", "15s"]);
+    assert_ok(&verified, "verifying v1");
+    assert!(
+        text(&verified.stderr).contains("ok     SLO availability (error_ratio): observed 0"),
+        "{}",
+        text(&verified.stderr)
+    );
+    assert_eq!(env.history()[0], (3, "verified".into(), Some(1)));
+
+    // 6. A faulty v2 under steady load: healthy, switched, then caught and rolled back.
+    let load = Load::start(&env, tmp.path(), "faulty-v2", 60);
+    std::thread::sleep(Duration::from_secs(2));
+    let caught = env.deploy_verified(&faulty, &["--window", "15s"]);
+    let said = text(&caught.stderr);
+    assert_eq!(caught.status.code(), Some(1), "a breach fails the deploy:\n{said}");
+    assert!(
+        said.contains("release 4 of staging breached its SLOs: SLO availability (error_ratio): observed 0.")
+            && said.contains("against a limit of 0.0100; rolled back to release 3 (now release 5)"),
+        "the breach is named, with the rollback:\n{said}"
+    );
+    assert_eq!(env.running("api").iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), [v1_api.as_str()]);
+    let faulted = load.finish_failing_only_with("500", "faulty v2");
+    assert!(faulted > 0, "the steady load met the faulty release before the rollback");
+    let history = env.history();
+    assert_eq!(history[0], (5, "deployed".into(), Some(3)));
+    assert_eq!(history[1], (4, "failed".into(), None));
+
+    // 7. A release that failed verification is never promoted.
+    assert_ok(
+        &env.xtask(&["deploy", "rollback", "--target", "docker", "--env", "staging", "--to", "4"]),
+        "rollback --to 4",
+    );
+    let judged =
+        env.xtask(&["deploy", "verify", "--target", "docker", "--env", "staging", "--window", "10s", "--no-rollback"]);
+    assert_eq!(judged.status.code(), Some(1), "{}", text(&judged.stderr));
+    assert!(text(&judged.stderr).contains("left running (--no-rollback)"), "{}", text(&judged.stderr));
+    let promote = env.xtask(&[
+        "deploy",
+        "promote",
+        "--target",
+        "docker",
+        "--from",
+        "staging",
+        "--to",
+        "prod",
+        "--yes",
+        "--confirm",
+        "prod",
+    ]);
+    assert_eq!(promote.status.code(), Some(2), "{}", text(&promote.stderr));
+    assert!(
+        text(&promote.stderr).contains("staging's release 6 failed its verification (SLO availability"),
+        "{}",
+        text(&promote.stderr)
+    );
+    let missing = env.xtask(&["deploy", "rollback", "--target", "docker", "--env", "staging", "--to", "99"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", text(&missing.stderr));
+    assert!(
+        text(&missing.stderr).contains("staging has no release 99 (it keeps: 1, 2, 3, 4, 5, 6)"),
+        "{}",
+        text(&missing.stderr)
+    );
+    assert_ok(
+        &env.xtask(&["deploy", "rollback", "--target", "docker", "--env", "staging", "--to", "3"]),
+        "rollback --to 3",
+    );
+    assert_eq!(env.running("api").iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), [v1_api.as_str()]);
 }
 
 /// Test images removed when the test ends, pass or fail.

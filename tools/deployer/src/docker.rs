@@ -35,13 +35,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use xtask_kit::UsageError;
-use xtask_kit::handoff::DeployArgs;
+use xtask_kit::handoff::{ApplyArgs, DeployArgs, RollbackArgs, VerifyArgs};
 use xtask_kit::images::BuildManifest;
 
 use crate::compose::{ComposeService, compose_command, compose_config};
 use crate::engine::{Docker, Running, containers, ensure_network, retire, short, wait_healthy, write_private};
 use crate::env::DockerEnv;
+use crate::history::{self, Release, State};
 use crate::spec::{Planned, Role, RunSpec, app_image, edge_identity, edge_spec, order, plan_service};
+use crate::verify::{self, Verdict};
 use crate::{Ctx, confirm};
 
 /// The compose program xtask found on this machine.
@@ -404,7 +406,16 @@ pub fn fetch_images(docker: &Docker, program: &[String], root: &Path, dep: &Depl
         match &p.action {
             PrepareAction::Missing(why) => return Err(UsageError(format!("{why}; nothing was changed")).into()),
             PrepareAction::Pull => {
-                docker.checked(&["pull", &p.image])?;
+                let pulled = docker.quiet(&["pull", &p.image])?;
+                if !pulled.status.success() {
+                    return Err(UsageError(format!(
+                        "{} ({}) cannot be pulled: {}; is the release manifest from this registry? nothing was changed",
+                        p.image,
+                        p.service,
+                        String::from_utf8_lossy(&pulled.stderr).trim()
+                    ))
+                    .into());
+                }
             }
             PrepareAction::Build => {
                 let cmd = compose_command(program, root, &dep.env, &dep.copies, &["build", &p.service])?;
@@ -428,6 +439,22 @@ pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs, d
     }
     let source = DockerEnv::load(&ctx.root, from)?;
     let (images, revision) = release_of(from, &containers(&source.project)?, commit)?;
+    let releases = history::docker::releases(&source.project)?;
+    match history::current(&releases) {
+        Some(r) if r.state == State::Failed => {
+            return Err(UsageError(format!(
+                "{from}'s release {} failed its verification ({}); nothing was promoted",
+                r.id,
+                r.why.as_deref().unwrap_or("see `deploy history`")
+            ))
+            .into());
+        }
+        Some(r) if r.state == State::Deployed && verify::load(&ctx.root, from)?.is_some() => eprintln!(
+            "warning: {from}'s release {} has not passed `deploy verify` yet; promoting it as it runs, healthy",
+            r.id
+        ),
+        _ => {}
+    }
     eprintln!("promoting {from} (commit {revision}) to {to}");
     let lookup = |service: &str| -> Result<(String, String)> {
         images.get(service).cloned().ok_or_else(|| UsageError(format!("{from} runs no `{service}` to promote")).into())
@@ -485,6 +512,8 @@ fn release_of(env: &str, running: &[Running], commit: Option<&str>) -> Result<(I
 }
 
 pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Result<ExitCode> {
+    // An unknown environment is named before anything else is looked at.
+    DockerEnv::load(&ctx.root, env_name)?;
     let manifest_path = args.images.clone().unwrap_or_else(|| ctx.facts.images.clone());
     if !manifest_path.is_file() {
         return Err(UsageError(format!(
@@ -510,6 +539,10 @@ fn release(
 ) -> Result<ExitCode> {
     let timeout = args.apply.timeout;
     let env = DockerEnv::load(&ctx.root, env_name)?;
+    // The SLO file the verification will read is checked before anything changes.
+    if !args.apply.verify.no_verify {
+        verify::preflight(&ctx.root, env_name, &verify::lookup(&env.vars))?;
+    }
     let docker = Docker;
     let mut dep = plan(ctx, env.clone(), images, revision, dir)?;
     let running = containers(&dep.env.project)?;
@@ -576,7 +609,11 @@ fn release(
     }
     let Some(error) = failure else {
         summary(&dep, &report);
-        return Ok(ExitCode::SUCCESS);
+        let release = record(&docker, &dep, &args.apply, None)?;
+        if args.apply.verify.no_verify {
+            return Ok(ExitCode::SUCCESS);
+        }
+        return verify_release(ctx, &dep.env, release, args.apply.verify.window, false, dir, &args.apply);
     };
     eprintln!("failed: {error:#}");
     // Put back what this run already switched, newest first.
@@ -695,26 +732,133 @@ pub fn summary(dep: &Deployment, report: &[(String, Outcome)]) {
     }
 }
 
-/// `deploy rollback --target docker`: every app that has an earlier spec goes back to it through
-/// the same health-gated replace.
-pub fn rollback(ctx: &Ctx, env_name: &str, timeout: Duration, dir: &Path) -> Result<ExitCode> {
+/// The release a successful deploy leaves: added to the history, unless it runs exactly what
+/// the current release runs (a deploy of the same images again), which it then is.
+fn record(docker: &Docker, dep: &Deployment, apply: &ApplyArgs, rollback_of: Option<u64>) -> Result<Release> {
+    let releases = history::docker::releases(&dep.env.project)?;
+    let specs: Vec<RunSpec> =
+        dep.order.iter().filter(|s| dep.planned[*s].role == Role::App).map(|s| dep.planned[s].spec.clone()).collect();
+    let release = Release {
+        id: history::next_id(&releases),
+        commit: dep.revision.clone(),
+        deployed_at: xtask_kit::date::now_rfc3339(),
+        state: State::Deployed,
+        why: None,
+        rollback_of,
+        images: specs.iter().map(|s| (s.service.clone(), s.image_name.clone())).collect(),
+        specs,
+    };
+    if let Some(now) = history::current(&releases).filter(|r| r.content() == release.content() && rollback_of.is_none())
+    {
+        eprintln!("release {} of {} runs these images already", now.id, dep.env.name);
+        return Ok(now.clone());
+    }
+    if release.specs.is_empty() {
+        bail!("nothing of ours was deployed to {}; no release recorded", dep.env.name);
+    }
+    history::docker::record(docker, &dep.env.project, &release, apply.history_limit as usize)?;
+    eprintln!("recorded release {} of {} (commit {})", release.id, dep.env.name, short_commit(&release.commit));
+    Ok(release)
+}
+
+fn short_commit(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+/// A deployment that replaces nothing by plan: rollbacks replace what a release recorded.
+fn bare(env: DockerEnv, revision: &str) -> Deployment {
+    Deployment {
+        env,
+        planned: BTreeMap::new(),
+        order: Vec::new(),
+        edges: Vec::new(),
+        revision: revision.to_string(),
+        copies: Vec::new(),
+        prepare: Vec::new(),
+    }
+}
+
+/// Put `release` back through the same health-gated replace, and record that as a release.
+fn restore(env: &DockerEnv, release: &Release, apply: &ApplyArgs, dir: &Path) -> Result<Release> {
+    let docker = Docker;
+    let mut targets = release.specs.clone();
+    for spec in &targets {
+        if !docker.image_exists(&spec.image) {
+            return Err(UsageError(format!(
+                "the image of {} in release {} ({}) is no longer on the Docker host; nothing was changed",
+                spec.service, release.id, spec.image_name
+            ))
+            .into());
+        }
+    }
+    let sequence = order(&targets.iter().map(|s| (s.service.clone(), s.depends_on.clone())).collect())?;
+    targets.sort_by_key(|s| sequence.iter().position(|n| *n == s.service));
+    let mut dep = bare(env.clone(), &release.commit);
+    for spec in &targets {
+        let running = containers(&env.project)?;
+        eprintln!("{}:", spec.service);
+        let outcome = replace_app(&docker, &dep, dir, spec, &running, apply.timeout).with_context(|| {
+            format!("rollback of {} to release {} stopped at {}", env.name, release.id, spec.service)
+        })?;
+        eprintln!("  {}: {}", spec.service, describe(&outcome));
+    }
+    // The record is made from the specs put back, in their order.
+    for spec in targets {
+        dep.order.push(spec.service.clone());
+        dep.planned.insert(spec.service.clone(), Planned::app(spec));
+    }
+    record(&docker, &dep, apply, Some(release.id))
+}
+
+/// `deploy rollback --target docker [--to RELEASE]`: the release named, else the newest earlier
+/// one that did not fail verification. An environment deployed before release history existed
+/// goes back to the spec each container recorded of the one it replaced.
+pub fn rollback(ctx: &Ctx, args: &RollbackArgs, dir: &Path) -> Result<ExitCode> {
+    let env_name = &args.env.env;
     let env = DockerEnv::load(&ctx.root, env_name)?;
+    let releases = history::docker::releases(&env.project)?;
+    let target = match args.to {
+        Some(id) => Some(history::find(&releases, env_name, id)?),
+        None => history::previous_good(&releases),
+    };
+    let apply = ApplyArgs {
+        target: args.env.target,
+        yes: true,
+        confirm: None,
+        timeout: args.env.timeout,
+        verify: Default::default(),
+        history_limit: history::DEFAULT_KEEP as u32,
+    };
+    let Some(target) = target else {
+        return rollback_by_labels(ctx, env, args.env.timeout, dir);
+    };
+    if let Some(now) = history::current(&releases).filter(|now| now.content() == target.content()) {
+        eprintln!("{env_name} runs release {} already (as release {}); nothing to do", target.id, now.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("rolling {env_name} back to release {} (commit {})", target.id, short_commit(&target.commit));
+    for spec in &target.specs {
+        eprintln!("  {}: {}", spec.service, spec.image_name);
+    }
+    if ctx.dry_run {
+        eprintln!("dry run: nothing was changed on the Docker host");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let back = restore(&env, target, &apply, dir)?;
+    eprintln!("rolled back {env_name} to release {} (now release {})", target.id, back.id);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rollback from the containers' labels: every app that has an earlier spec goes back to it.
+fn rollback_by_labels(ctx: &Ctx, env: DockerEnv, timeout: Duration, dir: &Path) -> Result<ExitCode> {
+    let env_name = env.name.clone();
     let docker = Docker;
     let running = containers(&env.project)?;
     let apps: Vec<&Running> = running.iter().filter(|r| r.role == "app" && r.status == "running").collect();
     if apps.is_empty() {
         bail!("nothing of {env_name} runs on the Docker host (project {}); nothing to roll back", env.project);
     }
-    let revision = ctx.facts.revision.clone();
-    let dep = Deployment {
-        env,
-        planned: BTreeMap::new(),
-        order: Vec::new(),
-        edges: Vec::new(),
-        revision,
-        copies: Vec::new(),
-        prepare: Vec::new(),
-    };
+    let dep = bare(env, &ctx.facts.revision);
     let mut targets: Vec<RunSpec> = Vec::new();
     for app in &apps {
         match &app.previous {
@@ -757,6 +901,120 @@ pub fn rollback(ctx: &Ctx, env_name: &str, timeout: Duration, dir: &Path) -> Res
         eprintln!("  {}: {}", spec.service, describe(&outcome));
     }
     eprintln!("rolled back {env_name} on the Docker host");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `deploy verify --target docker`: the current release, held to the environment's SLOs.
+pub fn verify_command(ctx: &Ctx, args: &VerifyArgs, dir: &Path) -> Result<ExitCode> {
+    let env_name = &args.env.env;
+    let env = DockerEnv::load(&ctx.root, env_name)?;
+    if verify::load(&ctx.root, env_name)?.is_none() {
+        return Err(UsageError(format!(
+            "{env_name} has no SLO file: write {}/{env_name}.toml (see infra/slo/README.md)",
+            verify::SLO_DIR
+        ))
+        .into());
+    }
+    let releases = history::docker::releases(&env.project)?;
+    let Some(current) = history::current(&releases).cloned() else {
+        return Err(UsageError(format!("{env_name} has no release to verify (deploy it first)")).into());
+    };
+    if ctx.dry_run {
+        eprintln!("dry run: would verify release {} of {env_name}", current.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let apply = ApplyArgs {
+        target: args.env.target,
+        yes: true,
+        confirm: None,
+        timeout: args.env.timeout,
+        verify: Default::default(),
+        history_limit: history::DEFAULT_KEEP as u32,
+    };
+    verify_release(ctx, &env, current, args.window, args.no_rollback, dir, &apply)
+}
+
+/// Verify `release` (when the environment has SLOs); on a breach mark it failed and, unless
+/// told not to, put the last good release back; exit 1 naming the breach either way.
+#[allow(clippy::too_many_arguments)]
+fn verify_release(
+    ctx: &Ctx,
+    env: &DockerEnv,
+    mut release: Release,
+    window: Option<Duration>,
+    no_rollback: bool,
+    dir: &Path,
+    apply: &ApplyArgs,
+) -> Result<ExitCode> {
+    let Some((_, slo)) = verify::load(&ctx.root, &env.name)? else {
+        eprintln!(
+            "note: {} has no SLO file ({}/{}.toml); release {} is not verified",
+            env.name,
+            verify::SLO_DIR,
+            env.name,
+            release.id
+        );
+        return Ok(ExitCode::SUCCESS);
+    };
+    let loadgen = ctx.facts.loadgen.clone().context("xtask handed over no load generator (facts.loadgen)")?;
+    let vars = verify::lookup(&env.vars);
+    let setup = verify::Setup {
+        root: &ctx.root,
+        env: &env.name,
+        slo: &slo,
+        vars: &vars,
+        loadgen: &loadgen,
+        jobs: ctx.facts.services.iter().map(|s| s.name.clone()).collect(),
+        window,
+        work: dir,
+    };
+    let verdict: Verdict = verify::run(&setup)?;
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&verdict)?);
+    }
+    verify::print(&verdict);
+    let docker = Docker;
+    if verdict.breaches().is_empty() {
+        release.state = State::Verified;
+        release.why = Some(format!("{} objectives held for {}s", verdict.findings.len(), verdict.window_s));
+        history::docker::record(&docker, &env.project, &release, apply.history_limit as usize)?;
+        eprintln!("release {} of {} verified", release.id, env.name);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let breach = verify::breach_line(&verdict);
+    release.state = State::Failed;
+    release.why = Some(breach.clone());
+    history::docker::record(&docker, &env.project, &release, apply.history_limit as usize)?;
+    if no_rollback {
+        bail!("release {} of {} breached its SLOs: {breach}; left running (--no-rollback)", release.id, env.name);
+    }
+    let releases = history::docker::releases(&env.project)?;
+    let Some(good) = history::previous_good(&releases).cloned() else {
+        bail!(
+            "release {} of {} breached its SLOs: {breach}; there is no earlier good release to roll back to",
+            release.id,
+            env.name
+        );
+    };
+    eprintln!("release {} breached its SLOs; rolling {} back to release {}", release.id, env.name, good.id);
+    match restore(env, &good, apply, dir) {
+        Ok(back) => bail!(
+            "release {} of {} breached its SLOs: {breach}; rolled back to release {} (now release {})",
+            release.id,
+            env.name,
+            good.id,
+            back.id
+        ),
+        Err(e) => {
+            bail!("release {} of {} breached its SLOs: {breach}; the rollback failed too: {e:#}", release.id, env.name)
+        }
+    }
+}
+
+/// `deploy history --target docker`.
+pub fn history(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
+    let env = DockerEnv::load(&ctx.root, env_name)?;
+    history::print(env_name, &history::docker::releases(&env.project)?, ctx.json)?;
     Ok(ExitCode::SUCCESS)
 }
 

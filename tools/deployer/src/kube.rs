@@ -798,6 +798,28 @@ pub fn rollback(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
     }
 }
 
+/// `deploy history` on Kubernetes: the cluster keeps the last known-good release (one entry).
+pub fn history(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
+    overlay(&ctx.root, &args.env)?;
+    let namespace = overlay_namespace(&ctx.root, &args.env)?;
+    let kube = Kube { program: kubectl_program() };
+    let good = fetch_known_good(&kube, &namespace)?;
+    let entries: Vec<serde_json::Value> = good
+        .iter()
+        .map(|g| {
+            serde_json::json!({"state": "known-good", "commit": g.revision, "deployed_at": g.deployed_at, "images": g.images})
+        })
+        .collect();
+    if ctx.json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"env": args.env, "releases": entries}))?);
+    } else if let Some(g) = &good {
+        println!("known-good  commit {}  deployed {}  {}", g.revision, g.deployed_at, g.images.join(" "));
+    } else {
+        println!("{}: no known-good release yet", args.env);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn status(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
     overlay(&ctx.root, &args.env)?;
     let namespace = overlay_namespace(&ctx.root, &args.env)?;

@@ -15,8 +15,10 @@ mod compose_check;
 mod docker;
 mod engine;
 mod env;
+mod history;
 mod kube;
 mod spec;
+mod verify;
 
 use std::io::{BufRead, IsTerminal};
 use std::path::{Path, PathBuf};
@@ -25,7 +27,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtask_kit::UsageError;
-use xtask_kit::handoff::{ApplyArgs, DeployArgs, DeployFacts, EnvArgs, PromoteArgs, Target};
+use xtask_kit::handoff::{ApplyArgs, DeployArgs, DeployFacts, EnvArgs, PromoteArgs, RollbackArgs, Target, VerifyArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "deployer", about = "Deploys what `cargo xtask image build` built; run through `cargo xtask deploy`.")]
@@ -61,8 +63,23 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         facts: PathBuf,
     },
-    /// Put the environment's last known-good release back and wait for it.
+    /// Put an earlier release back (`--to`, else the last good one) and wait for it.
     Rollback {
+        #[command(flatten)]
+        args: RollbackArgs,
+        #[arg(long, value_name = "FILE")]
+        facts: PathBuf,
+    },
+    /// Hold what runs to the environment's SLOs (infra/slo/ENV.toml) under its verification
+    /// load; on a breach, roll back to the last good release and exit 1 naming the breach.
+    Verify {
+        #[command(flatten)]
+        args: VerifyArgs,
+        #[arg(long, value_name = "FILE")]
+        facts: PathBuf,
+    },
+    /// The environment's last releases, newest first, with what verification said of each.
+    History {
         #[command(flatten)]
         args: EnvArgs,
         #[arg(long, value_name = "FILE")]
@@ -196,12 +213,38 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         }
         Command::Rollback { args, facts } => {
             let ctx = Ctx::new(cli, facts)?;
-            match args.target {
-                Target::K8s => kube::rollback(&ctx, args),
+            match args.env.target {
+                Target::K8s if args.to.is_some() => Err(UsageError(
+                    "--to RELEASE: the Kubernetes target keeps only its known-good release so far; roll back without --to"
+                        .into(),
+                )
+                .into()),
+                Target::K8s => kube::rollback(&ctx, &args.env),
                 Target::Docker => {
-                    let work = work_dir(&ctx, &args.env)?;
-                    docker::rollback(&ctx, &args.env, args.timeout, &work.dir)
+                    let work = work_dir(&ctx, &args.env.env)?;
+                    docker::rollback(&ctx, args, &work.dir)
                 }
+            }
+        }
+        Command::Verify { args, facts } => {
+            let ctx = Ctx::new(cli, facts)?;
+            match args.env.target {
+                Target::K8s => Err(UsageError(
+                    "deploy verify runs on the Docker target so far; the Kubernetes target verifies by rollout status and smoke checks"
+                        .into(),
+                )
+                .into()),
+                Target::Docker => {
+                    let work = work_dir(&ctx, &args.env.env)?;
+                    docker::verify_command(&ctx, args, &work.dir)
+                }
+            }
+        }
+        Command::History { args, facts } => {
+            let ctx = Ctx::new(cli, facts)?;
+            match args.target {
+                Target::K8s => kube::history(&ctx, args),
+                Target::Docker => docker::history(&ctx, &args.env),
             }
         }
         Command::Status { args, facts } => {

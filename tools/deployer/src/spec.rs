@@ -84,6 +84,13 @@ pub struct Planned {
     pub ports: Vec<Port>,
 }
 
+impl Planned {
+    /// One of our services, as a release recorded it.
+    pub fn app(spec: RunSpec) -> Planned {
+        Planned { service: spec.service.clone(), role: Role::App, spec, ports: Vec::new() }
+    }
+}
+
 /// Dependency order: every service after what it depends on (names outside the map are taken
 /// as there already); ties by name.
 pub fn order(needs: &BTreeMap<String, Vec<String>>) -> Result<Vec<String>> {

@@ -64,6 +64,35 @@ pub struct ApplyArgs {
     /// `5m`, `90s` (a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = crate::duration::flag)]
     pub timeout: Duration,
+    #[command(flatten)]
+    pub verify: VerifyFlags,
+    /// How many releases the environment keeps in its history (for `deploy rollback --to`).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub history_limit: u32,
+}
+
+/// How a deploy verifies what it deployed (`infra/slo/ENV.toml`).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct VerifyFlags {
+    /// Do not run the environment's SLO verification after the deploy (run `deploy verify` later).
+    #[arg(long)]
+    pub no_verify: bool,
+    /// The verification window, instead of the SLO file's `verify.window`.
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::flag)]
+    pub window: Option<Duration>,
+}
+
+impl VerifyFlags {
+    fn to_args(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.no_verify {
+            out.push("--no-verify".to_string());
+        }
+        if let Some(w) = self.window {
+            out.extend(["--window".to_string(), duration_arg(w)]);
+        }
+        out
+    }
 }
 
 impl ApplyArgs {
@@ -77,6 +106,8 @@ impl ApplyArgs {
             out.extend(["--confirm".to_string(), confirm.clone()]);
         }
         out.extend(["--timeout".to_string(), duration_arg(self.timeout)]);
+        out.extend(self.verify.to_args());
+        out.extend(["--history-limit".to_string(), self.history_limit.to_string()]);
         out
     }
 }
@@ -106,6 +137,53 @@ pub struct EnvArgs {
     /// `5m`, `90s` (a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = crate::duration::flag)]
     pub timeout: Duration,
+}
+
+/// The flags of `deploy rollback`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RollbackArgs {
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// The release to put back (see `deploy history`); default: the newest earlier one that did
+    /// not fail verification.
+    #[arg(long, value_name = "RELEASE")]
+    pub to: Option<u64>,
+}
+
+impl RollbackArgs {
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = self.env.to_args();
+        if let Some(to) = self.to {
+            out.extend(["--to".to_string(), to.to_string()]);
+        }
+        out
+    }
+}
+
+/// The flags of `deploy verify`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// The verification window, instead of the SLO file's `verify.window`.
+    #[arg(long, value_name = "DURATION", value_parser = crate::duration::flag)]
+    pub window: Option<Duration>,
+    /// On a breach, report it (exit 1) but leave the release running.
+    #[arg(long)]
+    pub no_rollback: bool,
+}
+
+impl VerifyArgs {
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = self.env.to_args();
+        if let Some(w) = self.window {
+            out.extend(["--window".to_string(), duration_arg(w)]);
+        }
+        if self.no_rollback {
+            out.push("--no-rollback".into());
+        }
+        out
+    }
 }
 
 /// The flags of `deploy promote`: what one environment runs, to another.
@@ -199,6 +277,9 @@ pub struct DeployFacts {
     pub compose: Option<Vec<String>>,
     /// The manifest policy checker (tools/k8s-policy), built (Kubernetes target only).
     pub policy: Option<PathBuf>,
+    /// The load generator (tools/loadgen), built when the environment has SLOs to verify.
+    #[serde(default)]
+    pub loadgen: Option<PathBuf>,
 }
 
 impl DeployFacts {
@@ -242,6 +323,18 @@ mod tests {
     }
 
     #[derive(Parser)]
+    struct Rollback {
+        #[command(flatten)]
+        args: RollbackArgs,
+    }
+
+    #[derive(Parser)]
+    struct Verify {
+        #[command(flatten)]
+        args: VerifyArgs,
+    }
+
+    #[derive(Parser)]
     struct Env {
         #[command(flatten)]
         args: EnvArgs,
@@ -253,6 +346,8 @@ mod tests {
             &["--env", "prod", "--target", "docker", "--yes", "--confirm", "prod", "--timeout", "1m30s"][..],
             &["--env", "dev", "--timeout", "1500ms", "--images", "/tmp/images.json"],
             &["--env", "staging"],
+            &["--env", "staging", "--no-verify", "--history-limit", "3"],
+            &["--env", "staging", "--window", "30s"],
         ] {
             let first = Deploy::try_parse_from(std::iter::once("x").chain(line.iter().copied())).expect("parses").args;
             let again =
@@ -265,6 +360,14 @@ mod tests {
         let again = Promote::try_parse_from(std::iter::once("x".to_string()).chain(first.to_args())).expect("parses");
         assert_eq!(format!("{:?}", again.args), format!("{first:?}"));
         assert_eq!(first.deploy().env.as_deref(), Some("prod"));
+        let first =
+            Rollback::try_parse_from(["x", "--env", "prod", "--target", "docker", "--to", "4"]).expect("parses").args;
+        let again = Rollback::try_parse_from(std::iter::once("x".to_string()).chain(first.to_args())).expect("parses");
+        assert_eq!(format!("{:?}", again.args), format!("{first:?}"));
+        let first =
+            Verify::try_parse_from(["x", "--env", "staging", "--window", "15s", "--no-rollback"]).expect("parses").args;
+        let again = Verify::try_parse_from(std::iter::once("x".to_string()).chain(first.to_args())).expect("parses");
+        assert_eq!(format!("{:?}", again.args), format!("{first:?}"));
         let first =
             Env::try_parse_from(["x", "--env", "prod", "--target", "docker", "--timeout", "90"]).expect("parses").args;
         let again = Env::try_parse_from(std::iter::once("x".to_string()).chain(first.to_args())).expect("parses");
@@ -282,6 +385,7 @@ mod tests {
             images: "/repo/target/xtask/images.json".into(),
             compose: Some(vec!["docker-compose".into()]),
             policy: None,
+            loadgen: Some("/repo/target/release/loadgen".into()),
         };
         let file = dir.join("facts.json");
         facts.write(&file).expect("write");

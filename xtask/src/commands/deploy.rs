@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use serde::Serialize;
-pub use xtask_kit::handoff::{DeployArgs, EnvArgs, PromoteArgs, Target};
+pub use xtask_kit::handoff::{DeployArgs, EnvArgs, PromoteArgs, RollbackArgs, Target, VerifyArgs};
 use xtask_kit::handoff::{DeployFacts, Service};
 
 use crate::commands::image;
@@ -21,6 +21,9 @@ use crate::plan::{Plan, Step, Task};
 use crate::runner::Format;
 use crate::tools::{DOCKER, KUBECTL};
 use crate::{Ctx, DryRun};
+
+/// Where each environment's SLOs are (the deployer's `verify` reads them).
+pub const SLO_DIR: &str = "infra/slo";
 
 /// Deploy an environment (render, pin by digest, validate, diff, apply, verify; roll back on failure).
 #[derive(clap::Args, Debug, Clone)]
@@ -38,8 +41,13 @@ pub enum Action {
     /// cluster's known-good release, the containers' labels), refused when `--from` runs nothing,
     /// is unhealthy, or runs another commit than `--commit`.
     Promote(PromoteArgs),
-    /// Re-apply the environment's last known-good release and wait for it.
-    Rollback(EnvArgs),
+    /// Put an earlier release back (`--to RELEASE`, else the last good one) and wait for it.
+    Rollback(RollbackArgs),
+    /// Hold what runs to the environment's SLOs (infra/slo/ENV.toml) under its verification
+    /// load, read from Prometheus; on a breach roll back and exit 1 naming it.
+    Verify(VerifyArgs),
+    /// The environment's last releases, newest first, with what verification said of each.
+    History(EnvArgs),
     /// What runs where: deployments, images and digests, ready replicas, the known-good release.
     Status(EnvArgs),
 }
@@ -78,9 +86,19 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             ("deploy", env, args.deploy.apply.target, args.deploy.to_args())
         }
         Some(Action::Promote(a)) => ("promote", a.to.clone(), a.apply.target, a.to_args()),
-        Some(Action::Rollback(a)) => ("rollback", a.env.clone(), a.target, a.to_args()),
+        Some(Action::Rollback(a)) => ("rollback", a.env.env.clone(), a.env.target, a.to_args()),
+        Some(Action::Verify(a)) => ("verify", a.env.env.clone(), a.env.target, a.to_args()),
+        Some(Action::History(a)) => ("history", a.env.clone(), a.target, a.to_args()),
         Some(Action::Status(a)) => ("status", a.env.clone(), a.target, a.to_args()),
     };
+    // The load generator drives verification: needed when it will run.
+    let verifies = match &args.action {
+        None => !args.deploy.apply.verify.no_verify,
+        Some(Action::Promote(a)) => !a.apply.verify.no_verify,
+        Some(Action::Verify(_)) => true,
+        _ => false,
+    } && target == Target::Docker
+        && ctx.root.join(SLO_DIR).join(format!("{env}.toml")).is_file();
     let ws = ctx.workspace()?;
     if target == Target::K8s {
         let mut envs = vec![env.clone()];
@@ -103,6 +121,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             Target::K8s => None,
         },
         policy: (target == Target::K8s).then(|| binary(ctx, "k8s-policy")),
+        loadgen: verifies.then(|| crate::commands::loadtest::loadgen_binary(ctx)),
     };
     let mut build = vec!["build", "--locked", "--quiet", "-p", "deployer"];
     if target == Target::K8s {
@@ -120,6 +139,14 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     }
     let mut plan = Plan::new(&format!("deploy {verb}"));
     plan.push(Step::cargo("deploy:build", "build the deployer", build, &ctx.root));
+    if verifies {
+        plan.push(Step::cargo(
+            "deploy:loadgen",
+            "build the load generator that drives verification",
+            vec!["build", "--release", "--locked", "--quiet", "-p", "loadgen"],
+            &ctx.root,
+        ));
+    }
     plan.push(Step::internal(
         "deploy:facts",
         "what the deployer needs to know from the workspace",
@@ -171,7 +198,9 @@ mod tests {
         );
         let run = plan.steps[2].command_line();
         assert!(
-            run.contains("/debug/deployer deploy --env prod --target k8s --yes --confirm prod --timeout 120s --facts "),
+            run.contains(
+                "/debug/deployer deploy --env prod --target k8s --yes --confirm prod --timeout 120s --history-limit 10 --facts "
+            ),
             "{run}"
         );
         let crate::plan::Action::Internal(facts) = &plan.steps[1].action else { panic!("a task") };
@@ -179,6 +208,31 @@ mod tests {
         assert_eq!(facts["facts"]["services"].as_array().map(Vec::len), Some(3), "{facts}");
         assert!(facts["facts"]["policy"].as_str().is_some_and(|p| p.ends_with("k8s-policy")), "{facts}");
         assert!(facts["facts"]["compose"].is_null(), "Kubernetes needs no compose");
+    }
+
+    #[test]
+    fn a_docker_deploy_with_slos_builds_the_load_generator_that_verifies_it() {
+        let ctx = crate::test_ctx();
+        let names = |line: &[&str]| -> Vec<String> {
+            plan(&ctx, &args(line)).expect("plan").steps.iter().map(|s| s.name.clone()).collect()
+        };
+        let facts = |line: &[&str]| -> serde_json::Value {
+            let plan = plan(&ctx, &args(line)).expect("plan");
+            let step = plan.steps.iter().find(|s| s.name == "deploy:facts").expect("facts step");
+            let crate::plan::Action::Internal(task) = &step.action else { panic!("a task") };
+            task.describe()
+        };
+        let verified = ["--env", "staging", "--target", "docker"];
+        assert_eq!(names(&verified), ["deploy:build", "deploy:loadgen", "deploy:facts", "deploy:deploy"]);
+        assert!(facts(&verified)["facts"]["loadgen"].as_str().is_some_and(|p| p.ends_with("release/loadgen")));
+        let unverified = ["--env", "staging", "--target", "docker", "--no-verify"];
+        assert_eq!(names(&unverified), ["deploy:build", "deploy:facts", "deploy:deploy"]);
+        assert!(facts(&unverified)["facts"]["loadgen"].is_null());
+        assert_eq!(
+            names(&["verify", "--env", "staging", "--target", "docker"]),
+            ["deploy:build", "deploy:loadgen", "deploy:facts", "deploy:verify"]
+        );
+        assert_eq!(names(&["history", "--env", "staging", "--target", "docker"]).len(), 3);
     }
 
     #[test]
