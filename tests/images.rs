@@ -7,13 +7,13 @@
 //! test group in .config/nextest.toml).
 
 use std::net::{IpAddr, SocketAddr};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use test_support::{Link, eventually, free_port, http};
+use test_support::{Link, eventually, http};
 
 mod common;
-use common::{docker, docker_ok, require_tool, target_dir, text, xtask, xtask_command};
+use common::{Registry, docker, docker_ok, require_tool, target_dir, text, xtask, xtask_command};
 
 fn build_manifest() -> serde_json::Value {
     let path = target_dir().join("xtask/images.json");
@@ -282,50 +282,6 @@ fn two_builds_of_one_commit_write_byte_identical_tars() {
     assert!(binary.exists(), "the gateway was compiled again");
     for (tar, digest) in digests {
         assert_eq!(sha256_of(&tar), digest, "{tar} changed between two builds of one commit");
-    }
-}
-
-/// Debian's `docker-registry` on a free loopback port, with its storage in a temp dir.
-struct Registry {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Registry {
-    fn start() -> Registry {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .expect("registry config");
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("docker-registry cannot start ({e}); install it with `cargo xtask setup` (apt: docker-registry)")
-            });
-        let registry = Registry { child, port, _dir: dir };
-        eventually("the registry to answer /v2/", Duration::from_secs(20), || {
-            http("GET", &format!("http://127.0.0.1:{port}/v2/"), &[], b"").ok().filter(|r| r.status == 200)
-        });
-        registry
-    }
-}
-
-impl Drop for Registry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -2,7 +2,10 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use test_support::{eventually, free_port, http};
 
 /// The workspace root: this package's manifest sits in `<root>/tests`.
 pub fn root() -> PathBuf {
@@ -86,4 +89,48 @@ pub fn docker_ok(args: &[&str]) -> String {
     let out = docker(args);
     assert!(out.status.success(), "docker {}: {}", args.join(" "), text(&out.stderr));
     text(&out.stdout).trim().to_string()
+}
+
+/// Debian's `docker-registry` on a free loopback port, with its storage in a temp dir.
+pub struct Registry {
+    child: Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    pub fn start() -> Registry {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .expect("registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("docker-registry cannot start ({e}); install it with `cargo xtask setup` (apt: docker-registry)")
+            });
+        let registry = Registry { child, port, _dir: dir };
+        eventually("the registry to answer /v2/", Duration::from_secs(20), || {
+            http("GET", &format!("http://127.0.0.1:{port}/v2/"), &[], b"").ok().filter(|r| r.status == 200)
+        });
+        registry
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::commands::ci::STAGES;
-use crate::commands::workflows::{CI_WORKFLOW, render_ci_workflow};
+use crate::commands::workflows::{CI_WORKFLOW, WORKFLOWS};
 use crate::project_root;
 
 fn read(rel: &str) -> String {
@@ -65,11 +65,10 @@ fn the_top_level_layout_is_complete() {
 }
 
 #[test]
-fn the_ci_workflow_is_generated_from_the_ci_stages() {
-    assert!(
-        read(CI_WORKFLOW) == render_ci_workflow(),
-        "{CI_WORKFLOW} is out of date: run `cargo xtask workflows` and commit it"
-    );
+fn the_workflows_are_generated() {
+    for (path, render) in WORKFLOWS {
+        assert!(read(path) == render(), "{path} is out of date: run `cargo xtask workflows` and commit it");
+    }
 }
 
 #[test]

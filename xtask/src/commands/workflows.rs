@@ -1,12 +1,24 @@
-//! `cargo xtask workflows [--check]`: write .github/workflows/ci.yml from the list of ci stages.
+//! `cargo xtask workflows [--check]`: write the GitHub Actions workflows from Rust.
 //!
-//! The workflow is generated, not hand-written, so every `cargo xtask ci` stage has exactly one
-//! job running the same command. `--check` fails when the file has drifted (also a tidy test)
-//! and runs zizmor over every workflow, failing on a finding of medium severity or above.
+//! - `.github/workflows/ci.yml`: one job per `cargo xtask ci` stage, each running the very
+//!   command the stage runs locally; the test job uploads its JUnit report, the scan job its
+//!   SARIF to code scanning.
+//! - `.github/workflows/release.yml`: commit → staging → approved prod. On a push to main one
+//!   job builds every image once and pushes it by digest with its SBOM and provenance; the
+//!   release manifest (`images.json`) is the artifact every later job deploys from. Staging
+//!   is deployed from it and verified against its SLOs; prod (GitHub environment
+//!   `production`, whose required reviewers are the approval) gets exactly the digests staging
+//!   runs, by `deploy promote --commit` of the commit being released, then is verified too.
+//!   `workflow_dispatch` puts a chosen release of an environment back (`deploy rollback --to`).
+//!
+//! The workflows are generated, not hand-written, so what CI does is what `cargo xtask` does
+//! locally. `--check` fails when a file has drifted (also a tidy test) and runs zizmor over
+//! every workflow, failing on a finding of medium severity or above.
 //!
 //! What zizmor asks of a workflow is built into the renderer: every action pinned by commit SHA
 //! (the version in a comment), `persist-credentials: false` on checkout, no permissions at the
-//! top and `contents: read` per job, and no `${{ }}` expression inside a `run:`.
+//! top and the least per job, and no `${{ }}` expression inside a `run:` (values reach commands
+//! through `env:`).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -21,6 +33,14 @@ use crate::plan::{Plan, Step, Task};
 use crate::tools::ZIZMOR;
 
 pub const CI_WORKFLOW: &str = ".github/workflows/ci.yml";
+pub const RELEASE_WORKFLOW: &str = ".github/workflows/release.yml";
+
+/// What writes a workflow's text.
+pub type Render = fn() -> String;
+
+/// Every generated workflow: its path and what renders it.
+pub const WORKFLOWS: &[(&str, Render)] =
+    &[(CI_WORKFLOW, render_ci_workflow), (RELEASE_WORKFLOW, render_release_workflow)];
 
 /// An action the workflows use, pinned by the commit its release tag points at.
 pub struct Pinned {
@@ -40,6 +60,45 @@ pub const CHECKOUT: Pinned =
     Pinned { name: "actions/checkout", sha: "8e8c483db84b4bee98b60c0593521ed34d9990e8", version: "v6.0.1" };
 pub const CACHE: Pinned =
     Pinned { name: "actions/cache", sha: "9255dc7a253b0ccc959486e2bca901246202afeb", version: "v5.0.1" };
+pub const UPLOAD_ARTIFACT: Pinned =
+    Pinned { name: "actions/upload-artifact", sha: "b7c566a772e6b6bfb58ed0dc250532a479d7789f", version: "v6.0.0" };
+pub const DOWNLOAD_ARTIFACT: Pinned =
+    Pinned { name: "actions/download-artifact", sha: "37930b1c2abaa49bbe596cd826c3c89aef350131", version: "v7.0.0" };
+pub const UPLOAD_SARIF: Pinned = Pinned {
+    name: "github/codeql-action/upload-sarif",
+    sha: "5d4e8d1aca955e8d8589aabd499c5cae939e33c7",
+    version: "v4.31.9",
+};
+
+/// What a ci job hands to GitHub besides its exit code.
+enum Report {
+    /// A file kept as a workflow artifact (JUnit, for the test summary and later reading).
+    Artifact { name: &'static str, path: &'static str },
+    /// SARIF for code scanning (the job needs `security-events: write`).
+    Sarif { path: &'static str, category: &'static str },
+}
+
+fn stage_reports(stage: &str) -> &'static [Report] {
+    match stage {
+        "test" => &[Report::Artifact { name: "junit", path: "target/nextest/ci/junit.xml" }],
+        "scan" => &[Report::Sarif { path: "target/xtask/scan/report.sarif", category: "xtask-scan" }],
+        _ => &[],
+    }
+}
+
+/// A checkout that leaves no credentials behind for later steps.
+fn checkout(y: &mut String) {
+    let _ = write!(y, "      - uses: {}\n        with:\n          persist-credentials: false\n", CHECKOUT.uses());
+}
+
+/// The cargo cache of a job, keyed by what decides its contents.
+fn cargo_cache(y: &mut String, name: &str) {
+    let _ = write!(
+        y,
+        "      - uses: {cache}\n        with:\n          path: |\n            ~/.cargo/bin\n            ~/.cargo/registry/index\n            ~/.cargo/registry/cache\n            ~/.cargo/git/db\n            target\n          key: {name}-${{{{ runner.os }}}}-${{{{ hashFiles('Cargo.lock', 'xtask/tools.toml', 'rust-toolchain.toml') }}}}\n          restore-keys: {name}-${{{{ runner.os }}}}-\n",
+        cache = CACHE.uses(),
+    );
+}
 
 /// Regenerate the GitHub Actions workflow from the `ci` stages (or check it is up to date).
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -65,19 +124,17 @@ pub fn render_ci_workflow() -> String {
          jobs:\n",
     );
     for stage in STAGES {
+        let reports = stage_reports(stage.name);
+        let sarif = reports.iter().any(|r| matches!(r, Report::Sarif { .. }));
         let _ = write!(
             y,
-            "  {name}:\n    name: {about}\n    runs-on: ubuntu-24.04\n    timeout-minutes: 30\n    permissions:\n      contents: read\n    steps:\n      - uses: {checkout}\n        with:\n          persist-credentials: false\n",
+            "  {name}:\n    name: {about}\n    runs-on: ubuntu-24.04\n    timeout-minutes: 30\n    permissions:\n      contents: read\n{extra}    steps:\n",
             name = stage.name,
             about = stage.about,
-            checkout = CHECKOUT.uses(),
+            extra = if sarif { "      security-events: write\n" } else { "" },
         );
-        let _ = write!(
-            y,
-            "      - uses: {cache}\n        with:\n          path: |\n            ~/.cargo/bin\n            ~/.cargo/registry/index\n            ~/.cargo/registry/cache\n            ~/.cargo/git/db\n            target\n          key: {name}-${{{{ runner.os }}}}-${{{{ hashFiles('Cargo.lock', 'xtask/tools.toml', 'rust-toolchain.toml') }}}}\n          restore-keys: {name}-${{{{ runner.os }}}}-\n",
-            name = stage.name,
-            cache = CACHE.uses(),
-        );
+        checkout(&mut y);
+        cargo_cache(&mut y, stage.name);
         if stage.needs_setup {
             y.push_str("      - run: cargo xtask setup\n");
         }
@@ -85,29 +142,119 @@ pub fn render_ci_workflow() -> String {
             let _ = writeln!(y, "      - run: cargo xtask {command}");
         }
         let _ = writeln!(y, "      - run: cargo xtask {}", stage.command);
+        for report in reports {
+            match report {
+                Report::Artifact { name, path } => {
+                    let _ = write!(
+                        y,
+                        "      - if: ${{{{ !cancelled() }}}}\n        uses: {}\n        with:\n          name: {name}\n          path: {path}\n          if-no-files-found: error\n",
+                        UPLOAD_ARTIFACT.uses()
+                    );
+                }
+                Report::Sarif { path, category } => {
+                    let _ = write!(
+                        y,
+                        "      - if: ${{{{ !cancelled() }}}}\n        uses: {}\n        with:\n          sarif_file: {path}\n          category: {category}\n",
+                        UPLOAD_SARIF.uses()
+                    );
+                }
+            }
+        }
     }
     y
 }
 
-/// The checked-in workflow is what the stages render.
+/// The release pipeline. Repository variables: `REGISTRY` (where images are pushed and
+/// deploys pull from), `DEPLOY_TARGET` (`docker` or `k8s`). Secrets, per GitHub environment:
+/// `DOCKER_HOST` (e.g. `ssh://deploy@host`) and `POSTGRES_PASSWORD`.
+pub fn render_release_workflow() -> String {
+    let mut y = String::new();
+    y.push_str(
+        "# Generated by `cargo xtask workflows`; do not edit by hand.\n\
+         # Commit -> staging -> approved prod: build and push once, deploy staging from the release\n\
+         # manifest and verify it, then promote exactly the digests staging runs to prod once the\n\
+         # `production` environment's reviewers approve, and verify again.\n\
+         # Repository settings: the README, Release from GitHub Actions.\n\
+         name: release\n\
+         on:\n  push:\n    branches: [main]\n  workflow_dispatch:\n    inputs:\n\
+         \x20     environment:\n        description: The environment to put a release back on\n        type: choice\n        options: [staging, prod]\n\
+         \x20     release:\n        description: The release to put back (`cargo xtask deploy history --env ENV`)\n        type: number\n        required: true\n\
+         permissions: {}\n\
+         env:\n  CARGO_TERM_COLOR: always\n  CARGO_INCREMENTAL: \"0\"\n\
+         \x20 REGISTRY: ${{ vars.REGISTRY }}\n  DEPLOY_TARGET: ${{ vars.DEPLOY_TARGET }}\n\
+         jobs:\n",
+    );
+    // Build once: the only job that compiles the services.
+    y.push_str(
+        "  build:\n    name: Build once, push by digest, attach SBOM and provenance\n    if: github.event_name == 'push'\n    runs-on: ubuntu-24.04\n    timeout-minutes: 45\n    permissions:\n      contents: read\n    steps:\n",
+    );
+    checkout(&mut y);
+    cargo_cache(&mut y, "release-build");
+    y.push_str("      - run: cargo xtask setup\n");
+    y.push_str("      - run: cargo xtask image build --no-load --push \"$REGISTRY\"\n");
+    let _ = write!(
+        y,
+        "      - uses: {}\n        with:\n          name: release-manifest\n          path: target/xtask/images.json\n          if-no-files-found: error\n",
+        UPLOAD_ARTIFACT.uses()
+    );
+    for (job, env, github_env, needs) in
+        [("staging", "staging", "staging", "build"), ("prod", "prod", "production", "staging")]
+    {
+        let _ = write!(
+            y,
+            "  {job}:\n    name: Deploy {env}, verify\n    needs: {needs}\n    runs-on: ubuntu-24.04\n    timeout-minutes: 30\n    environment: {github_env}\n    concurrency:\n      group: deploy-{env}\n      cancel-in-progress: false\n    permissions:\n      contents: read\n    env:\n      DOCKER_HOST: ${{{{ secrets.DOCKER_HOST }}}}\n      POSTGRES_PASSWORD: ${{{{ secrets.POSTGRES_PASSWORD }}}}\n    steps:\n"
+        );
+        checkout(&mut y);
+        cargo_cache(&mut y, "release-deploy");
+        let _ = write!(
+            y,
+            "      - uses: {}\n        with:\n          name: release-manifest\n          path: target/release-manifest\n",
+            DOWNLOAD_ARTIFACT.uses()
+        );
+        if env == "staging" {
+            y.push_str(
+                "      - run: cargo xtask deploy --target \"$DEPLOY_TARGET\" --env staging --images target/release-manifest/images.json --yes --no-verify\n",
+            );
+        } else {
+            y.push_str(
+                "      - run: cargo xtask deploy promote --target \"$DEPLOY_TARGET\" --from staging --to prod --commit \"$GITHUB_SHA\" --yes --confirm prod --no-verify\n",
+            );
+        }
+        let _ = writeln!(y, "      - run: cargo xtask deploy verify --target \"$DEPLOY_TARGET\" --env {env}");
+    }
+    y.push_str(
+        "  put-back:\n    name: Put a release back\n    if: github.event_name == 'workflow_dispatch'\n    runs-on: ubuntu-24.04\n    timeout-minutes: 30\n    environment: ${{ inputs.environment == 'prod' && 'production' || 'staging' }}\n    concurrency:\n      group: deploy-${{ inputs.environment }}\n      cancel-in-progress: false\n    permissions:\n      contents: read\n    env:\n      DOCKER_HOST: ${{ secrets.DOCKER_HOST }}\n      POSTGRES_PASSWORD: ${{ secrets.POSTGRES_PASSWORD }}\n      ENVIRONMENT: ${{ inputs.environment }}\n      RELEASE: ${{ inputs.release }}\n    steps:\n",
+    );
+    checkout(&mut y);
+    cargo_cache(&mut y, "release-deploy");
+    y.push_str("      - run: cargo xtask deploy rollback --target \"$DEPLOY_TARGET\" --env \"$ENVIRONMENT\" --to \"$RELEASE\"\n");
+    y
+}
+
+/// The checked-in workflows are what xtask renders.
 #[derive(Clone, Debug, Serialize)]
 pub struct WorkflowCurrent {
-    pub path: PathBuf,
+    pub root: PathBuf,
 }
 
 impl Task for WorkflowCurrent {
     fn summary(&self) -> String {
-        format!("compare {} with what `cargo xtask workflows` renders", self.path.display())
+        let paths: Vec<&str> = WORKFLOWS.iter().map(|(p, _)| *p).collect();
+        format!("compare {} with what `cargo xtask workflows` renders", paths.join(" and "))
     }
     fn describe(&self) -> serde_json::Value {
         crate::plan::described("workflow-current", self)
     }
     fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
-        let current = std::fs::read_to_string(&self.path).unwrap_or_default();
-        if current != render_ci_workflow() {
-            bail!("{CI_WORKFLOW} is out of date with the ci stages; run `cargo xtask workflows` and commit the result");
+        let stale: Vec<&str> = WORKFLOWS
+            .iter()
+            .filter(|(path, render)| std::fs::read_to_string(self.root.join(path)).unwrap_or_default() != render())
+            .map(|(path, _)| *path)
+            .collect();
+        if !stale.is_empty() {
+            bail!("{} out of date; run `cargo xtask workflows` and commit the result", stale.join(", "));
         }
-        writeln!(log, "{CI_WORKFLOW} is up to date")?;
+        writeln!(log, "every generated workflow is up to date")?;
         Ok(())
     }
 }
@@ -118,8 +265,8 @@ pub fn check_plan(ctx: &Ctx) -> Plan {
     let mut plan = Plan::new("workflows --check");
     plan.push(Step::internal(
         "workflows:current",
-        "the workflow is what the ci stages render",
-        WorkflowCurrent { path: ctx.root.join(CI_WORKFLOW) },
+        "the workflows are what xtask renders",
+        WorkflowCurrent { root: ctx.root.clone() },
         "cargo xtask workflows --check",
     ));
     plan.push(
@@ -136,41 +283,36 @@ pub fn check_plan(ctx: &Ctx) -> Plan {
     plan
 }
 
-/// Writing (or, on a dry run, showing) the workflow, as one JSON object on stdout.
-fn json_report(ctx: &Ctx, path: &std::path::Path, current: &str, wanted: &str) -> Result<ExitCode> {
-    let up_to_date = current == wanted;
-    let mut report = serde_json::json!({ "path": CI_WORKFLOW, "up_to_date": up_to_date });
-    if ctx.dry_run {
-        report["content"] = wanted.into();
-    } else if !up_to_date {
-        std::fs::create_dir_all(path.parent().context("workflow dir")?)?;
-        std::fs::write(path, wanted).with_context(|| format!("writing {}", path.display()))?;
-        report["written"] = true.into();
-    }
-    println!("{}", serde_json::to_string_pretty(&report)?);
-    Ok(ExitCode::SUCCESS)
-}
-
 pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     if args.check {
         return ctx.execute(&check_plan(ctx));
     }
-    let path = ctx.root.join(CI_WORKFLOW);
-    let wanted = render_ci_workflow();
-    let current = std::fs::read_to_string(&path).unwrap_or_default();
-    if ctx.ui.format == crate::runner::Format::Json {
-        return json_report(ctx, &path, &current, &wanted);
+    let json = ctx.ui.format == crate::runner::Format::Json;
+    let mut reports = Vec::new();
+    for (rel, render) in WORKFLOWS {
+        let path = ctx.root.join(rel);
+        let wanted = render();
+        let up_to_date = std::fs::read_to_string(&path).unwrap_or_default() == wanted;
+        let mut report = serde_json::json!({ "path": rel, "up_to_date": up_to_date });
+        if ctx.dry_run {
+            match json {
+                true => report["content"] = wanted.into(),
+                false => print!("{wanted}"),
+            }
+        } else if !up_to_date {
+            std::fs::create_dir_all(path.parent().context("workflow dir")?)?;
+            std::fs::write(&path, wanted).with_context(|| format!("writing {}", path.display()))?;
+            report["written"] = true.into();
+            if !json {
+                println!("wrote {rel}");
+            }
+        } else if !json {
+            println!("{rel} is up to date");
+        }
+        reports.push(report);
     }
-    if ctx.dry_run {
-        print!("{wanted}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    if current != wanted {
-        std::fs::create_dir_all(path.parent().context("workflow dir")?)?;
-        std::fs::write(&path, wanted).with_context(|| format!("writing {}", path.display()))?;
-        println!("wrote {CI_WORKFLOW}");
-    } else {
-        println!("{CI_WORKFLOW} is up to date");
+    if json {
+        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "workflows": reports }))?);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -196,6 +338,64 @@ mod tests {
         assert_eq!(y.matches("\n    permissions:\n      contents: read\n").count(), jobs, "each job reads only");
         assert_eq!(y.matches("persist-credentials: false").count(), y.matches(CHECKOUT.name).count());
         assert!(!y.lines().any(|l| l.contains("run:") && l.contains("${{")), "no expression in a run:");
+    }
+
+    /// Every generated workflow pins its actions and lets no expression into a `run:`.
+    #[test]
+    fn every_workflow_pins_actions_and_keeps_expressions_out_of_run() {
+        for (path, render) in WORKFLOWS {
+            let y = render();
+            assert!(y.contains("\npermissions: {}\n"), "{path}: no default permissions");
+            for u in y.lines().filter_map(|l| l.trim().trim_start_matches("- ").strip_prefix("uses: ")) {
+                let (_, rest) = u.split_once('@').expect("action@ref");
+                let (sha, _) = rest.split_once(" # v").unwrap_or_else(|| panic!("{path}: {u}: no version comment"));
+                assert!(sha.len() == 40 && sha.bytes().all(|b| b.is_ascii_hexdigit()), "{path}: {u}");
+            }
+            assert!(!y.lines().any(|l| l.contains("run:") && l.contains("${{")), "{path}: expression in a run:");
+            let jobs = y.matches("\n    runs-on: ").count();
+            assert_eq!(y.matches("\n    permissions:\n      contents: read\n").count(), jobs, "{path}");
+        }
+    }
+
+    /// One job of a rendered workflow: its lines under `  name:`, up to the next job.
+    fn job(y: &str, name: &str) -> String {
+        let header = format!("  {name}:");
+        let mut lines = y.lines().skip_while(|l| *l != header);
+        assert!(lines.next().is_some(), "no job {name}");
+        lines.take_while(|l| l.starts_with("    ")).map(|l| format!("{l}\n")).collect()
+    }
+
+    fn runs(job: &str) -> Vec<&str> {
+        job.lines().filter_map(|l| l.trim().strip_prefix("- run: ")).collect()
+    }
+
+    /// Build once, then staging, then prod behind its environment's approval, by promotion.
+    #[test]
+    fn the_release_workflow_builds_once_then_promotes_what_staging_verified() {
+        let y = render_release_workflow();
+        let (build, staging, prod, put_back) =
+            (job(&y, "build"), job(&y, "staging"), job(&y, "prod"), job(&y, "put-back"));
+        let (build, staging, prod, put_back) = (build.as_str(), staging.as_str(), prod.as_str(), put_back.as_str());
+        assert!(staging.contains("    needs: build\n") && staging.contains("    environment: staging\n"));
+        assert!(prod.contains("    needs: staging\n"));
+        assert!(prod.contains("    environment: production\n"), "its required reviewers are the approval");
+        assert!(
+            prod.contains("      group: deploy-prod\n      cancel-in-progress: false\n"),
+            "never cancelled halfway"
+        );
+        let compiles = |job: &str| runs(job).iter().any(|r| r.contains("image build"));
+        assert!(compiles(build) && !compiles(staging) && !compiles(prod), "images are built once");
+        assert!(build.contains("name: release-manifest") && staging.contains("name: release-manifest"));
+        assert!(runs(staging)[0].contains("--images target/release-manifest/images.json"), "{staging}");
+        assert!(runs(prod)[0].starts_with(
+            "cargo xtask deploy promote --target \"$DEPLOY_TARGET\" --from staging --to prod --commit \"$GITHUB_SHA\""
+        ));
+        for job in [staging, prod] {
+            assert!(runs(job).last().expect("steps").starts_with("cargo xtask deploy verify"), "{job}");
+        }
+        assert!(runs(put_back)[0].contains("deploy rollback") && runs(put_back)[0].contains("--to \"$RELEASE\""));
+        assert!(put_back.contains("if: github.event_name == 'workflow_dispatch'"));
+        assert!(build.contains("if: github.event_name == 'push'"));
     }
 
     #[test]
