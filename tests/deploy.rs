@@ -297,6 +297,20 @@ fn undigested_images_are_refused_before_kubectl_runs() {
 }
 
 #[test]
+fn what_the_kubernetes_target_cannot_do_yet_is_refused_before_kubectl_runs() {
+    let cluster = Cluster::new();
+    for (args, needle) in [
+        (&["deploy", "rollback", "--env", "staging", "--to", "3"][..], "keeps only its known-good release"),
+        (&["deploy", "verify", "--env", "staging"][..], "deploy verify runs on the Docker target so far"),
+    ] {
+        let out = cluster.xtask("success", "", args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", said(&out));
+        assert!(text(&out.stderr).contains(needle), "{args:?}: {}", said(&out));
+    }
+    assert!(cluster.calls().is_empty(), "{:?}", cluster.calls());
+}
+
+#[test]
 fn dry_run_stops_after_the_diff() {
     let cluster = Cluster::new();
     let v1 = manifest(cluster.state.path(), 1, true);

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use xtask_kit::UsageError;
-use xtask_kit::handoff::{ApplyArgs, DeployArgs, RollbackArgs, VerifyArgs};
+use xtask_kit::handoff::{ApplyArgs, DeployArgs, EnvArgs, RollbackArgs, VerifyArgs};
 use xtask_kit::images::BuildManifest;
 
 use crate::compose::{ComposeService, compose_command, compose_config};
@@ -810,6 +810,19 @@ fn restore(env: &DockerEnv, release: &Release, apply: &ApplyArgs, dir: &Path) ->
     record(&docker, &dep, apply, Some(release.id))
 }
 
+/// How a rollback or a verification's own rollback replaces: no question asked (the command
+/// was the confirmation), the environment's timeout, the default history length.
+fn replace_args(env: &EnvArgs) -> ApplyArgs {
+    ApplyArgs {
+        target: env.target,
+        yes: true,
+        confirm: None,
+        timeout: env.timeout,
+        verify: Default::default(),
+        history_limit: history::DEFAULT_KEEP as u32,
+    }
+}
+
 /// `deploy rollback --target docker [--to RELEASE]`: the release named, else the newest earlier
 /// one that did not fail verification. An environment deployed before release history existed
 /// goes back to the spec each container recorded of the one it replaced.
@@ -821,14 +834,7 @@ pub fn rollback(ctx: &Ctx, args: &RollbackArgs, dir: &Path) -> Result<ExitCode> 
         Some(id) => Some(history::find(&releases, env_name, id)?),
         None => history::previous_good(&releases),
     };
-    let apply = ApplyArgs {
-        target: args.env.target,
-        yes: true,
-        confirm: None,
-        timeout: args.env.timeout,
-        verify: Default::default(),
-        history_limit: history::DEFAULT_KEEP as u32,
-    };
+    let apply = replace_args(&args.env);
     let Some(target) = target else {
         return rollback_by_labels(ctx, env, args.env.timeout, dir);
     };
@@ -923,14 +929,7 @@ pub fn verify_command(ctx: &Ctx, args: &VerifyArgs, dir: &Path) -> Result<ExitCo
         eprintln!("dry run: would verify release {} of {env_name}", current.id);
         return Ok(ExitCode::SUCCESS);
     }
-    let apply = ApplyArgs {
-        target: args.env.target,
-        yes: true,
-        confirm: None,
-        timeout: args.env.timeout,
-        verify: Default::default(),
-        history_limit: history::DEFAULT_KEEP as u32,
-    };
+    let apply = replace_args(&args.env);
     verify_release(ctx, &env, current, args.window, args.no_rollback, dir, &apply)
 }
 
