@@ -935,7 +935,6 @@ pub fn verify_command(ctx: &Ctx, args: &VerifyArgs, dir: &Path) -> Result<ExitCo
 
 /// Verify `release` (when the environment has SLOs); on a breach mark it failed and, unless
 /// told not to, put the last good release back; exit 1 naming the breach either way.
-#[allow(clippy::too_many_arguments)]
 fn verify_release(
     ctx: &Ctx,
     env: &DockerEnv,

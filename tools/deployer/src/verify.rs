@@ -30,8 +30,7 @@ use serde::{Deserialize, Serialize};
 use xtask_kit::UsageError;
 use xtask_kit::process::Cmd;
 
-/// Where the SLO files are.
-pub const SLO_DIR: &str = "infra/slo";
+pub use xtask_kit::handoff::SLO_DIR;
 
 /// What an objective may hold a release to: (metric, what it is, its PromQL over `{sel}` and
 /// `{w}`, the value when Prometheus has no series (`None`: no data is a failure)).

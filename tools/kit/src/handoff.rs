@@ -13,6 +13,8 @@ use serde::{Deserialize, Serialize};
 pub const OVERLAYS_DIR: &str = "infra/k8s/overlays";
 pub const COMPOSE_DIR: &str = "infra/compose";
 pub const COMPOSE_ENV_DIR: &str = "infra/compose/env";
+/// Each environment's SLOs (`ENV.toml`), what `deploy verify` holds a release to.
+pub const SLO_DIR: &str = "infra/slo";
 
 /// The Kubernetes environments: the overlays under `root`'s infra/k8s/overlays, sorted.
 pub fn overlays(root: &Path) -> Vec<String> {

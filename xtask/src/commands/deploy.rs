@@ -14,16 +14,13 @@ use std::process::ExitCode;
 use anyhow::Result;
 use serde::Serialize;
 pub use xtask_kit::handoff::{DeployArgs, EnvArgs, PromoteArgs, RollbackArgs, Target, VerifyArgs};
-use xtask_kit::handoff::{DeployFacts, Service};
+use xtask_kit::handoff::{DeployFacts, SLO_DIR, Service};
 
 use crate::commands::image;
 use crate::plan::{Plan, Step, Task};
 use crate::runner::Format;
 use crate::tools::{DOCKER, KUBECTL};
 use crate::{Ctx, DryRun};
-
-/// Where each environment's SLOs are (the deployer's `verify` reads them).
-pub const SLO_DIR: &str = "infra/slo";
 
 /// Deploy an environment (render, pin by digest, validate, diff, apply, verify; roll back on failure).
 #[derive(clap::Args, Debug, Clone)]
