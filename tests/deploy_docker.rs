@@ -395,6 +395,11 @@ fn docker_target_replaces_health_gated_under_load_and_rolls_back() {
         "rollback --to 3",
     );
     assert_eq!(env.running("api").iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>(), [v1_api.as_str()]);
+    let status = env.xtask(&["--format", "json", "deploy", "status", "--target", "docker", "--env", "staging"]);
+    assert_ok(&status, "status --format json");
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status is JSON");
+    assert_eq!(status["release"]["id"], 7, "the release that runs: {status:#}");
+    assert_eq!(status["release"]["rollback_of"], 3, "{status:#}");
 }
 
 /// Test images removed when the test ends, pass or fail.

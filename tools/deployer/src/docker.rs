@@ -1020,6 +1020,12 @@ pub fn history(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
 pub fn status(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
     let env = DockerEnv::load(&ctx.root, env_name)?;
     let running = containers(&env.project)?;
+    let releases = history::docker::releases(&env.project)?;
+    // What runs, as a release: its number, commit and what verification said.
+    let release = history::current(&releases).map(|r| {
+        serde_json::json!({ "id": r.id, "state": r.state, "commit": r.commit, "deployed_at": r.deployed_at,
+            "why": r.why, "rollback_of": r.rollback_of })
+    });
     if ctx.json {
         let containers: Vec<serde_json::Value> = running
             .iter()
@@ -1033,7 +1039,7 @@ pub fn status(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
             })
             .collect();
         let report = serde_json::json!({ "target": "docker", "env": env_name, "project": env.project,
-            "containers": containers });
+            "release": release, "containers": containers });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -1052,6 +1058,9 @@ pub fn status(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
         let previous = r.previous.as_ref().map_or("-".to_string(), |p| p.image_name.clone());
         let started: String = r.started.chars().take(19).collect();
         println!("{:<18} {:<11} {:<10} {:<26} {:<14} {:<22} {previous}", r.service, r.role, state, image, id, started);
+    }
+    if let Some(r) = history::current(&releases) {
+        println!("release {} ({}), commit {}, deployed {}", r.id, r.state, short_commit(&r.commit), r.deployed_at);
     }
     Ok(ExitCode::SUCCESS)
 }
