@@ -7,7 +7,7 @@
 //! clone name this test's own projects and ports (as the repository's own would name real hosts).
 //!
 //! It ends with prod running exactly the digests staging verified, both verified by their SLOs
-//! against their real Prometheus.
+//! against their real Prometheus. The clones are of HEAD: uncommitted changes are not in them.
 //!
 //! Each clone is made at one path (`target/release-workflow/checkout`) with the commit's time on
 //! every file, and its `target/` links to `target/release-workflow/target` (what the workflow's
