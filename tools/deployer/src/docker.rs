@@ -437,6 +437,7 @@ pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs, d
     if from == to {
         return Err(UsageError(format!("--from {from} --to {to}: promote between two environments")).into());
     }
+    let target = DockerEnv::load(&ctx.root, &to)?;
     let source = DockerEnv::load(&ctx.root, from)?;
     let (images, revision) = release_of(from, &containers(&source.project)?, commit)?;
     let releases = history::docker::releases(&source.project)?;
@@ -459,7 +460,7 @@ pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs, d
     let lookup = |service: &str| -> Result<(String, String)> {
         images.get(service).cloned().ok_or_else(|| UsageError(format!("{from} runs no `{service}` to promote")).into())
     };
-    release(ctx, &to, args, dir, &lookup, &revision)
+    release(ctx, target, args, dir, &lookup, &revision)
 }
 
 /// What an environment runs, service by service (the image its run spec was given, and its
@@ -500,20 +501,13 @@ fn release_of(env: &str, running: &[Running], commit: Option<&str>) -> Result<(I
             .into());
         }
     };
-    if let Some(commit) = commit
-        && !revision.starts_with(commit)
-    {
-        return Err(UsageError(format!(
-            "{env} runs commit {revision}, not {commit}: promote what {env} verified, or deploy {commit} to {env} first"
-        ))
-        .into());
-    }
+    crate::check_commit(env, &revision, commit)?;
     Ok((images, revision))
 }
 
 pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Result<ExitCode> {
     // An unknown environment is named before anything else is looked at.
-    DockerEnv::load(&ctx.root, env_name)?;
+    let env = DockerEnv::load(&ctx.root, env_name)?;
     let manifest_path = args.images.clone().unwrap_or_else(|| ctx.facts.images.clone());
     if !manifest_path.is_file() {
         return Err(UsageError(format!(
@@ -524,25 +518,26 @@ pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Resul
     }
     let manifest = BuildManifest::read(&manifest_path)?;
     let images = |service: &str| app_image(&manifest, &manifest_path, service);
-    release(ctx, env_name, args, dir, &images, &ctx.facts.revision)
+    release(ctx, env, args, dir, &images, &ctx.facts.revision)
 }
 
 /// Plan with `images`, show the plan, confirm, then replace service by service, recording
 /// `revision`; on a failure, switch back what this run switched.
 fn release(
     ctx: &Ctx,
-    env_name: &str,
+    env: DockerEnv,
     args: &DeployArgs,
     dir: &Path,
     images: Images<'_>,
     revision: &str,
 ) -> Result<ExitCode> {
     let timeout = args.apply.timeout;
-    let env = DockerEnv::load(&ctx.root, env_name)?;
+    let env_name = env.name.clone();
     // The SLO file the verification will read is checked before anything changes.
-    if !args.apply.verify.no_verify {
-        verify::preflight(&ctx.root, env_name, &verify::lookup(&env.vars))?;
-    }
+    let slo = match args.apply.verify.no_verify {
+        true => None,
+        false => verify::preflight(&ctx.root, &env_name, &verify::lookup(&env.vars))?,
+    };
     let docker = Docker;
     let mut dep = plan(ctx, env.clone(), images, revision, dir)?;
     let running = containers(&dep.env.project)?;
@@ -556,7 +551,7 @@ fn release(
         eprintln!("dry run: nothing was changed on the Docker host");
         return Ok(ExitCode::SUCCESS);
     }
-    confirm(env_name, &args.apply)?;
+    confirm(&env_name, &args.apply)?;
     if !dep.prepare.is_empty() {
         fetch_images(&docker, compose_program(ctx)?, &ctx.root, &dep)?;
         // Now that every image is here, plan with their own health checks (what is run).
@@ -610,10 +605,17 @@ fn release(
     let Some(error) = failure else {
         summary(&dep, &report);
         let release = record(&docker, &dep, &args.apply, None)?;
-        if args.apply.verify.no_verify {
+        let Some(slo) = slo else {
+            if !args.apply.verify.no_verify {
+                eprintln!(
+                    "note: {env_name} has no SLO file ({}/{env_name}.toml); release {} is not verified",
+                    verify::SLO_DIR,
+                    release.id
+                );
+            }
             return Ok(ExitCode::SUCCESS);
-        }
-        return verify_release(ctx, &dep.env, release, args.apply.verify.window, false, dir, &args.apply);
+        };
+        return verify_release(ctx, &dep.env, release, &slo, args.apply.verify.window, false, dir, &args.apply);
     };
     eprintln!("failed: {error:#}");
     // Put back what this run already switched, newest first.
@@ -778,36 +780,50 @@ fn bare(env: DockerEnv, revision: &str) -> Deployment {
     }
 }
 
-/// Put `release` back through the same health-gated replace, and record that as a release.
-fn restore(env: &DockerEnv, release: &Release, apply: &ApplyArgs, dir: &Path) -> Result<Release> {
+/// Start `specs` again through the health-gated replace, in dependency order, after checking
+/// that every image is still on the host (if one is not, nothing is changed); `what` names the
+/// run in errors. The specs in the order they were put back.
+fn replace_in_order(
+    env: &DockerEnv,
+    revision: &str,
+    mut specs: Vec<RunSpec>,
+    timeout: Duration,
+    dir: &Path,
+    what: &str,
+) -> Result<Vec<RunSpec>> {
     let docker = Docker;
-    let mut targets = release.specs.clone();
-    for spec in &targets {
+    for spec in &specs {
         if !docker.image_exists(&spec.image) {
             return Err(UsageError(format!(
-                "the image of {} in release {} ({}) is no longer on the Docker host; nothing was changed",
-                spec.service, release.id, spec.image_name
+                "the image of {} for {what} ({}) is no longer on the Docker host; nothing was changed",
+                spec.service, spec.image_name
             ))
             .into());
         }
     }
-    let sequence = order(&targets.iter().map(|s| (s.service.clone(), s.depends_on.clone())).collect())?;
-    targets.sort_by_key(|s| sequence.iter().position(|n| *n == s.service));
-    let mut dep = bare(env.clone(), &release.commit);
-    for spec in &targets {
+    let sequence = order(&specs.iter().map(|s| (s.service.clone(), s.depends_on.clone())).collect())?;
+    specs.sort_by_key(|s| sequence.iter().position(|n| *n == s.service));
+    let dep = bare(env.clone(), revision);
+    for spec in &specs {
         let running = containers(&env.project)?;
         eprintln!("{}:", spec.service);
-        let outcome = replace_app(&docker, &dep, dir, spec, &running, apply.timeout).with_context(|| {
-            format!("rollback of {} to release {} stopped at {}", env.name, release.id, spec.service)
-        })?;
+        let outcome = replace_app(&docker, &dep, dir, spec, &running, timeout)
+            .with_context(|| format!("{what} stopped at {}", spec.service))?;
         eprintln!("  {}: {}", spec.service, describe(&outcome));
     }
-    // The record is made from the specs put back, in their order.
-    for spec in targets {
+    Ok(specs)
+}
+
+/// Put `release` back through the same health-gated replace, and record that as a release.
+fn restore(env: &DockerEnv, release: &Release, apply: &ApplyArgs, dir: &Path) -> Result<Release> {
+    let what = format!("the rollback of {} to release {}", env.name, release.id);
+    let specs = replace_in_order(env, &release.commit, release.specs.clone(), apply.timeout, dir, &what)?;
+    let mut dep = bare(env.clone(), &release.commit);
+    for spec in specs {
         dep.order.push(spec.service.clone());
         dep.planned.insert(spec.service.clone(), Planned::app(spec));
     }
-    record(&docker, &dep, apply, Some(release.id))
+    record(&Docker, &dep, apply, Some(release.id))
 }
 
 /// How a rollback or a verification's own rollback replaces: no question asked (the command
@@ -858,13 +874,11 @@ pub fn rollback(ctx: &Ctx, args: &RollbackArgs, dir: &Path) -> Result<ExitCode> 
 /// Rollback from the containers' labels: every app that has an earlier spec goes back to it.
 fn rollback_by_labels(ctx: &Ctx, env: DockerEnv, timeout: Duration, dir: &Path) -> Result<ExitCode> {
     let env_name = env.name.clone();
-    let docker = Docker;
     let running = containers(&env.project)?;
     let apps: Vec<&Running> = running.iter().filter(|r| r.role == "app" && r.status == "running").collect();
     if apps.is_empty() {
         bail!("nothing of {env_name} runs on the Docker host (project {}); nothing to roll back", env.project);
     }
-    let dep = bare(env, &ctx.facts.revision);
     let mut targets: Vec<RunSpec> = Vec::new();
     for app in &apps {
         match &app.previous {
@@ -887,25 +901,8 @@ fn rollback_by_labels(ctx: &Ctx, env: DockerEnv, timeout: Duration, dir: &Path) 
         eprintln!("dry run: nothing was changed on the Docker host");
         return Ok(ExitCode::SUCCESS);
     }
-    // In dependency order, as deploy goes.
-    let sequence = order(&targets.iter().map(|s| (s.service.clone(), s.depends_on.clone())).collect())?;
-    targets.sort_by_key(|s| sequence.iter().position(|n| *n == s.service));
-    for spec in &targets {
-        if !docker.image_exists(&spec.image) {
-            bail!(
-                "the earlier image of {} ({}) is no longer on the Docker host; nothing was changed",
-                spec.service,
-                spec.image_name
-            );
-        }
-    }
-    for spec in &targets {
-        let running = containers(&dep.env.project)?;
-        eprintln!("{}:", spec.service);
-        let outcome = replace_app(&docker, &dep, dir, spec, &running, timeout)
-            .with_context(|| format!("rollback of {env_name} stopped at {}", spec.service))?;
-        eprintln!("  {}: {}", spec.service, describe(&outcome));
-    }
+    let what = format!("the rollback of {env_name}");
+    replace_in_order(&env, &ctx.facts.revision, targets, timeout, dir, &what)?;
     eprintln!("rolled back {env_name} on the Docker host");
     Ok(ExitCode::SUCCESS)
 }
@@ -914,13 +911,13 @@ fn rollback_by_labels(ctx: &Ctx, env: DockerEnv, timeout: Duration, dir: &Path) 
 pub fn verify_command(ctx: &Ctx, args: &VerifyArgs, dir: &Path) -> Result<ExitCode> {
     let env_name = &args.env.env;
     let env = DockerEnv::load(&ctx.root, env_name)?;
-    if verify::load(&ctx.root, env_name)?.is_none() {
+    let Some((_, slo)) = verify::load(&ctx.root, env_name)? else {
         return Err(UsageError(format!(
             "{env_name} has no SLO file: write {}/{env_name}.toml (see infra/slo/README.md)",
             verify::SLO_DIR
         ))
         .into());
-    }
+    };
     let releases = history::docker::releases(&env.project)?;
     let Some(current) = history::current(&releases).cloned() else {
         return Err(UsageError(format!("{env_name} has no release to verify (deploy it first)")).into());
@@ -930,36 +927,28 @@ pub fn verify_command(ctx: &Ctx, args: &VerifyArgs, dir: &Path) -> Result<ExitCo
         return Ok(ExitCode::SUCCESS);
     }
     let apply = replace_args(&args.env);
-    verify_release(ctx, &env, current, args.window, args.no_rollback, dir, &apply)
+    verify_release(ctx, &env, current, &slo, args.window, args.no_rollback, dir, &apply)
 }
 
-/// Verify `release` (when the environment has SLOs); on a breach mark it failed and, unless
-/// told not to, put the last good release back; exit 1 naming the breach either way.
+/// Verify `release` against `slo`; on a breach mark it failed and, unless told not to, put the
+/// last good release back; exit 1 naming the breach either way.
+#[allow(clippy::too_many_arguments)]
 fn verify_release(
     ctx: &Ctx,
     env: &DockerEnv,
     mut release: Release,
+    slo: &verify::SloFile,
     window: Option<Duration>,
     no_rollback: bool,
     dir: &Path,
     apply: &ApplyArgs,
 ) -> Result<ExitCode> {
-    let Some((_, slo)) = verify::load(&ctx.root, &env.name)? else {
-        eprintln!(
-            "note: {} has no SLO file ({}/{}.toml); release {} is not verified",
-            env.name,
-            verify::SLO_DIR,
-            env.name,
-            release.id
-        );
-        return Ok(ExitCode::SUCCESS);
-    };
     let loadgen = ctx.facts.loadgen.clone().context("xtask handed over no load generator (facts.loadgen)")?;
     let vars = verify::lookup(&env.vars);
     let setup = verify::Setup {
         root: &ctx.root,
         env: &env.name,
-        slo: &slo,
+        slo,
         vars: &vars,
         loadgen: &loadgen,
         jobs: ctx.facts.services.iter().map(|s| s.name.clone()).collect(),

@@ -610,15 +610,7 @@ pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs) -
         ))
         .into());
     };
-    if let Some(commit) = commit
-        && !good.revision.starts_with(commit)
-    {
-        return Err(UsageError(format!(
-            "{from} runs commit {}, not {commit}: promote what {from} verified, or deploy {commit} to {from} first",
-            good.revision
-        ))
-        .into());
-    }
+    crate::check_commit(from, &good.revision, commit)?;
     let list: List<Deployment> = kube.read_json(&["get", "deployments", "-n", &source, "-o", "json"])?;
     let services = deployments(ctx);
     let unhealthy = unhealthy_deployments(&list, &services);

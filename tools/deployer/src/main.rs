@@ -152,6 +152,17 @@ pub fn confirm(env: &str, args: &ApplyArgs) -> Result<()> {
     Ok(())
 }
 
+/// `promote --commit SHA`: the source must run that commit (a prefix of the full SHA is enough).
+pub fn check_commit(env: &str, runs: &str, wanted: Option<&str>) -> Result<()> {
+    match wanted {
+        Some(commit) if !runs.starts_with(commit) => Err(UsageError(format!(
+            "{env} runs commit {runs}, not {commit}: promote what {env} verified, or deploy {commit} to {env} first"
+        ))
+        .into()),
+        _ => Ok(()),
+    }
+}
+
 /// Where one deploy of an environment works. A real deploy holds the environment's directory
 /// exclusively: two deploys of one environment from this checkout take turns instead of
 /// overwriting each other's render (the lock ends with the process). A dry run changes nothing,

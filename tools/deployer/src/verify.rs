@@ -141,14 +141,15 @@ pub fn parse(text: &str) -> Result<SloFile, String> {
     Ok(file)
 }
 
-/// Before a deploy changes anything: the SLO file (if any) reads, and its URLs expand.
-pub fn preflight(root: &Path, env: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<()> {
-    let Some((path, slo)) = load(root, env)? else { return Ok(()) };
+/// Before a deploy changes anything: the environment's SLO file (`None`: it has none), read,
+/// with its URLs expanded and its scenario found.
+pub fn preflight(root: &Path, env: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<Option<SloFile>> {
+    let Some((path, slo)) = load(root, env)? else { return Ok(None) };
     for url in [&slo.verify.target, &slo.verify.prometheus] {
         expand(url, vars).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
     }
     scenario_path(root, &slo.verify.scenario)?;
-    Ok(())
+    Ok(Some(slo))
 }
 
 /// `${NAME}` replaced by the environment's variable; an unknown one is a configuration error.
@@ -303,16 +304,9 @@ pub fn run(setup: &Setup<'_>) -> Result<Verdict> {
     Ok(Verdict { env: setup.env.to_string(), window_s: window.as_secs(), requests, findings })
 }
 
+/// The scenario the SLO file names (a name under infra/loadtest, or a path).
 fn scenario_path(root: &Path, given: &str) -> Result<PathBuf> {
-    let path = if given.contains('/') || given.ends_with(".toml") {
-        root.join(given)
-    } else {
-        root.join("infra/loadtest").join(format!("{given}.toml"))
-    };
-    if !path.is_file() {
-        return Err(UsageError(format!("verify.scenario `{given}`: {} does not exist", path.display())).into());
-    }
-    Ok(path)
+    xtask_kit::handoff::scenario_path(root, given).map_err(|e| UsageError(format!("verify.scenario: {e}")).into())
 }
 
 /// One instant query; the first series' value (`None` when there is none).

@@ -15,6 +15,35 @@ pub const COMPOSE_DIR: &str = "infra/compose";
 pub const COMPOSE_ENV_DIR: &str = "infra/compose/env";
 /// Each environment's SLOs (`ENV.toml`), what `deploy verify` holds a release to.
 pub const SLO_DIR: &str = "infra/slo";
+/// Load-test scenarios: `cargo xtask loadtest NAME`, and the one `deploy verify` drives.
+pub const SCENARIO_DIR: &str = "infra/loadtest";
+
+/// A scenario file from a path (as given, or under `root`) or a name under `SCENARIO_DIR`,
+/// listing the scenarios there are when it is neither. The path returned does not depend on
+/// the current directory (loadgen runs from the workspace root).
+pub fn scenario_path(root: &Path, given: &str) -> Result<PathBuf, crate::UsageError> {
+    for candidate in [PathBuf::from(given), root.join(given)] {
+        if candidate.is_file() {
+            return std::path::absolute(&candidate).map_err(|e| crate::UsageError(format!("{given}: {e}")));
+        }
+    }
+    let named = root.join(SCENARIO_DIR).join(format!("{}.toml", given.trim_end_matches(".toml")));
+    if named.is_file() {
+        return Ok(named);
+    }
+    let mut known: Vec<String> = std::fs::read_dir(root.join(SCENARIO_DIR))
+        .map(|dir| {
+            dir.filter_map(|e| e.ok())
+                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".toml")).map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    known.sort();
+    Err(crate::UsageError(format!(
+        "no scenario `{given}`: not a file, and not one of {SCENARIO_DIR}/ ({})",
+        known.join(", ")
+    )))
+}
 
 /// The Kubernetes environments: the overlays under `root`'s infra/k8s/overlays, sorted.
 pub fn overlays(root: &Path) -> Vec<String> {

@@ -137,11 +137,10 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     let mut plan = Plan::new(&format!("deploy {verb}"));
     plan.push(Step::cargo("deploy:build", "build the deployer", build, &ctx.root));
     if verifies {
-        plan.push(Step::cargo(
+        plan.push(crate::commands::loadtest::build_loadgen(
+            ctx,
             "deploy:loadgen",
             "build the load generator that drives verification",
-            vec!["build", "--release", "--locked", "--quiet", "-p", "loadgen"],
-            &ctx.root,
         ));
     }
     plan.push(Step::internal(

@@ -15,8 +15,6 @@ use crate::commands::dev;
 use crate::plan::{Plan, Step, Task};
 use crate::{Ctx, DryRun, UsageError};
 
-pub const SCENARIO_DIR: &str = "infra/loadtest";
-
 /// Load-test a dev-stack service or a URL with a scenario from infra/loadtest, gated on its SLOs.
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
@@ -39,25 +37,7 @@ pub struct Args {
 
 /// Finds the scenario file from a path or a name, listing what exists when it is neither.
 pub fn scenario_path(root: &Path, given: &str) -> Result<PathBuf> {
-    let as_path = Path::new(given);
-    if as_path.is_file() {
-        // loadgen runs from the workspace root: hand it a path that does not depend on our cwd.
-        return Ok(std::path::absolute(as_path)?);
-    }
-    let named = root.join(SCENARIO_DIR).join(format!("{}.toml", given.trim_end_matches(".toml")));
-    if named.is_file() {
-        return Ok(named);
-    }
-    let mut known: Vec<String> = std::fs::read_dir(root.join(SCENARIO_DIR))
-        .map(|dir| {
-            dir.filter_map(|e| e.ok())
-                .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".toml")).map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
-    known.sort();
-    Err(UsageError(format!("no scenario `{given}`: not a file, and not one of {SCENARIO_DIR}/ ({})", known.join(", ")))
-        .into())
+    Ok(xtask_kit::handoff::scenario_path(root, given)?)
 }
 
 /// The dev stack's URL for a service, from infra/compose/.env like `dev urls`.
@@ -90,6 +70,11 @@ pub fn loadgen_binary(ctx: &Ctx) -> PathBuf {
     crate::target_dir(&ctx.root).join("release/loadgen")
 }
 
+/// The release build of the load generator that `loadgen_binary` names.
+pub fn build_loadgen(ctx: &Ctx, name: &str, summary: &str) -> Step {
+    Step::cargo(name, summary, ["build", "--release", "--locked", "-p", "loadgen"], &ctx.root)
+}
+
 pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     let name = args.scenario.clone().unwrap_or_else(|| "smoke".into());
     let scenario = scenario_path(&ctx.root, &name)?;
@@ -118,12 +103,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     run_args.extend(args.extra.iter().cloned());
 
     let mut plan = Plan::new("loadtest");
-    plan.push(Step::cargo(
-        "loadtest:build",
-        "build the load generator (release)",
-        ["build", "--release", "--locked", "-p", "loadgen"],
-        &ctx.root,
-    ));
+    plan.push(build_loadgen(ctx, "loadtest:build", "build the load generator (release)"));
     plan.push(Step::internal(
         "loadtest:keep-previous",
         "keep the last report as the baseline to compare with",
