@@ -1,32 +1,163 @@
 //! `cargo xtask deploy` to Kubernetes, tested against a recorded contract: there is no cluster
-//! here, so `KUBECTL` points at `tests/support/kubectl-standin`, which records every call and
-//! answers as a cluster would in the scripted scenario (success, rollout timeout, crash loop).
-//! Rendering is real (the stand-in hands `kustomize` to the real kubectl) and so is validation
-//! (k8s-policy on the pinned render). The HTTP smoke check reaches a server this test runs.
+//! here, so `KUBECTL` points at `tests/support/kubectl-standin`, which records every call, keeps
+//! the objects applied to it, and answers as the API server would in the scripted scenario
+//! (success, rollout timeout, crash loop). Rendering is real (the stand-in hands `kustomize` to
+//! the real kubectl) and so is validation (k8s-policy on the pinned render).
+//!
+//! The cluster's edge is a server this test runs on loopback: it answers the smoke check and the
+//! verification load as the version the stand-in runs would (a bad `api` digest answers every
+//! fifth request with 500), and exports request metrics that a real Prometheus scrapes.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::Output;
+use std::process::{Child, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 mod common;
 use common::{require_tool, root, text};
 
-/// Serves `200 ok` to every request: the gateway's readiness endpoint behind the port-forward.
-fn ready_server() -> u16 {
+/// What the edge has answered, by status.
+#[derive(Default)]
+struct Served {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    /// Requests that reached the bad version.
+    bad: AtomicU64,
+}
+
+/// The cluster's edge, on loopback: `GET /readyz` (the smoke check behind the port-forward),
+/// the verification scenario's routes, and `/metrics` in Prometheus' text format. Whether it
+/// is the bad version is read per request from what the stand-in cluster runs.
+fn edge_server(cluster: PathBuf, bad: Option<String>) -> (u16, Arc<Served>) {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = listener.local_addr().expect("addr").port();
+    let served = Arc::new(Served::default());
+    let counts = served.clone();
     std::thread::spawn(move || {
-        for mut stream in listener.incoming().flatten() {
-            let mut line = String::new();
-            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
-            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
-                line.clear();
-            }
-            let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\nconnection: close\r\n\r\nok");
+        for stream in listener.incoming().flatten() {
+            let (cluster, bad, counts) = (cluster.clone(), bad.clone(), counts.clone());
+            std::thread::spawn(move || serve(stream, &cluster, bad.as_deref(), &counts));
         }
     });
-    port
+    (port, served)
+}
+
+/// Is the `api` Deployment the stand-in runs in staging the bad one?
+fn runs_bad(cluster: &Path, bad: Option<&str>) -> bool {
+    let Some(bad) = bad else { return false };
+    let Ok(state) = std::fs::read_to_string(cluster.join("cluster.json")) else { return false };
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+    state["objects"]["Deployment/platform-staging/api"].to_string().contains(bad)
+}
+
+fn serve(stream: std::net::TcpStream, cluster: &Path, bad: Option<&str>, served: &Served) {
+    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+    let mut writer = stream;
+    loop {
+        let mut request = String::new();
+        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut length = 0usize;
+        let mut line = String::new();
+        while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            line.clear();
+        }
+        let mut body = vec![0; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let (status, text) = if path == "/metrics" {
+            (200, metrics(served))
+        } else if path == "/readyz" {
+            (200, "ok".to_string())
+        } else {
+            let n = served.ok.load(Ordering::SeqCst) + served.failed.load(Ordering::SeqCst);
+            let is_bad = runs_bad(cluster, bad);
+            if is_bad {
+                served.bad.fetch_add(1, Ordering::SeqCst);
+            }
+            if is_bad && n.is_multiple_of(5) {
+                served.failed.fetch_add(1, Ordering::SeqCst);
+                (500, "injected".to_string())
+            } else {
+                served.ok.fetch_add(1, Ordering::SeqCst);
+                (if request.starts_with("POST") { 201 } else { 200 }, "{}".to_string())
+            }
+        };
+        let head = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n", text.len());
+        if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(text.as_bytes())).is_err() {
+            return;
+        }
+    }
+}
+
+/// The edge's request metrics, named as the services export them.
+fn metrics(served: &Served) -> String {
+    let (ok, failed) = (served.ok.load(Ordering::SeqCst), served.failed.load(Ordering::SeqCst));
+    let all = ok + failed;
+    format!(
+        "# TYPE http_requests_total counter\n\
+         http_requests_total{{route=\"/v1/jobs\",status=\"200\"}} {ok}\n\
+         http_requests_total{{route=\"/v1/jobs\",status=\"500\"}} {failed}\n\
+         # TYPE http_request_duration_seconds histogram\n\
+         http_request_duration_seconds_bucket{{route=\"/v1/jobs\",le=\"0.005\"}} {all}\n\
+         http_request_duration_seconds_bucket{{route=\"/v1/jobs\",le=\"+Inf\"}} {all}\n\
+         http_request_duration_seconds_sum{{route=\"/v1/jobs\"}} {}\n\
+         http_request_duration_seconds_count{{route=\"/v1/jobs\"}} {all}\n",
+        all as f64 * 0.001
+    )
+}
+
+/// A real Prometheus scraping the edge every second as job `gateway`; killed on drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    fn start(edge: u16) -> Prometheus {
+        require_tool("prometheus");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: gateway\n    static_configs:\n      - targets: ['127.0.0.1:{edge}']\n"
+            ),
+        )
+        .expect("write config");
+        let port = test_support::free_port();
+        let child = std::process::Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("prometheus starts");
+        let prometheus = Prometheus { child, port, _dir: dir };
+        let up = format!("http://127.0.0.1:{port}/api/v1/query?query=up");
+        test_support::eventually("Prometheus scrapes the edge", std::time::Duration::from_secs(30), || {
+            let answer = test_support::http("GET", &up, &[], b"").ok()?;
+            String::from_utf8_lossy(&answer.body).contains(r#""job":"gateway""#).then_some(())
+        });
+        prometheus
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 fn digest(version: u8, service: &str) -> String {
@@ -59,18 +190,28 @@ fn manifest(dir: &Path, version: u8, pushed: bool) -> PathBuf {
 struct Cluster {
     state: tempfile::TempDir,
     forward_port: u16,
+    served: Arc<Served>,
+    vars: Vec<(String, String)>,
 }
 
 impl Cluster {
     fn new() -> Cluster {
+        Cluster::serving(None)
+    }
+
+    /// A cluster whose edge answers as `bad` does while the stand-in runs it.
+    fn serving(bad: Option<&str>) -> Cluster {
         require_tool("kubectl");
         require_tool("python3");
-        Cluster { state: tempfile::tempdir().expect("tempdir"), forward_port: ready_server() }
+        let state = tempfile::tempdir().expect("tempdir");
+        let (forward_port, served) = edge_server(state.path().to_path_buf(), bad.map(str::to_string));
+        Cluster { state, forward_port, served, vars: Vec::new() }
     }
 
     fn xtask(&self, scenario: &str, bad: &str, args: &[&str]) -> Output {
         common::xtask_command()
             .args(args)
+            .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .env("KUBECTL", root().join("tests/support/kubectl-standin"))
             .env("STANDIN_DIR", self.state.path())
             .env("STANDIN_SCENARIO", scenario)
@@ -89,6 +230,38 @@ impl Cluster {
             .lines()
             .map(|l| serde_json::from_str(l).expect("a JSON line"))
             .collect()
+    }
+
+    /// One object the stand-in cluster holds.
+    fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<serde_json::Value> {
+        let state = std::fs::read_to_string(self.state.path().join("cluster.json")).ok()?;
+        let state: serde_json::Value = serde_json::from_str(&state).expect("the stand-in's state is JSON");
+        let object = &state["objects"][format!("{kind}/{namespace}/{name}")];
+        (!object.is_null()).then(|| object.clone())
+    }
+
+    /// The releases a namespace keeps, oldest first: (id, state, rollback_of, api image).
+    fn releases(&self, namespace: &str) -> Vec<(u64, String, Option<u64>, String)> {
+        let state = std::fs::read_to_string(self.state.path().join("cluster.json")).unwrap_or_else(|_| "{}".into());
+        let state: serde_json::Value = serde_json::from_str(&state).expect("JSON");
+        let mut out: Vec<(u64, String, Option<u64>, String)> = state["objects"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter(|(key, _)| key.starts_with(&format!("ConfigMap/{namespace}/xtask-release-")))
+            .map(|(_, cm)| {
+                let r: serde_json::Value =
+                    serde_json::from_str(cm["data"]["release.json"].as_str().expect("a record")).expect("JSON");
+                (
+                    r["id"].as_u64().expect("id"),
+                    r["state"].as_str().expect("state").to_string(),
+                    r["rollback_of"].as_u64(),
+                    r["images"]["api"].as_str().expect("api").to_string(),
+                )
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     fn applied(&self) -> Vec<String> {
@@ -110,13 +283,13 @@ fn said(out: &Output) -> String {
 }
 
 #[test]
-fn a_deploy_pins_validates_diffs_applies_waits_smokes_and_records_known_good() {
+fn a_deploy_pins_validates_diffs_applies_waits_smokes_and_records_the_release() {
     let cluster = Cluster::new();
     let v1 = manifest(cluster.state.path(), 1, true);
     let out = cluster.xtask(
         "success",
         "",
-        &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--timeout", "20"],
+        &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--timeout", "20", "--no-verify"],
     );
     assert!(out.status.success(), "{}", said(&out));
     let calls = cluster.calls();
@@ -143,10 +316,18 @@ fn a_deploy_pins_validates_diffs_applies_waits_smokes_and_records_known_good() {
     }
     assert!(calls.iter().any(|c| c[0] == "port-forward" && c.contains(&"svc/gateway".to_string())), "{calls:?}");
     let applied = cluster.applied();
-    assert_eq!(applied.len(), 2, "the render, then the known-good record");
-    assert!(applied[0].contains(&format!("image: 127.0.0.1:5000/api@{}", digest(1, "api"))), "pinned by digest");
+    assert_eq!(applied.len(), 2, "the render, then the release record");
+    assert!(
+        applied[0].contains(&format!("\"image\": \"127.0.0.1:5000/api@{}\"", digest(1, "api"))),
+        "pinned by digest"
+    );
     assert!(!applied[0].contains("unpinned"), "no placeholder left");
-    assert!(applied[1].contains("xtask-known-good") && applied[1].contains(&digest(1, "api")));
+    let api = cluster.object("Deployment", "platform-staging", "api").expect("applied into staging's namespace");
+    assert!(api.to_string().contains(&digest(1, "api")), "{api}");
+    assert_eq!(
+        cluster.releases("platform-staging"),
+        [(1, "deployed".into(), None, format!("127.0.0.1:5000/api@{}", digest(1, "api")))]
+    );
     // No repository file was rewritten to pin the images.
     let overlay =
         std::fs::read_to_string(root().join("infra/k8s/overlays/staging/kustomization.yaml")).expect("overlay");
@@ -156,47 +337,71 @@ fn a_deploy_pins_validates_diffs_applies_waits_smokes_and_records_known_good() {
     assert!(status.status.success(), "{}", said(&status));
     let table = text(&status.stdout);
     assert!(table.contains("api") && table.contains(&digest(1, "api")) && table.contains("2/2"), "{table}");
-    assert!(table.contains("known-good: revision"), "{table}");
+    assert!(table.contains("release 1 (deployed), commit"), "{table}");
 }
 
 #[test]
-fn a_rollout_that_times_out_is_rolled_back_to_the_known_good_render() {
+fn a_rollout_that_times_out_is_rolled_back_and_history_rolls_back_on_demand() {
     let cluster = Cluster::new();
-    let (v1, v2) = (manifest(cluster.state.path(), 1, true), manifest(cluster.state.path(), 2, true));
-    let first = cluster.xtask(
-        "rollout-timeout",
-        &digest(2, "api"),
-        &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--timeout", "20"],
-    );
+    let v: Vec<PathBuf> = (1..=3).map(|i| manifest(cluster.state.path(), i, true)).collect();
+    let deploy = |version: usize, extra: &[&str]| {
+        let images = v[version - 1].to_str().expect("utf-8");
+        let args = [&["deploy", "--env", "staging", "--images", images, "--timeout", "20", "--no-verify"][..], extra];
+        cluster.xtask("rollout-timeout", &digest(2, "api"), &args.concat())
+    };
+    let api = |version: u8| format!("127.0.0.1:5000/api@{}", digest(version, "api"));
+    let first = deploy(1, &[]);
     assert!(first.status.success(), "{}", said(&first));
-    let second = cluster.xtask(
-        "rollout-timeout",
-        &digest(2, "api"),
-        &["deploy", "--env", "staging", "--images", v2.to_str().expect("utf-8"), "--timeout", "20"],
-    );
+    let second = deploy(2, &[]);
     assert_eq!(second.status.code(), Some(1), "{}", said(&second));
     let err = text(&second.stderr);
     assert!(err.contains("api: rollout did not finish: error: timed out waiting for the condition"), "{err}");
-    assert!(err.contains("rolled back to the last known-good render"), "{err}");
+    assert!(err.contains("rolled back to release 1 (what ran before)"), "{err}");
     let applied = cluster.applied();
-    let last = applied.last().expect("applies");
-    assert!(
-        last.contains(&digest(1, "api")) && !last.contains(&digest(2, "api")),
-        "the known-good (v1) render was re-applied last"
-    );
     assert!(applied.iter().any(|a| a.contains(&digest(2, "api"))), "v2 was tried");
-    // The failed version was not recorded as known-good.
-    let known =
-        std::fs::read_to_string(cluster.state.path().join("known-good-platform-staging.json")).expect("known-good");
-    assert!(known.contains(&digest(1, "api")) && !known.contains(&digest(2, "api")));
+    let running = cluster.object("Deployment", "platform-staging", "api").expect("api").to_string();
+    assert!(running.contains(&digest(1, "api")) && !running.contains(&digest(2, "api")), "v1 runs again");
+    // The failed version was not recorded as a release.
+    assert_eq!(cluster.releases("platform-staging"), [(1, "deployed".into(), None, api(1))]);
 
-    // `deploy rollback` does the same on demand.
-    let before = cluster.applied().len();
-    let rollback = cluster.xtask("success", "", &["deploy", "rollback", "--env", "staging", "--timeout", "20s"]);
-    assert!(rollback.status.success(), "{}", said(&rollback));
-    let applied = cluster.applied();
-    assert_eq!(applied.len(), before + 1);
-    assert!(applied.last().expect("applied").contains(&digest(1, "api")));
+    // v3 deploys; `rollback` goes back to v1, `--to` to any release kept, each a release of its own.
+    assert!(deploy(3, &[]).status.success());
+    let rollback = |extra: &[&str]| {
+        let args = [&["deploy", "rollback", "--env", "staging", "--timeout", "20s"][..], extra].concat();
+        cluster.xtask("success", "", &args)
+    };
+    let back = rollback(&[]);
+    assert!(back.status.success(), "{}", said(&back));
+    assert!(text(&back.stderr).contains("rolled back staging to release 1 (now release 3)"), "{}", said(&back));
+    assert!(
+        cluster.object("Deployment", "platform-staging", "api").expect("api").to_string().contains(&digest(1, "api"))
+    );
+    let to_two = rollback(&["--to", "2"]);
+    assert!(to_two.status.success(), "{}", said(&to_two));
+    assert_eq!(
+        cluster.releases("platform-staging"),
+        [
+            (1, "deployed".into(), None, api(1)),
+            (2, "deployed".into(), None, api(3)),
+            (3, "deployed".into(), Some(1), api(1)),
+            (4, "deployed".into(), Some(2), api(3)),
+        ]
+    );
+    let missing = rollback(&["--to", "9"]);
+    assert_eq!(missing.status.code(), Some(2), "{}", said(&missing));
+    assert!(text(&missing.stderr).contains("staging has no release 9 (it keeps: 1, 2, 3, 4)"), "{}", said(&missing));
+
+    // `history` lists them from the cluster, newest first; `--history-limit` drops the oldest.
+    let history = cluster.xtask("success", "", &["--format", "json", "deploy", "history", "--env", "staging"]);
+    assert!(history.status.success(), "{}", said(&history));
+    let listed: serde_json::Value = serde_json::from_slice(&history.stdout).expect("JSON");
+    let ids: Vec<u64> =
+        listed["releases"].as_array().expect("releases").iter().map(|r| r["id"].as_u64().expect("id")).collect();
+    assert_eq!(ids, [4, 3, 2, 1]);
+    assert!(deploy(1, &["--history-limit", "2"]).status.success());
+    let kept: Vec<u64> = cluster.releases("platform-staging").iter().map(|r| r.0).collect();
+    assert_eq!(kept, [4, 5], "the two newest ConfigMaps are kept, the rest deleted");
+    assert!(cluster.calls().iter().any(|c| c[..2] == ["delete", "configmap"]), "{:?}", cluster.calls());
 }
 
 #[test]
@@ -206,7 +411,11 @@ fn a_crash_loop_is_caught_before_the_timeout_and_rolled_back() {
     let bad = digest(2, "api");
     assert!(
         cluster
-            .xtask("crash-loop", &bad, &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8")])
+            .xtask(
+                "crash-loop",
+                &bad,
+                &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"]
+            )
             .status
             .success()
     );
@@ -214,14 +423,15 @@ fn a_crash_loop_is_caught_before_the_timeout_and_rolled_back() {
     let out = cluster.xtask(
         "crash-loop",
         &bad,
-        &["deploy", "--env", "staging", "--images", v2.to_str().expect("utf-8"), "--timeout", "2m"],
+        &["deploy", "--env", "staging", "--images", v2.to_str().expect("utf-8"), "--timeout", "2m", "--no-verify"],
     );
     assert_eq!(out.status.code(), Some(1), "{}", said(&out));
     assert!(started.elapsed() < std::time::Duration::from_secs(60), "did not wait for the 120 s timeout");
     let err = text(&out.stderr);
     assert!(err.contains("api: CrashLoopBackOff (pod api-"), "{err}");
     assert!(err.contains("rolled back"), "{err}");
-    assert!(cluster.applied().last().expect("applied").contains(&digest(1, "api")));
+    let running = cluster.object("Deployment", "platform-staging", "api").expect("api").to_string();
+    assert!(running.contains(&digest(1, "api")), "{running}");
 }
 
 /// Prod gets exactly the digests staging runs, read from staging's namespace in the cluster,
@@ -231,18 +441,26 @@ fn a_crash_loop_is_caught_before_the_timeout_and_rolled_back() {
 fn promote_deploys_to_prod_exactly_what_staging_runs() {
     let cluster = Cluster::new();
     let v1 = manifest(cluster.state.path(), 1, true);
-    let staged = cluster.xtask("success", "", &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8")]);
+    let staged = cluster.xtask(
+        "success",
+        "",
+        &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
+    );
     assert!(staged.status.success(), "{}", said(&staged));
-    let known = std::fs::read_to_string(cluster.state.path().join("known-good-platform-staging.json")).expect("kept");
-    let known: serde_json::Value = serde_json::from_str(&known).expect("json");
-    let revision = known["metadata"]["annotations"]["xtask/revision"].as_str().expect("revision").to_string();
+    let record = |namespace: &str| -> serde_json::Value {
+        let cm = cluster.object("ConfigMap", namespace, "xtask-release-1").expect("release 1");
+        serde_json::from_str(cm["data"]["release.json"].as_str().expect("record")).expect("JSON")
+    };
+    let revision = record("platform-staging")["commit"].as_str().expect("commit").to_string();
 
-    let promote = ["deploy", "promote", "--from", "staging", "--to", "prod", "--yes", "--confirm", "prod"];
+    let promote =
+        ["deploy", "promote", "--from", "staging", "--to", "prod", "--yes", "--confirm", "prod", "--no-verify"];
     let before = cluster.applied().len();
     let wrong = cluster.xtask("success", "", &[&promote[..], &["--commit", "0000000"]].concat());
     assert_eq!(wrong.status.code(), Some(2), "{}", said(&wrong));
     assert!(text(&wrong.stderr).contains(&format!("staging runs commit {revision}, not 0000000")), "{}", said(&wrong));
-    let nothing = cluster.xtask("success", "", &["deploy", "promote", "--from", "dev", "--to", "prod", "--yes"]);
+    let nothing =
+        cluster.xtask("success", "", &["deploy", "promote", "--from", "dev", "--to", "prod", "--yes", "--no-verify"]);
     assert_eq!(nothing.status.code(), Some(2), "{}", said(&nothing));
     assert!(text(&nothing.stderr).contains("dev runs nothing to promote"), "{}", said(&nothing));
     assert_eq!(cluster.applied().len(), before, "a refused promote applies nothing");
@@ -251,12 +469,12 @@ fn promote_deploys_to_prod_exactly_what_staging_runs() {
     assert!(out.status.success(), "{}", said(&out));
     let applied = cluster.applied();
     let prod = &applied[before];
-    assert!(prod.contains("namespace: platform-prod"), "the prod render was applied");
+    assert!(prod.contains("\"namespace\": \"platform-prod\""), "the prod render was applied");
     for service in ["api", "gateway", "worker"] {
-        assert!(prod.contains(&format!("image: 127.0.0.1:5000/{service}@{}", digest(1, service))), "{service}: {prod}");
+        let running = cluster.object("Deployment", "platform-prod", service).expect("in prod").to_string();
+        assert!(running.contains(&format!("127.0.0.1:5000/{service}@{}", digest(1, service))), "{service}: {running}");
     }
-    let recorded = std::fs::read_to_string(cluster.state.path().join("known-good-platform-prod.json")).expect("kept");
-    assert!(recorded.contains(&format!("\"xtask/revision\": \"{revision}\"")), "prod records staging's commit");
+    assert_eq!(record("platform-prod")["commit"], revision.as_str(), "prod records staging's commit");
     let reads: Vec<Vec<String>> =
         cluster.calls().into_iter().filter(|c| c.contains(&"platform-staging".to_string())).collect();
     assert!(reads.iter().any(|c| c[..2] == ["get", "deployments"]), "staging's health was read: {reads:?}");
@@ -268,9 +486,9 @@ fn prod_without_confirmation_is_refused_before_anything_is_applied() {
     let v1 = manifest(cluster.state.path(), 1, true);
     let images = v1.to_str().expect("utf-8");
     for args in [
-        vec!["deploy", "--env", "prod", "--images", images],
-        vec!["deploy", "--env", "prod", "--images", images, "--yes"],
-        vec!["deploy", "--env", "prod", "--images", images, "--yes", "--confirm", "staging"],
+        vec!["deploy", "--env", "prod", "--images", images, "--no-verify"],
+        vec!["deploy", "--env", "prod", "--images", images, "--yes", "--no-verify"],
+        vec!["deploy", "--env", "prod", "--images", images, "--yes", "--confirm", "staging", "--no-verify"],
     ] {
         let out = cluster.xtask("success", "", &args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {}", said(&out));
@@ -278,8 +496,11 @@ fn prod_without_confirmation_is_refused_before_anything_is_applied() {
         assert!(err.contains("nothing was applied"), "{err}");
     }
     assert!(cluster.calls().iter().all(|c| c[0] != "apply"), "{:?}", cluster.calls());
-    let confirmed =
-        cluster.xtask("success", "", &["deploy", "--env", "prod", "--images", images, "--yes", "--confirm", "prod"]);
+    let confirmed = cluster.xtask(
+        "success",
+        "",
+        &["deploy", "--env", "prod", "--images", images, "--yes", "--confirm", "prod", "--no-verify"],
+    );
     assert!(confirmed.status.success(), "{}", said(&confirmed));
 }
 
@@ -296,18 +517,80 @@ fn undigested_images_are_refused_before_kubectl_runs() {
     assert!(cluster.calls().is_empty(), "{:?}", cluster.calls());
 }
 
+/// Verification on a cluster: the edge's real load, a real Prometheus; a version that answers
+/// 500 to a fifth of its requests is caught, marked failed and rolled back by itself, and a
+/// failed release is never promoted.
 #[test]
-fn what_the_kubernetes_target_cannot_do_yet_is_refused_before_kubectl_runs() {
-    let cluster = Cluster::new();
-    for (args, needle) in [
-        (&["deploy", "rollback", "--env", "staging", "--to", "3"][..], "keeps only its known-good release"),
-        (&["deploy", "verify", "--env", "staging"][..], "deploy verify runs on the Docker target so far"),
-    ] {
-        let out = cluster.xtask("success", "", args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", said(&out));
-        assert!(text(&out.stderr).contains(needle), "{args:?}: {}", said(&out));
-    }
-    assert!(cluster.calls().is_empty(), "{:?}", cluster.calls());
+fn a_cluster_release_is_verified_and_a_bad_one_rolled_back_by_itself() {
+    let bad = digest(2, "api");
+    let mut cluster = Cluster::serving(Some(&bad));
+    let prometheus = Prometheus::start(cluster.forward_port);
+    let (v1, v2) = (manifest(cluster.state.path(), 1, true), manifest(cluster.state.path(), 2, true));
+    let deploy = |cluster: &Cluster, m: &Path| {
+        let args = ["deploy", "--env", "staging", "--images", m.to_str().expect("utf-8"), "--window", "6s"];
+        cluster.xtask("success", "", &args)
+    };
+
+    // Before anything: no release to verify; without the SLO file's variables, refused first.
+    let early = cluster.xtask("success", "", &["deploy", "verify", "--env", "staging"]);
+    assert_eq!(early.status.code(), Some(2), "{}", said(&early));
+    assert!(text(&early.stderr).contains("the environment sets no GATEWAY_PORT"), "{}", said(&early));
+    let unset = deploy(&cluster, &v1);
+    assert_eq!(unset.status.code(), Some(2), "{}", said(&unset));
+    assert!(cluster.applied().is_empty(), "a broken SLO setup applies nothing");
+    cluster.vars = vec![
+        ("GATEWAY_PORT".into(), cluster.forward_port.to_string()),
+        ("PROMETHEUS_PORT".into(), prometheus.port.to_string()),
+    ];
+    let early = cluster.xtask("success", "", &["deploy", "verify", "--env", "staging"]);
+    assert_eq!(early.status.code(), Some(2), "{}", said(&early));
+    assert!(text(&early.stderr).contains("staging has no release to verify"), "{}", said(&early));
+
+    let good = deploy(&cluster, &v1);
+    assert!(good.status.success(), "{}", said(&good));
+    assert!(text(&good.stderr).contains("release 1 of staging verified"), "{}", said(&good));
+
+    let caught = deploy(&cluster, &v2);
+    assert_eq!(caught.status.code(), Some(1), "{}", said(&caught));
+    let err = text(&caught.stderr);
+    // Every fifth request failed: Prometheus' increase() over the window says about 0.2.
+    let observed: f64 = err
+        .split("release 2 of staging breached its SLOs: SLO availability (error_ratio): observed ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("the breach is named: {err}"));
+    assert!((0.1..0.3).contains(&observed), "{observed}: {err}");
+    assert!(err.contains("against a limit of 0.0100; rolled back to release 1 (now release 3)"), "{err}");
+    assert!(cluster.served.bad.load(Ordering::SeqCst) > 0, "the bad version took traffic");
+    let running = cluster.object("Deployment", "platform-staging", "api").expect("api").to_string();
+    assert!(running.contains(&digest(1, "api")), "v1 runs again: {running}");
+    let api = |version: u8| format!("127.0.0.1:5000/api@{}", digest(version, "api"));
+    assert_eq!(
+        cluster.releases("platform-staging"),
+        [
+            (1, "verified".into(), None, api(1)),
+            (2, "failed".into(), None, api(2)),
+            (3, "deployed".into(), Some(1), api(1)),
+        ]
+    );
+
+    // Put the bad one back and verify it without a rollback: it stays, failed, and is not promoted.
+    let back = cluster.xtask("success", "", &["deploy", "rollback", "--env", "staging", "--to", "2"]);
+    assert!(back.status.success(), "{}", said(&back));
+    let kept =
+        cluster.xtask("success", "", &["deploy", "verify", "--env", "staging", "--window", "6s", "--no-rollback"]);
+    assert_eq!(kept.status.code(), Some(1), "{}", said(&kept));
+    assert!(text(&kept.stderr).contains("left running (--no-rollback)"), "{}", said(&kept));
+    let before = cluster.applied().len();
+    let promote = cluster.xtask(
+        "success",
+        "",
+        &["deploy", "promote", "--from", "staging", "--to", "prod", "--yes", "--confirm", "prod", "--no-verify"],
+    );
+    assert_eq!(promote.status.code(), Some(2), "{}", said(&promote));
+    assert!(text(&promote.stderr).contains("staging's release 4 failed its verification"), "{}", said(&promote));
+    assert_eq!(cluster.applied().len(), before, "nothing was promoted");
 }
 
 #[test]
@@ -317,10 +600,12 @@ fn dry_run_stops_after_the_diff() {
     let out = cluster.xtask(
         "success",
         "",
-        &["--dry-run", "deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8")],
+        &["--dry-run", "deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
     );
     assert!(out.status.success(), "{}", said(&out));
-    assert!(text(&out.stdout).contains("image: (new)"), "the diff is shown: {}", said(&out));
+    let new_api = format!("\"image\": \"127.0.0.1:5000/api@{}\"", digest(1, "api"));
+    let added = |diff: &str| diff.lines().any(|l| l.starts_with('+') && l.contains(&new_api));
+    assert!(added(&text(&out.stdout)), "the diff is shown: {}", said(&out));
     let verbs: Vec<String> = cluster.calls().iter().map(|c| c[0].clone()).collect();
     // The overlay, then the generated overlay that pins it, then the server-side diff.
     assert_eq!(verbs, ["kustomize", "kustomize", "diff"]);
@@ -329,14 +614,24 @@ fn dry_run_stops_after_the_diff() {
     let json = cluster.xtask(
         "success",
         "",
-        &["--dry-run", "--format", "json", "deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8")],
+        &[
+            "--dry-run",
+            "--format",
+            "json",
+            "deploy",
+            "--env",
+            "staging",
+            "--images",
+            v1.to_str().expect("utf-8"),
+            "--no-verify",
+        ],
     );
     assert!(json.status.success(), "{}", said(&json));
     let plan: serde_json::Value =
         serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", said(&json)));
     assert_eq!((plan["target"].as_str(), plan["env"].as_str()), (Some("k8s"), Some("staging")), "{plan:#}");
     assert_eq!(plan["changes"], true);
-    assert!(plan["diff"].as_str().is_some_and(|d| d.contains("image: (new)")), "{plan:#}");
+    assert!(plan["diff"].as_str().is_some_and(added), "{plan:#}");
     assert!(plan["images"]["api"].as_str().is_some_and(|i| i.contains("@sha256:")), "{plan:#}");
     assert!(plan["render"].as_str().is_some_and(|r| r.contains("kind: Deployment")), "{plan:#}");
     let applies = cluster.calls().iter().filter(|c| c[0] == "apply").count();

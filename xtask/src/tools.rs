@@ -220,6 +220,16 @@ pub const DEBOOTSTRAP: Tool = Tool {
     install_hint: "cargo xtask setup (apt-get install debootstrap)",
 };
 
+pub const PROMETHEUS: Tool = Tool {
+    name: "prometheus",
+    binary: "prometheus",
+    version_args: &["--version"],
+    source: Source::Apt("prometheus"),
+    minimum: Some("2.40"),
+    needed_by: &["test (deploy verification on the Kubernetes target reads a real Prometheus)"],
+    install_hint: "cargo xtask setup (apt-get install prometheus)",
+};
+
 /// The version of `docker compose` (v2), a docker plugin rather than a binary on PATH; `dev`
 /// prefers it to docker-compose 1.29 and `setup` does not install v1 beside it.
 pub fn compose_v2() -> Option<String> {
@@ -247,6 +257,7 @@ pub const ALL: &[&Tool] = &[
     &DOCKER_REGISTRY,
     &SKOPEO,
     &DEBOOTSTRAP,
+    &PROMETHEUS,
     &KUBECTL,
 ];
 

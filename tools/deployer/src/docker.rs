@@ -748,6 +748,7 @@ fn record(docker: &Docker, dep: &Deployment, apply: &ApplyArgs, rollback_of: Opt
         why: None,
         rollback_of,
         images: specs.iter().map(|s| (s.service.clone(), s.image_name.clone())).collect(),
+        render: None,
         specs,
     };
     if let Some(now) = history::current(&releases).filter(|r| r.content() == release.content() && rollback_of.is_none())
@@ -759,12 +760,8 @@ fn record(docker: &Docker, dep: &Deployment, apply: &ApplyArgs, rollback_of: Opt
         bail!("nothing of ours was deployed to {}; no release recorded", dep.env.name);
     }
     history::docker::record(docker, &dep.env.project, &release, apply.history_limit as usize)?;
-    eprintln!("recorded release {} of {} (commit {})", release.id, dep.env.name, short_commit(&release.commit));
+    eprintln!("recorded release {} of {} (commit {})", release.id, dep.env.name, history::short(&release.commit));
     Ok(release)
-}
-
-fn short_commit(commit: &str) -> &str {
-    &commit[..commit.len().min(12)]
 }
 
 /// A deployment that replaces nothing by plan: rollbacks replace what a release recorded.
@@ -839,35 +836,40 @@ fn replace_args(env: &EnvArgs) -> ApplyArgs {
     }
 }
 
+/// The Docker host as the release history sees it.
+struct HostKeeper<'a> {
+    env: &'a DockerEnv,
+    apply: ApplyArgs,
+    dir: &'a Path,
+}
+
+impl history::Keeper for HostKeeper<'_> {
+    fn env(&self) -> &str {
+        &self.env.name
+    }
+
+    fn releases(&self) -> Result<Vec<Release>> {
+        history::docker::releases(&self.env.project)
+    }
+
+    fn record(&self, release: &Release) -> Result<()> {
+        history::docker::record(&Docker, &self.env.project, release, self.apply.history_limit as usize)
+    }
+
+    fn restore(&self, release: &Release) -> Result<Release> {
+        restore(self.env, release, &self.apply, self.dir)
+    }
+}
+
 /// `deploy rollback --target docker [--to RELEASE]`: the release named, else the newest earlier
 /// one that did not fail verification. An environment deployed before release history existed
 /// goes back to the spec each container recorded of the one it replaced.
 pub fn rollback(ctx: &Ctx, args: &RollbackArgs, dir: &Path) -> Result<ExitCode> {
-    let env_name = &args.env.env;
-    let env = DockerEnv::load(&ctx.root, env_name)?;
-    let releases = history::docker::releases(&env.project)?;
-    let target = match args.to {
-        Some(id) => Some(history::find(&releases, env_name, id)?),
-        None => history::previous_good(&releases),
-    };
-    let apply = replace_args(&args.env);
-    let Some(target) = target else {
-        return rollback_by_labels(ctx, env, args.env.timeout, dir);
-    };
-    if let Some(now) = history::current(&releases).filter(|now| now.content() == target.content()) {
-        eprintln!("{env_name} runs release {} already (as release {}); nothing to do", target.id, now.id);
-        return Ok(ExitCode::SUCCESS);
+    let env = DockerEnv::load(&ctx.root, &args.env.env)?;
+    let keeper = HostKeeper { env: &env, apply: replace_args(&args.env), dir };
+    if history::rollback(&keeper, args.to, ctx.dry_run)?.is_none() {
+        return rollback_by_labels(ctx, env.clone(), args.env.timeout, dir);
     }
-    eprintln!("rolling {env_name} back to release {} (commit {})", target.id, short_commit(&target.commit));
-    for spec in &target.specs {
-        eprintln!("  {}: {}", spec.service, spec.image_name);
-    }
-    if ctx.dry_run {
-        eprintln!("dry run: nothing was changed on the Docker host");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let back = restore(&env, target, &apply, dir)?;
-    eprintln!("rolled back {env_name} to release {} (now release {})", target.id, back.id);
     Ok(ExitCode::SUCCESS)
 }
 
@@ -936,7 +938,7 @@ pub fn verify_command(ctx: &Ctx, args: &VerifyArgs, dir: &Path) -> Result<ExitCo
 fn verify_release(
     ctx: &Ctx,
     env: &DockerEnv,
-    mut release: Release,
+    release: Release,
     slo: &verify::SloFile,
     window: Option<Duration>,
     no_rollback: bool,
@@ -960,42 +962,9 @@ fn verify_release(
         println!("{}", serde_json::to_string_pretty(&verdict)?);
     }
     verify::print(&verdict);
-    let docker = Docker;
-    if verdict.breaches().is_empty() {
-        release.state = State::Verified;
-        release.why = Some(format!("{} objectives held for {}s", verdict.findings.len(), verdict.window_s));
-        history::docker::record(&docker, &env.project, &release, apply.history_limit as usize)?;
-        eprintln!("release {} of {} verified", release.id, env.name);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let breach = verify::breach_line(&verdict);
-    release.state = State::Failed;
-    release.why = Some(breach.clone());
-    history::docker::record(&docker, &env.project, &release, apply.history_limit as usize)?;
-    if no_rollback {
-        bail!("release {} of {} breached its SLOs: {breach}; left running (--no-rollback)", release.id, env.name);
-    }
-    let releases = history::docker::releases(&env.project)?;
-    let Some(good) = history::previous_good(&releases).cloned() else {
-        bail!(
-            "release {} of {} breached its SLOs: {breach}; there is no earlier good release to roll back to",
-            release.id,
-            env.name
-        );
-    };
-    eprintln!("release {} breached its SLOs; rolling {} back to release {}", release.id, env.name, good.id);
-    match restore(env, &good, apply, dir) {
-        Ok(back) => bail!(
-            "release {} of {} breached its SLOs: {breach}; rolled back to release {} (now release {})",
-            release.id,
-            env.name,
-            good.id,
-            back.id
-        ),
-        Err(e) => {
-            bail!("release {} of {} breached its SLOs: {breach}; the rollback failed too: {e:#}", release.id, env.name)
-        }
-    }
+    let keeper = HostKeeper { env, apply: apply.clone(), dir };
+    history::conclude(&keeper, release, &verdict, no_rollback)?;
+    Ok(ExitCode::SUCCESS)
 }
 
 /// `deploy history --target docker`.
@@ -1049,7 +1018,7 @@ pub fn status(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
         println!("{:<18} {:<11} {:<10} {:<26} {:<14} {:<22} {previous}", r.service, r.role, state, image, id, started);
     }
     if let Some(r) = history::current(&releases) {
-        println!("release {} ({}), commit {}, deployed {}", r.id, r.state, short_commit(&r.commit), r.deployed_at);
+        println!("release {} ({}), commit {}, deployed {}", r.id, r.state, history::short(&r.commit), r.deployed_at);
     }
     Ok(ExitCode::SUCCESS)
 }

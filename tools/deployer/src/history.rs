@@ -8,8 +8,12 @@
 //!
 //! Where it lives: on a Docker host, one never-started record container per release
 //! (`<project>-release-<id>`, labels `xtask.release-of` and `xtask.release`), whose image also
-//! keeps that release's gateway image on the host for a rollback. The Kubernetes target keeps
-//! its last known-good release in a ConfigMap (see `kube.rs`).
+//! keeps that release's gateway image on the host for a rollback. In a Kubernetes namespace, one
+//! ConfigMap per release (`xtask-release-<id>`, see `kube.rs`) holding the record and the pinned
+//! render it applied.
+//!
+//! What is common to both targets lives here, behind [`Keeper`]: which release a rollback goes
+//! to, and what a verification's verdict does to a release.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -20,6 +24,7 @@ use xtask_kit::UsageError;
 
 use crate::engine::Docker;
 use crate::spec::RunSpec;
+use crate::verify::{self, Verdict};
 
 /// How many releases an environment keeps unless told otherwise.
 pub const DEFAULT_KEEP: usize = 10;
@@ -63,6 +68,9 @@ pub struct Release {
     /// Docker target: the run spec of each of our services (what a rollback starts again).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub specs: Vec<RunSpec>,
+    /// Kubernetes target: the sha256 of the pinned render it applied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub render: Option<String>,
 }
 
 impl Release {
@@ -71,7 +79,90 @@ impl Release {
     pub fn content(&self) -> String {
         let mut specs: Vec<String> = self.specs.iter().map(RunSpec::hash).collect();
         specs.sort();
-        format!("{:?}{specs:?}", self.images)
+        format!("{:?}{specs:?}{:?}", self.images, self.render)
+    }
+}
+
+/// An environment as the release history sees it: where its releases are kept and how one is
+/// put back. The Docker host and a Kubernetes namespace each implement it.
+pub trait Keeper {
+    fn env(&self) -> &str;
+    /// Every release kept, oldest first.
+    fn releases(&self) -> Result<Vec<Release>>;
+    /// Write a release (a new one, or a new state of one); drop what is beyond the limit.
+    fn record(&self, release: &Release) -> Result<()>;
+    /// Put `release` back, wait until it is healthy, and record that as a new release.
+    fn restore(&self, release: &Release) -> Result<Release>;
+}
+
+/// `deploy rollback [--to ID]`: the release named, else the newest earlier one that did not fail
+/// and runs something else. `Ok(None)`: there is none (the caller may know another way back).
+pub fn rollback(keeper: &dyn Keeper, to: Option<u64>, dry_run: bool) -> Result<Option<Release>> {
+    let env = keeper.env();
+    let releases = keeper.releases()?;
+    let target = match to {
+        Some(id) => find(&releases, env, id)?.clone(),
+        None => match previous_good(&releases) {
+            Some(r) => r.clone(),
+            None => return Ok(None),
+        },
+    };
+    if let Some(now) = current(&releases).filter(|now| now.content() == target.content()) {
+        eprintln!("{env} runs release {} already (as release {}); nothing to do", target.id, now.id);
+        return Ok(Some(now.clone()));
+    }
+    eprintln!("rolling {env} back to release {} (commit {})", target.id, short(&target.commit));
+    for (service, image) in &target.images {
+        eprintln!("  {service}: {image}");
+    }
+    if dry_run {
+        eprintln!("dry run: nothing was changed in {env}");
+        return Ok(Some(target));
+    }
+    let back = keeper.restore(&target)?;
+    eprintln!("rolled back {env} to release {} (now release {})", target.id, back.id);
+    Ok(Some(back))
+}
+
+/// The first 12 characters of a commit.
+pub fn short(commit: &str) -> &str {
+    &commit[..commit.len().min(12)]
+}
+
+/// What a verification's verdict does to `release`: held, it is marked verified; breached, it is
+/// marked failed and (unless `no_rollback`) the last good release is put back. The error of a
+/// breach names the objective, the observed value and the limit, and what was done about it.
+pub fn conclude(keeper: &dyn Keeper, mut release: Release, verdict: &Verdict, no_rollback: bool) -> Result<()> {
+    let env = keeper.env().to_string();
+    if verdict.breaches().is_empty() {
+        release.state = State::Verified;
+        release.why = Some(format!("{} objectives held for {}s", verdict.findings.len(), verdict.window_s));
+        keeper.record(&release)?;
+        eprintln!("release {} of {env} verified", release.id);
+        return Ok(());
+    }
+    let breach = verify::breach_line(verdict);
+    release.state = State::Failed;
+    release.why = Some(breach.clone());
+    keeper.record(&release)?;
+    let id = release.id;
+    if no_rollback {
+        anyhow::bail!("release {id} of {env} breached its SLOs: {breach}; left running (--no-rollback)");
+    }
+    let releases = keeper.releases()?;
+    let Some(good) = previous_good(&releases).cloned() else {
+        anyhow::bail!(
+            "release {id} of {env} breached its SLOs: {breach}; there is no earlier good release to roll back to"
+        );
+    };
+    eprintln!("release {id} breached its SLOs; rolling {env} back to release {}", good.id);
+    match keeper.restore(&good) {
+        Ok(back) => anyhow::bail!(
+            "release {id} of {env} breached its SLOs: {breach}; rolled back to release {} (now release {})",
+            good.id,
+            back.id
+        ),
+        Err(e) => anyhow::bail!("release {id} of {env} breached its SLOs: {breach}; the rollback failed too: {e:#}"),
     }
 }
 
@@ -211,6 +302,7 @@ mod tests {
             rollback_of: None,
             images: BTreeMap::from([("api".to_string(), api.to_string())]),
             specs: Vec::new(),
+            render: None,
         }
     }
 

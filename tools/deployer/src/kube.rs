@@ -1,12 +1,15 @@
 //! The Kubernetes target: render the environment's overlay, pin every image by digest from the
 //! build manifest (kustomize's own `images:` transformer, in an overlay generated under the work
 //! directory), validate offline, show the server-side diff, apply, wait for every rollout, smoke
-//! test, and on any failure re-apply the last known-good render; `rollback` does that on demand
+//! test, record the release, verify it against the environment's SLOs; on any failure re-apply
+//! the last good release. `rollback [--to ID]` does that on demand, `history` lists the releases
 //! and `status` shows what runs.
 //!
-//! The last known-good render lives in the cluster (ConfigMap `xtask-known-good` in the
-//! environment's namespace), so a rollback never depends on somebody's laptop. kubectl is
-//! `$KUBECTL` when set (tests use a recorded stand-in; there is no cluster here).
+//! The release history lives in the cluster: one ConfigMap per release (`xtask-release-<id>` in
+//! the environment's namespace, labelled `xtask/release`) holding its record and the pinned
+//! render it applied, the last `--history-limit` kept. A rollback, from any machine, re-applies
+//! a render from there. Renders go to kubectl as JSON (a `kind: List`). kubectl is `$KUBECTL`
+//! when set (tests use a recorded stand-in; there is no cluster here).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, Read, Write};
@@ -17,13 +20,16 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use xtask_kit::UsageError;
-use xtask_kit::handoff::{DeployArgs, EnvArgs, OVERLAYS_DIR, Service, overlays};
+use xtask_kit::handoff::{DeployArgs, EnvArgs, OVERLAYS_DIR, RollbackArgs, Service, VerifyArgs, overlays};
 use xtask_kit::images::BuildManifest;
 use xtask_kit::process::Cmd;
 
+use crate::history::{self, Keeper, Release, State};
+use crate::verify;
 use crate::{Ctx, confirm, work_dir};
 
-pub const KNOWN_GOOD: &str = "xtask-known-good";
+/// The label every release ConfigMap carries (its value: the release id).
+const RELEASE_LABEL: &str = "xtask/release";
 
 fn kubectl_program() -> String {
     std::env::var("KUBECTL").ok().filter(|k| !k.is_empty()).unwrap_or_else(|| "kubectl".into())
@@ -51,11 +57,6 @@ impl Kube {
 
     /// For polling: the same call without announcing it each time.
     fn quiet_output(&self, args: &[&str]) -> Result<Output> {
-        self.cmd(args).output()
-    }
-
-    fn output(&self, args: &[&str]) -> Result<Output> {
-        Kube::announce(args);
         self.cmd(args).output()
     }
 
@@ -308,62 +309,160 @@ struct ConfigMap {
     data: BTreeMap<String, String>,
 }
 
-/// The ConfigMap that keeps an environment's last known-good render in the cluster.
-fn known_good_configmap(namespace: &str, render: &str, revision: &str, pins: &BTreeMap<String, String>) -> String {
-    let images: Vec<String> = pins.values().cloned().collect();
+/// The ConfigMap that keeps one release of an environment: its record and the render it applied.
+fn release_configmap(namespace: &str, release: &Release, render: &str) -> String {
     let doc = serde_json::json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": {
-            "name": KNOWN_GOOD,
+            "name": format!("xtask-release-{}", release.id),
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/managed-by": "xtask"},
-            "annotations": {
-                "xtask/revision": revision,
-                "xtask/deployed-at": xtask_kit::date::now_rfc3339(),
-                "xtask/images": images.join(" "),
-            },
+            "labels": {"app.kubernetes.io/managed-by": "xtask", RELEASE_LABEL: release.id.to_string()},
         },
-        "data": {"render.yaml": render},
+        "data": {
+            "release.json": serde_json::to_string(release).expect("a release serialises"),
+            "render.json": render,
+        },
     });
     serde_json::to_string_pretty(&doc).expect("JSON values serialise")
 }
 
-/// An environment's last known-good release, as its ConfigMap keeps it.
-struct KnownGood {
-    render: String,
-    revision: String,
-    deployed_at: String,
-    /// The digest references it runs (`xtask/images`).
-    images: Vec<String>,
+/// A release and the render it applied, read back from its ConfigMap.
+fn from_configmap(cm: &ConfigMap) -> Result<(Release, String)> {
+    let name = &cm.metadata.name;
+    let field = |key: &str| cm.data.get(key).with_context(|| format!("ConfigMap {name} has no {key}"));
+    let release = serde_json::from_str(field("release.json")?)
+        .with_context(|| format!("ConfigMap {name}: release.json is not a release record"))?;
+    Ok((release, field("render.json")?.clone()))
 }
 
-impl KnownGood {
-    fn from_configmap(cm: ConfigMap) -> Result<KnownGood> {
-        let annotation = |key: &str| cm.metadata.annotations.get(key).cloned().unwrap_or_else(|| "?".into());
-        let (revision, deployed_at) = (annotation("xtask/revision"), annotation("xtask/deployed-at"));
-        let render = cm.data.get("render.yaml").cloned().context("the known-good ConfigMap has no render.yaml")?;
-        let images = cm
-            .metadata
-            .annotations
-            .get("xtask/images")
-            .map_or_else(Vec::new, |i| i.split_whitespace().map(str::to_string).collect());
-        Ok(KnownGood { render, revision, deployed_at, images })
-    }
-}
-
-/// The known-good release; `None` before the first successful deploy.
-fn fetch_known_good(kube: &Kube, namespace: &str) -> Result<Option<KnownGood>> {
-    let out = kube.output(&["get", "configmap", KNOWN_GOOD, "-n", namespace, "-o", "json"])?;
-    if !out.status.success() {
-        let err = String::from_utf8_lossy(&out.stderr);
-        if err.contains("NotFound") || err.contains("not found") {
-            return Ok(None);
+/// A pinned render (kustomize's YAML stream) as the one JSON `List` kubectl applies.
+fn render_list(yaml: &str) -> Result<String> {
+    let mut items = Vec::new();
+    for doc in serde_yaml::Deserializer::from_str(yaml) {
+        let value = serde_json::Value::deserialize(doc).context("kustomize rendered YAML that does not parse")?;
+        if !value.is_null() {
+            items.push(value);
         }
-        bail!("cannot read the known-good render from the cluster: {}", err.trim());
     }
-    let cm: ConfigMap = serde_json::from_slice(&out.stdout).context("kubectl returned a ConfigMap that is not JSON")?;
-    KnownGood::from_configmap(cm).map(Some)
+    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
+    Ok(serde_json::to_string_pretty(&list)?)
+}
+
+/// One environment's namespace, as the release history sees it.
+struct Namespace<'a> {
+    kube: Kube,
+    env: &'a str,
+    namespace: String,
+    deployments: Vec<String>,
+    dir: &'a Path,
+    timeout: Duration,
+    limit: usize,
+}
+
+impl Namespace<'_> {
+    fn configmaps(&self) -> Result<Vec<ConfigMap>> {
+        let selector = format!("app.kubernetes.io/managed-by=xtask,{RELEASE_LABEL}");
+        let list: List<ConfigMap> =
+            self.kube.read_json(&["get", "configmaps", "-n", &self.namespace, "-l", &selector, "-o", "json"])?;
+        Ok(list.items)
+    }
+
+    /// The render release `id` applied.
+    fn render_of(&self, id: u64) -> Result<String> {
+        let name = format!("xtask-release-{id}");
+        let cm: ConfigMap = self.kube.read_json(&["get", "configmap", &name, "-n", &self.namespace, "-o", "json"])?;
+        Ok(from_configmap(&cm)?.1)
+    }
+
+    /// Write `release` with the render it applied; drop what is beyond the limit.
+    fn write(&self, release: &Release, render: &str) -> Result<()> {
+        let file = self.dir.join(format!("release-{}.json", release.id));
+        std::fs::write(&file, release_configmap(&self.namespace, release, render))
+            .with_context(|| format!("writing {}", file.display()))?;
+        apply(&self.kube, &file).with_context(|| format!("recording release {} of {}", release.id, self.env))?;
+        let old: Vec<String> = history::beyond(&self.releases()?, self.limit)
+            .into_iter()
+            .map(|id| format!("xtask-release-{id}"))
+            .collect();
+        if !old.is_empty() {
+            let mut args = vec!["delete", "configmap"];
+            args.extend(old.iter().map(String::as_str));
+            args.extend(["-n", &self.namespace]);
+            eprint!("{}", self.kube.checked(&args)?);
+        }
+        Ok(())
+    }
+
+    /// Record a successful apply of `render` as a release (or find it is what runs already).
+    fn record_new(
+        &self,
+        render: &str,
+        pins: &BTreeMap<String, String>,
+        commit: &str,
+        rollback_of: Option<u64>,
+    ) -> Result<Release> {
+        let releases = self.releases()?;
+        let release = Release {
+            id: history::next_id(&releases),
+            commit: commit.to_string(),
+            deployed_at: xtask_kit::date::now_rfc3339(),
+            state: State::Deployed,
+            why: None,
+            rollback_of,
+            images: pins.clone(),
+            specs: Vec::new(),
+            render: Some(sha256(render)),
+        };
+        if let Some(now) =
+            history::current(&releases).filter(|r| r.content() == release.content() && rollback_of.is_none())
+        {
+            eprintln!("release {} of {} runs this render already", now.id, self.env);
+            return Ok(now.clone());
+        }
+        self.write(&release, render)?;
+        eprintln!("recorded release {} of {} (commit {})", release.id, self.env, history::short(commit));
+        Ok(release)
+    }
+
+    /// Apply a render and wait for every rollout.
+    fn put(&self, render: &str, name: &str) -> Result<(), Vec<String>> {
+        let file = self.dir.join(name);
+        std::fs::write(&file, render).map_err(|e| vec![format!("writing {}: {e}", file.display())])?;
+        apply(&self.kube, &file).map_err(|e| vec![format!("{e:#}")])?;
+        wait_rollouts(&self.kube, &self.namespace, &self.deployments, self.timeout)
+    }
+}
+
+impl Keeper for Namespace<'_> {
+    fn env(&self) -> &str {
+        self.env
+    }
+
+    fn releases(&self) -> Result<Vec<Release>> {
+        let mut out = Vec::new();
+        for cm in self.configmaps()? {
+            out.push(from_configmap(&cm)?.0);
+        }
+        out.sort_by_key(|r| r.id);
+        Ok(out)
+    }
+
+    fn record(&self, release: &Release) -> Result<()> {
+        self.write(release, &self.render_of(release.id)?)
+    }
+
+    fn restore(&self, release: &Release) -> Result<Release> {
+        let render = self.render_of(release.id)?;
+        self.put(&render, &format!("release-{}-render.json", release.id))
+            .map_err(|f| anyhow::anyhow!("putting release {} back failed: {}", release.id, f.join("; ")))?;
+        self.record_new(&render, &release.images, &release.commit, Some(release.id))
+    }
+}
+
+fn sha256(text: &str) -> String {
+    use sha2::Digest;
+    format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
 }
 
 fn apply(kube: &Kube, file: &Path) -> Result<()> {
@@ -553,21 +652,6 @@ fn deployments(ctx: &Ctx) -> Vec<String> {
     ctx.facts.services.iter().map(|s| s.name.clone()).collect()
 }
 
-/// Puts the known-good render back and waits for it.
-fn roll_back(
-    kube: &Kube,
-    dir: &Path,
-    namespace: &str,
-    render: &str,
-    deployments: &[String],
-    timeout: Duration,
-) -> Result<(), Vec<String>> {
-    let file = dir.join("known-good.yaml");
-    std::fs::write(&file, render).map_err(|e| vec![format!("writing {}: {e}", file.display())])?;
-    apply(kube, &file).map_err(|e| vec![format!("{e:#}")])?;
-    wait_rollouts(kube, namespace, deployments, timeout)
-}
-
 /// The environment's overlay, or a usage error naming the ones that exist.
 fn overlay(root: &Path, env: &str) -> Result<PathBuf> {
     let dir = root.join(OVERLAYS_DIR).join(env);
@@ -593,27 +677,51 @@ pub fn deploy(ctx: &Ctx, env: &str, args: &DeployArgs) -> Result<ExitCode> {
     release(ctx, env, args, &pins, &ctx.facts.revision)
 }
 
+/// An environment's namespace, with what deploy needs to change it.
+fn namespace<'a>(ctx: &Ctx, env: &'a str, dir: &'a Path, timeout: Duration, limit: u32) -> Result<Namespace<'a>> {
+    overlay(&ctx.root, env)?;
+    Ok(Namespace {
+        kube: Kube { program: kubectl_program() },
+        env,
+        namespace: overlay_namespace(&ctx.root, env)?,
+        deployments: deployments(ctx),
+        dir,
+        timeout,
+        limit: limit as usize,
+    })
+}
+
 /// `promote --from A --to B`: deploy to B exactly the digests A runs, read from A itself (its
-/// known-good release), refusing when A runs nothing, is not healthy, or runs another commit
-/// than the one being promoted (`--commit`).
+/// current release), refusing when A runs nothing, failed its verification, is not healthy, or
+/// runs another commit than the one being promoted (`--commit`).
 pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs) -> Result<ExitCode> {
     let to = args.env.clone().expect("clap requires --env");
-    overlay(&ctx.root, from)?;
+    overlay(&ctx.root, &to)?;
     if from == to {
         return Err(UsageError(format!("--from {from} --to {to}: promote between two environments")).into());
     }
-    let source = overlay_namespace(&ctx.root, from)?;
-    let kube = Kube { program: kubectl_program() };
-    let Some(good) = fetch_known_good(&kube, &source)? else {
+    let scratch = std::env::temp_dir();
+    let source = namespace(ctx, from, &scratch, args.apply.timeout, args.apply.history_limit)?;
+    let releases = source.releases()?;
+    let Some(now) = history::current(&releases) else {
         return Err(UsageError(format!(
-            "{from} runs nothing to promote: {source} has no known-good release (deploy {from} first)"
+            "{from} runs nothing to promote: {} has no release (deploy {from} first)",
+            source.namespace
         ))
         .into());
     };
-    crate::check_commit(from, &good.revision, commit)?;
-    let list: List<Deployment> = kube.read_json(&["get", "deployments", "-n", &source, "-o", "json"])?;
-    let services = deployments(ctx);
-    let unhealthy = unhealthy_deployments(&list, &services);
+    if now.state == State::Failed {
+        return Err(UsageError(format!(
+            "{from}'s release {} failed its verification ({}); nothing was promoted",
+            now.id,
+            now.why.as_deref().unwrap_or("no reason recorded")
+        ))
+        .into());
+    }
+    crate::check_commit(from, &now.commit, commit)?;
+    let list: List<Deployment> =
+        source.kube.read_json(&["get", "deployments", "-n", &source.namespace, "-o", "json"])?;
+    let unhealthy = unhealthy_deployments(&list, &source.deployments);
     if !unhealthy.is_empty() {
         return Err(UsageError(format!(
             "{from} is not healthy ({}); nothing was promoted to {to}",
@@ -621,10 +729,14 @@ pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs) -
         ))
         .into());
     }
-    let pins = pins_of(&good.images, &services)
-        .map_err(|e| UsageError(format!("{from}'s known-good release cannot be promoted: {e}")))?;
-    eprintln!("promoting {from} (commit {}, deployed {}) to {to}", good.revision, good.deployed_at);
-    release(ctx, &to, args, &pins, &good.revision)
+    let images: Vec<String> = now.images.values().cloned().collect();
+    let pins = pins_of(&images, &source.deployments)
+        .map_err(|e| UsageError(format!("{from}'s release {} cannot be promoted: {e}", now.id)))?;
+    eprintln!(
+        "promoting {from} release {} ({}, commit {}, deployed {}) to {to}",
+        now.id, now.state, now.commit, now.deployed_at
+    );
+    release(ctx, &to, args, &pins, &now.commit.clone())
 }
 
 /// Our deployments that are missing, or not at their replica count, in a `get deployments`.
@@ -657,8 +769,8 @@ fn pins_of(images: &[String], services: &[String]) -> Result<BTreeMap<String, St
     Ok(pins)
 }
 
-/// Render, pin to `pins`, validate, diff, confirm, apply, verify, and record as known-good at
-/// `revision`; on a failure, put the last known-good release back.
+/// Render, pin to `pins`, validate, diff, confirm, apply, wait, smoke, record as a release at
+/// `revision`, verify; on a failure, put the last good release back.
 fn release(
     ctx: &Ctx,
     env: &str,
@@ -667,11 +779,15 @@ fn release(
     revision: &str,
 ) -> Result<ExitCode> {
     let overlay = overlay(&ctx.root, env)?;
-    let namespace = overlay_namespace(&ctx.root, env)?;
-    let deployments = deployments(ctx);
-    let kube = Kube { program: kubectl_program() };
     let work = work_dir(ctx, env)?;
     let dir = &work.dir;
+    let ns = namespace(ctx, env, dir, args.apply.timeout, args.apply.history_limit)?;
+    let (kube, namespace) = (&ns.kube, &ns.namespace);
+    // A broken SLO file is refused before anything changes.
+    let slo = match args.apply.verify.no_verify {
+        true => None,
+        false => verify::preflight(&ctx.root, env, &process_vars())?,
+    };
 
     // 1-2: render, pin through a generated overlay, validate offline.
     let rendered = kube.checked(&["kustomize", &overlay.display().to_string()])?;
@@ -687,9 +803,12 @@ fn release(
     let render_file = dir.join("render.yaml");
     std::fs::write(&render_file, &pinned).with_context(|| format!("writing {}", render_file.display()))?;
     validate(ctx, env, &render_file)?;
+    let render = render_list(&pinned)?;
+    let list_file = dir.join("render.json");
+    std::fs::write(&list_file, &render).with_context(|| format!("writing {}", list_file.display()))?;
 
     // 3: what would change.
-    let file = render_file.display().to_string();
+    let file = list_file.display().to_string();
     // `kubectl diff` exits 1 when there are differences; anything else but 0 is a failure.
     let diff_args = ["diff", "--server-side", "--field-manager=xtask", "--force-conflicts", "-f", &file];
     Kube::announce(&diff_args);
@@ -719,46 +838,51 @@ fn release(
 
     // 4-5: confirmation, then the rollback point, before anything changes.
     confirm(env, &args.apply)?;
-    let known_good = fetch_known_good(&kube, &namespace)?;
-    if known_good.is_none() {
-        eprintln!("warning: {namespace} has no known-good render yet (first deploy): a failure cannot be rolled back");
+    let releases = ns.releases()?;
+    let before = releases.iter().rev().find(|r| r.state != State::Failed).cloned();
+    if before.is_none() {
+        eprintln!("warning: {namespace} has no release yet (first deploy): a failure cannot be rolled back");
     }
 
     // 6: apply, wait, smoke.
-    let timeout = args.apply.timeout;
     let edge = edge_service(ctx);
-    let outcome = apply(&kube, &render_file)
-        .map_err(|e| vec![format!("{e:#}")])
-        .and_then(|()| wait_rollouts(&kube, &namespace, &deployments, timeout))
-        .and_then(|()| {
-            smoke(&kube, &namespace, &deployments, edge.map(|s| (s.name.as_str(), s.port, s.ready.as_str())))
-        });
+    let outcome = ns.put(&render, "render.json").and_then(|()| {
+        smoke(kube, namespace, &ns.deployments, edge.map(|s| (s.name.as_str(), s.port, s.ready.as_str())))
+    });
     match outcome {
         Ok(()) => {
-            let cm = dir.join("known-good-configmap.json");
-            std::fs::write(&cm, known_good_configmap(&namespace, &pinned, revision, pins))?;
-            apply(&kube, &cm).context("the deploy succeeded, but recording it as known-good failed")?;
-            eprintln!(
-                "deployed {env} ({namespace}): every rollout finished, smoke checks passed; recorded as known-good"
-            );
-            Ok(ExitCode::SUCCESS)
+            let release = ns
+                .record_new(&render, pins, revision, None)
+                .context("the deploy succeeded, but recording the release failed")?;
+            eprintln!("deployed {env} ({namespace}): every rollout finished, smoke checks passed");
+            let Some(slo) = slo else {
+                if !args.apply.verify.no_verify {
+                    eprintln!(
+                        "note: {env} has no SLO file ({}/{env}.toml); release {} is not verified",
+                        verify::SLO_DIR,
+                        release.id
+                    );
+                }
+                return Ok(ExitCode::SUCCESS);
+            };
+            verify_release(ctx, &ns, release, &slo, args.apply.verify.window, false)
         }
-        // 7: put the last known-good render back.
+        // 7: put the last good release back.
         Err(failures) => {
             for f in &failures {
                 eprintln!("failed: {f}");
             }
-            let Some(good) = known_good else {
-                bail!(
-                    "deploy of {env} failed ({}); there is no known-good render to roll back to",
-                    failures.join("; ")
-                );
+            let Some(good) = before else {
+                bail!("deploy of {env} failed ({}); there is no earlier release to roll back to", failures.join("; "));
             };
-            eprintln!("rolling back {env} to the known-good render of {}", good.deployed_at);
-            match roll_back(&kube, dir, &namespace, &good.render, &deployments, timeout) {
-                Ok(()) => {
-                    bail!("deploy of {env} failed ({}); rolled back to the last known-good render", failures.join("; "))
-                }
+            eprintln!("rolling back {env} to release {} (commit {})", good.id, history::short(&good.commit));
+            let render = ns.render_of(good.id)?;
+            match ns.put(&render, &format!("release-{}-render.json", good.id)) {
+                Ok(()) => bail!(
+                    "deploy of {env} failed ({}); rolled back to release {} (what ran before)",
+                    failures.join("; "),
+                    good.id
+                ),
                 Err(more) => bail!(
                     "deploy of {env} failed ({}), and so did the rollback ({})",
                     failures.join("; "),
@@ -769,55 +893,91 @@ fn release(
     }
 }
 
-pub fn rollback(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
-    overlay(&ctx.root, &args.env)?;
-    let namespace = overlay_namespace(&ctx.root, &args.env)?;
-    let kube = Kube { program: kubectl_program() };
-    let Some(good) = fetch_known_good(&kube, &namespace)? else {
-        bail!("{namespace} has no known-good render (no successful `cargo xtask deploy --env {}` yet)", args.env);
-    };
-    if ctx.dry_run {
-        eprintln!("dry run: would re-apply the known-good render of {}", good.deployed_at);
-        return Ok(ExitCode::SUCCESS);
-    }
-    let work = work_dir(ctx, &args.env)?;
-    match roll_back(&kube, &work.dir, &namespace, &good.render, &deployments(ctx), args.timeout) {
-        Ok(()) => {
-            eprintln!("rolled back {} to the known-good render of {}", args.env, good.deployed_at);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(failures) => bail!("rollback of {} failed: {}", args.env, failures.join("; ")),
-    }
+/// `${VAR}` in a cluster environment's SLO file: the runner's environment (in the release
+/// workflow, repository variables).
+fn process_vars() -> impl Fn(&str) -> Option<String> {
+    |name| std::env::var(name).ok()
 }
 
-/// `deploy history` on Kubernetes: the cluster keeps the last known-good release (one entry).
-pub fn history(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
-    overlay(&ctx.root, &args.env)?;
-    let namespace = overlay_namespace(&ctx.root, &args.env)?;
-    let kube = Kube { program: kubectl_program() };
-    let good = fetch_known_good(&kube, &namespace)?;
-    let entries: Vec<serde_json::Value> = good
-        .iter()
-        .map(|g| {
-            serde_json::json!({"state": "known-good", "commit": g.revision, "deployed_at": g.deployed_at, "images": g.images})
-        })
-        .collect();
+/// Verify `release` against `slo`; the verdict marks it, and a breach puts the last good
+/// release back (unless `no_rollback`).
+fn verify_release(
+    ctx: &Ctx,
+    ns: &Namespace<'_>,
+    release: Release,
+    slo: &verify::SloFile,
+    window: Option<Duration>,
+    no_rollback: bool,
+) -> Result<ExitCode> {
+    let loadgen = ctx.facts.loadgen.clone().context("xtask handed over no load generator (facts.loadgen)")?;
+    let vars = process_vars();
+    let setup = verify::Setup {
+        root: &ctx.root,
+        env: ns.env,
+        slo,
+        vars: &vars,
+        loadgen: &loadgen,
+        jobs: ns.deployments.clone(),
+        window,
+        work: ns.dir,
+    };
+    let verdict = verify::run(&setup)?;
     if ctx.json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({"env": args.env, "releases": entries}))?);
-    } else if let Some(g) = &good {
-        println!("known-good  commit {}  deployed {}  {}", g.revision, g.deployed_at, g.images.join(" "));
-    } else {
-        println!("{}: no known-good release yet", args.env);
+        println!("{}", serde_json::to_string_pretty(&verdict)?);
+    }
+    verify::print(&verdict);
+    history::conclude(ns, release, &verdict, no_rollback)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `deploy verify --target k8s`: the current release, held to the environment's SLOs.
+pub fn verify(ctx: &Ctx, args: &VerifyArgs) -> Result<ExitCode> {
+    let env = &args.env.env;
+    let work = work_dir(ctx, env)?;
+    let ns = namespace(ctx, env, &work.dir, args.env.timeout, history::DEFAULT_KEEP as u32)?;
+    let Some(slo) = verify::preflight(&ctx.root, env, &process_vars())? else {
+        return Err(UsageError(format!(
+            "{env} has no SLO file: write {}/{env}.toml (see infra/slo/README.md)",
+            verify::SLO_DIR
+        ))
+        .into());
+    };
+    let Some(current) = history::current(&ns.releases()?).cloned() else {
+        return Err(UsageError(format!("{env} has no release to verify (deploy it first)")).into());
+    };
+    if ctx.dry_run {
+        eprintln!("dry run: would verify release {} of {env}", current.id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    verify_release(ctx, &ns, current, &slo, args.window, args.no_rollback)
+}
+
+/// `deploy rollback --target k8s [--to RELEASE]`.
+pub fn rollback(ctx: &Ctx, args: &RollbackArgs) -> Result<ExitCode> {
+    let env = &args.env.env;
+    let work = work_dir(ctx, env)?;
+    let ns = namespace(ctx, env, &work.dir, args.env.timeout, history::DEFAULT_KEEP as u32)?;
+    if history::rollback(&ns, args.to, ctx.dry_run)?.is_none() {
+        bail!("{env} has no earlier good release to roll back to (see `cargo xtask deploy history --env {env}`)");
     }
     Ok(ExitCode::SUCCESS)
 }
 
+/// `deploy history --target k8s`: the releases the namespace keeps.
+pub fn history(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
+    let scratch = std::env::temp_dir();
+    let ns = namespace(ctx, &args.env, &scratch, args.timeout, history::DEFAULT_KEEP as u32)?;
+    history::print(&args.env, &ns.releases()?, ctx.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn status(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
-    overlay(&ctx.root, &args.env)?;
-    let namespace = overlay_namespace(&ctx.root, &args.env)?;
-    let kube = Kube { program: kubectl_program() };
-    let list: List<Deployment> = kube.cmd(&["get", "deployments", "-n", &namespace, "-o", "json"]).read_json()?;
-    let known_good = fetch_known_good(&kube, &namespace)?;
+    let scratch = std::env::temp_dir();
+    let ns = namespace(ctx, &args.env, &scratch, args.timeout, history::DEFAULT_KEEP as u32)?;
+    let namespace = &ns.namespace;
+    let list: List<Deployment> = ns.kube.cmd(&["get", "deployments", "-n", namespace, "-o", "json"]).read_json()?;
+    let releases = ns.releases()?;
+    let current = history::current(&releases);
     let images = |d: &Deployment| d.spec.template.spec.containers.iter().map(|c| c.image.clone()).collect::<Vec<_>>();
     if ctx.json {
         let deployments: Vec<serde_json::Value> = list
@@ -832,10 +992,12 @@ pub fn status(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
                 })
             })
             .collect();
-        let known_good =
-            known_good.map(|good| serde_json::json!({ "revision": good.revision, "deployed_at": good.deployed_at }));
+        let release = current.map(|r| {
+            serde_json::json!({ "id": r.id, "state": r.state, "commit": r.commit, "deployed_at": r.deployed_at,
+                "why": r.why, "rollback_of": r.rollback_of })
+        });
         let report = serde_json::json!({ "target": "k8s", "env": args.env, "namespace": namespace,
-            "deployments": deployments, "known_good": known_good });
+            "deployments": deployments, "release": release });
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -844,9 +1006,11 @@ pub fn status(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
         let ready = format!("{}/{}", d.status.ready_replicas, d.spec.replicas);
         println!("{:<12} {ready:<8} {}", d.metadata.name, images(d).join(", "));
     }
-    match known_good {
-        Some(good) => println!("known-good: revision {} deployed at {}", good.revision, good.deployed_at),
-        None => println!("known-good: none yet"),
+    match current {
+        Some(r) => {
+            println!("release {} ({}), commit {}, deployed {}", r.id, r.state, history::short(&r.commit), r.deployed_at)
+        }
+        None => println!("release: none yet"),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -933,7 +1097,7 @@ mod tests {
     }
 
     #[test]
-    fn deployments_and_the_known_good_configmap_read_from_kubectl_json() {
+    fn deployments_read_from_kubectl_json() {
         let list: List<Deployment> = serde_json::from_value(serde_json::json!({"items": [
             {"metadata": {"name": "api"}, "spec": {"replicas": 2, "template": {"spec": {"containers": [{"image": A}]}}},
              "status": {"readyReplicas": 1}},
@@ -943,11 +1107,39 @@ mod tests {
         assert_eq!((list.items[0].status.ready_replicas, list.items[0].spec.replicas), (1, 2));
         assert_eq!(list.items[0].spec.template.spec.containers[0].image, A);
         assert_eq!(list.items[1].status.ready_replicas, 0, "kubectl omits readyReplicas when none is ready");
-        let cm: ConfigMap = serde_json::from_str(&known_good_configmap("ns", "kind: X\n", "abc", &BTreeMap::new()))
-            .expect("our own ConfigMap reads back");
-        let good = KnownGood::from_configmap(cm).expect("complete");
-        assert_eq!((good.render.as_str(), good.revision.as_str()), ("kind: X\n", "abc"));
-        assert!(KnownGood::from_configmap(ConfigMap::default()).is_err(), "no render.yaml");
+    }
+
+    #[test]
+    fn a_release_reads_back_from_its_configmap_with_its_render() {
+        let release = Release {
+            id: 4,
+            commit: "abc".into(),
+            deployed_at: "2026-12-04T10:00:00Z".into(),
+            state: State::Verified,
+            why: None,
+            rollback_of: Some(2),
+            images: BTreeMap::from([("api".to_string(), A.to_string())]),
+            specs: Vec::new(),
+            render: Some(sha256("{}")),
+        };
+        let cm: ConfigMap =
+            serde_json::from_str(&release_configmap("ns", &release, "{}")).expect("our own ConfigMap reads back");
+        assert_eq!(cm.metadata.name, "xtask-release-4");
+        assert_eq!(cm.metadata.labels[RELEASE_LABEL], "4", "listed by its label");
+        assert_eq!(from_configmap(&cm).expect("complete"), (release, "{}".to_string()));
+        let err = from_configmap(&ConfigMap::default()).expect_err("empty");
+        assert!(format!("{err:#}").contains("has no release.json"), "{err:#}");
+    }
+
+    #[test]
+    fn a_render_goes_to_kubectl_as_one_list_in_its_order() {
+        let yaml = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: api\n";
+        let list: serde_json::Value = serde_json::from_str(&render_list(yaml).expect("parses")).expect("JSON");
+        assert_eq!(list["kind"], "List");
+        let kinds: Vec<&str> =
+            list["items"].as_array().expect("items").iter().map(|i| i["kind"].as_str().expect("kind")).collect();
+        assert_eq!(kinds, ["Namespace", "Deployment"]);
+        assert!(render_list("a: [").is_err());
     }
 
     #[test]

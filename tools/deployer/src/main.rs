@@ -225,12 +225,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Rollback { args, facts } => {
             let ctx = Ctx::new(cli, facts)?;
             match args.env.target {
-                Target::K8s if args.to.is_some() => Err(UsageError(
-                    "--to RELEASE: the Kubernetes target keeps only its known-good release so far; roll back without --to"
-                        .into(),
-                )
-                .into()),
-                Target::K8s => kube::rollback(&ctx, &args.env),
+                Target::K8s => kube::rollback(&ctx, args),
                 Target::Docker => {
                     let work = work_dir(&ctx, &args.env.env)?;
                     docker::rollback(&ctx, args, &work.dir)
@@ -240,11 +235,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Verify { args, facts } => {
             let ctx = Ctx::new(cli, facts)?;
             match args.env.target {
-                Target::K8s => Err(UsageError(
-                    "deploy verify runs on the Docker target so far; the Kubernetes target verifies by rollout status and smoke checks"
-                        .into(),
-                )
-                .into()),
+                Target::K8s => kube::verify(&ctx, args),
                 Target::Docker => {
                     let work = work_dir(&ctx, &args.env.env)?;
                     docker::verify_command(&ctx, args, &work.dir)

@@ -35,8 +35,8 @@ pub struct Args {
 #[derive(clap::Subcommand, Debug, Clone)]
 pub enum Action {
     /// Deploy to `--to` exactly the digests `--from` runs (read from that environment: the
-    /// cluster's known-good release, the containers' labels), refused when `--from` runs nothing,
-    /// is unhealthy, or runs another commit than `--commit`.
+    /// release the cluster keeps, the containers' labels), refused when `--from` runs nothing,
+    /// failed its verification, is unhealthy, or runs another commit than `--commit`.
     Promote(PromoteArgs),
     /// Put an earlier release back (`--to RELEASE`, else the last good one) and wait for it.
     Rollback(RollbackArgs),
@@ -45,7 +45,7 @@ pub enum Action {
     Verify(VerifyArgs),
     /// The environment's last releases, newest first, with what verification said of each.
     History(EnvArgs),
-    /// What runs where: deployments, images and digests, ready replicas, the known-good release.
+    /// What runs where: deployments, images and digests, ready replicas, the current release.
     Status(EnvArgs),
 }
 
@@ -88,14 +88,13 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         Some(Action::History(a)) => ("history", a.env.clone(), a.target, a.to_args()),
         Some(Action::Status(a)) => ("status", a.env.clone(), a.target, a.to_args()),
     };
-    // The load generator drives verification: needed when it will run.
+    // The load generator drives verification (either target): needed when it will run.
     let verifies = match &args.action {
         None => !args.deploy.apply.verify.no_verify,
         Some(Action::Promote(a)) => !a.apply.verify.no_verify,
         Some(Action::Verify(_)) => true,
         _ => false,
-    } && target == Target::Docker
-        && ctx.root.join(SLO_DIR).join(format!("{env}.toml")).is_file();
+    } && ctx.root.join(SLO_DIR).join(format!("{env}.toml")).is_file();
     let ws = ctx.workspace()?;
     if target == Target::K8s {
         let mut envs = vec![env.clone()];
@@ -184,7 +183,8 @@ mod tests {
     fn deploy_builds_the_deployer_writes_the_facts_and_hands_off_with_every_flag() {
         let ctx = Ctx { dry_run: false, ..crate::test_ctx() };
         let plan =
-            plan(&ctx, &args(&["--env", "prod", "--yes", "--confirm", "prod", "--timeout", "2m"])).expect("plan");
+            plan(&ctx, &args(&["--env", "prod", "--yes", "--confirm", "prod", "--timeout", "2m", "--no-verify"]))
+                .expect("plan");
         let names: Vec<&str> = plan.steps.iter().map(|s| s.name.as_str()).collect();
         assert_eq!(names, ["deploy:build", "deploy:facts", "deploy:deploy"]);
         assert!(
@@ -195,8 +195,8 @@ mod tests {
         let run = plan.steps[2].command_line();
         assert!(
             run.contains(
-                "/debug/deployer deploy --env prod --target k8s --yes --confirm prod --timeout 120s --history-limit 10 --facts "
-            ),
+                "/debug/deployer deploy --env prod --target k8s --yes --confirm prod --timeout 120s --no-verify"
+            ) && run.contains(" --history-limit 10 "),
             "{run}"
         );
         let crate::plan::Action::Internal(facts) = &plan.steps[1].action else { panic!("a task") };
@@ -207,7 +207,7 @@ mod tests {
     }
 
     #[test]
-    fn a_docker_deploy_with_slos_builds_the_load_generator_that_verifies_it() {
+    fn a_deploy_with_slos_builds_the_load_generator_that_verifies_it() {
         let ctx = crate::test_ctx();
         let names = |line: &[&str]| -> Vec<String> {
             plan(&ctx, &args(line)).expect("plan").steps.iter().map(|s| s.name.clone()).collect()
@@ -229,6 +229,9 @@ mod tests {
             ["deploy:build", "deploy:loadgen", "deploy:facts", "deploy:verify"]
         );
         assert_eq!(names(&["history", "--env", "staging", "--target", "docker"]).len(), 3);
+        // A cluster's release is verified the same way.
+        assert_eq!(names(&["--env", "staging", "--target", "k8s"]), names(&verified));
+        assert_eq!(names(&["--env", "staging", "--target", "k8s", "--no-verify"]), names(&unverified));
     }
 
     #[test]

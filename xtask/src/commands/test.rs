@@ -128,6 +128,7 @@ const E2E_TOOLS: &[&tools::Tool] = &[
     &tools::DOCKER_REGISTRY,
     &tools::SKOPEO,
     &tools::DEBOOTSTRAP,
+    &tools::PROMETHEUS,
     &tools::KUBECTL,
     &tools::TRIVY,
     &tools::CARGO_DENY,
