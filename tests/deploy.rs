@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 mod common;
-use common::{require_tool, root, text};
+use common::{Registry, require_tool, root, text};
 
 /// What the edge has answered, by status.
 #[derive(Default)]
@@ -636,4 +636,118 @@ fn dry_run_stops_after_the_diff() {
     assert!(plan["render"].as_str().is_some_and(|r| r.contains("kind: Deployment")), "{plan:#}");
     let applies = cluster.calls().iter().filter(|c| c[0] == "apply").count();
     assert_eq!(applies, 0, "a dry run applies nothing");
+}
+
+/// Serves `body` at `/images.json` (404 elsewhere): a release manifest published at a URL.
+fn file_server(body: String) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = String::new();
+            let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+            let _ = reader.read_line(&mut request);
+            let mut line = String::new();
+            while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+                line.clear();
+            }
+            let (status, text) = if request.starts_with("GET /images.json ") {
+                ("200 OK", body.as_str())
+            } else {
+                ("404 Not Found", "")
+            };
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    port
+}
+
+/// Pushes a minimal image (a config, no layers) as `registry/service:tag`; returns its digest.
+fn push_tiny_image(registry: &str, service: &str, tag: &str) -> String {
+    use sha2::Digest;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let blobs = dir.path().join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).expect("blobs");
+    let blob = |bytes: &[u8]| {
+        let hex = format!("{:x}", sha2::Sha256::digest(bytes));
+        std::fs::write(blobs.join(&hex), bytes).expect("blob");
+        format!("sha256:{hex}")
+    };
+    let config = serde_json::json!({"architecture": "amd64", "os": "linux", "config": {"Labels": {"service": service}},
+        "rootfs": {"type": "layers", "diff_ids": []}})
+    .to_string();
+    let manifest = serde_json::json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": blob(config.as_bytes()), "size": config.len()},
+        "layers": []})
+    .to_string();
+    let digest = blob(manifest.as_bytes());
+    std::fs::write(dir.path().join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).expect("layout");
+    let index = serde_json::json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": digest, "size": manifest.len(), "annotations": {"org.opencontainers.image.ref.name": "v"}}]});
+    std::fs::write(dir.path().join("index.json"), index.to_string()).expect("index");
+    let out = std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--preserve-digests", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v", dir.path().display()))
+        .arg(format!("docker://{registry}/{service}:{tag}"))
+        .output()
+        .expect("skopeo runs");
+    assert!(out.status.success(), "skopeo copy: {}", text(&out.stderr));
+    digest
+}
+
+/// The release manifest reaches a deploy job as a file or a URL; with none at all, the registry
+/// itself says which digests this commit's images have. A source that cannot give every service
+/// a digest deploys nothing.
+#[test]
+fn images_come_from_a_manifest_url_or_from_the_registry_by_commit() {
+    require_tool("skopeo");
+    let cluster = Cluster::new();
+    let v1 = manifest(cluster.state.path(), 1, true);
+    let deploy = |source: &[&str]| {
+        let args = [&["deploy", "--env", "staging", "--no-verify", "--timeout", "20"][..], source].concat();
+        cluster.xtask("success", "", &args)
+    };
+    let running = |service: &str| cluster.object("Deployment", "platform-staging", service).expect("runs").to_string();
+
+    // A URL: fetched, then deployed like the file.
+    let port = file_server(std::fs::read_to_string(&v1).expect("manifest"));
+    let url = deploy(&["--images", &format!("http://127.0.0.1:{port}/images.json")]);
+    assert!(url.status.success(), "{}", said(&url));
+    assert!(running("api").contains(&digest(1, "api")), "{}", running("api"));
+    let missing = deploy(&["--images", &format!("http://127.0.0.1:{port}/nothing.json")]);
+    assert_eq!(missing.status.code(), Some(2), "{}", said(&missing));
+    assert!(text(&missing.stderr).contains("the build manifest cannot be fetched"), "{}", said(&missing));
+
+    // The registry: each service's image tagged with this checkout's commit, by digest.
+    let registry = Registry::start();
+    let host = format!("127.0.0.1:{}", registry.port);
+    let head = std::process::Command::new("git").args(["rev-parse", "HEAD"]).current_dir(root()).output().expect("git");
+    let head = text(&head.stdout);
+    let tag = &head.trim()[..12];
+    let before = cluster.applied().len();
+    let api = push_tiny_image(&host, "api", tag);
+    let partial = deploy(&["--registry", &host]);
+    assert_eq!(partial.status.code(), Some(2), "{}", said(&partial));
+    assert!(
+        text(&partial.stderr).contains(&format!("{host}/gateway:{tag} is not in the registry")),
+        "{}",
+        said(&partial)
+    );
+    assert_eq!(cluster.applied().len(), before, "nothing was applied");
+    let pushed: Vec<(String, String)> = ["gateway", "worker"]
+        .iter()
+        .map(|s| (s.to_string(), push_tiny_image(&host, s, tag)))
+        .chain([("api".to_string(), api)])
+        .collect();
+    let out = deploy(&["--registry", &host]);
+    assert!(out.status.success(), "{}", said(&out));
+    for (service, digest) in &pushed {
+        assert!(running(service).contains(&format!("{host}/{service}@{digest}")), "{service}: {}", running(service));
+    }
+    let releases = cluster.releases("platform-staging");
+    assert_eq!(releases.last().map(|r| r.3.clone()), Some(format!("{host}/api@{}", pushed[2].1)));
 }

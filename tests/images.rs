@@ -368,3 +368,37 @@ fn a_bad_registry_is_refused_before_anything_builds() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     assert!(err.contains("--push") && err.contains("without a scheme"), "{err}");
 }
+
+/// `image login` hands skopeo the password on stdin and leaves the credentials in the auth file
+/// later pushes and deploys read; without both variables it refuses and writes nothing.
+#[test]
+fn image_login_stores_credentials_where_skopeo_and_docker_read_them() {
+    require_tool("skopeo");
+    let registry = Registry::start();
+    let host = format!("127.0.0.1:{}", registry.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let auth = dir.path().join("auth.json");
+    let login = |vars: &[(&str, &str)]| {
+        xtask_command()
+            .args(["image", "login", "--registry", &format!("{host}/team")])
+            .env_remove("REGISTRY_USERNAME")
+            .env_remove("REGISTRY_PASSWORD")
+            .env("REGISTRY_AUTH_FILE", &auth)
+            .envs(vars.iter().copied())
+            .output()
+            .expect("xtask runs")
+    };
+    let refused = login(&[("REGISTRY_USERNAME", "ci")]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused.stderr));
+    assert!(text(&refused.stderr).contains("set REGISTRY_PASSWORD"), "{}", text(&refused.stderr));
+    assert!(!auth.exists(), "nothing written");
+
+    let out = login(&[("REGISTRY_USERNAME", "ci"), ("REGISTRY_PASSWORD", "s3cret-pw")]);
+    let said = format!("{}{}", text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "{said}");
+    assert!(!said.contains("s3cret-pw"), "the password is never printed: {said}");
+    let file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&auth).expect("auth file")).expect("JSON");
+    // The docker config format: base64 of `user:password` under the registry's host.
+    assert_eq!(file["auths"][&host]["auth"], "Y2k6czNjcmV0LXB3", "{file}");
+}

@@ -173,7 +173,13 @@ impl Drop for Settings {
 }
 
 /// Run one job's steps in `checkout`; artifacts go to and come from `artifacts/NAME`.
-fn run_job(job: &Job, checkout: &Path, artifacts: &Path, env: &BTreeMap<String, String>) {
+fn run_job(
+    job: &Job,
+    checkout: &Path,
+    artifacts: &Path,
+    env: &BTreeMap<String, String>,
+    repository: &BTreeMap<&str, String>,
+) {
     for step in &job.steps {
         if let Some(uses) = step["uses"].as_str() {
             let with = strings(&step["with"]);
@@ -204,11 +210,19 @@ fn run_job(job: &Job, checkout: &Path, artifacts: &Path, env: &BTreeMap<String, 
         }
         let run = step["run"].as_str().unwrap_or_else(|| panic!("{}: a step with neither uses nor run", job.name));
         eprintln!("[{}] $ {run}", job.name);
+        // A step's own `env:` (its secrets) on top of the job's.
+        let mut env = env.clone();
+        for (k, v) in strings(&step["env"]) {
+            match expand(&v, repository) {
+                Some(v) => env.insert(k, v),
+                None => env.remove(&k),
+            };
+        }
         let out = Command::new("bash")
             .args(["-e", "-c", run])
             .current_dir(checkout)
             .env_clear()
-            .envs(env)
+            .envs(&env)
             .output()
             .expect("bash runs");
         assert!(out.status.success(), "{}: `{run}` failed:\n{}\n{}", job.name, text(&out.stdout), text(&out.stderr));
@@ -256,17 +270,21 @@ fn a_push_to_main_reaches_prod_with_the_digests_staging_verified() {
     let order = push_order(&all);
     assert_eq!(order.iter().map(|j| j.name.as_str()).collect::<Vec<_>>(), ["build", "staging", "prod"]);
 
+    // One checkout path for every job and every run: what cargo compiled for it stays valid.
+    let checkout = target_dir().join("release-workflow/checkout");
     let repository: BTreeMap<&str, String> = BTreeMap::from([
         ("vars.REGISTRY", format!("127.0.0.1:{}", registry.port)),
         ("vars.DEPLOY_TARGET", "docker".to_string()),
         ("secrets.DOCKER_HOST", String::new()),
         ("secrets.POSTGRES_PASSWORD", "test-only-password".to_string()),
+        // The test's registry asks for no credentials; `image login` stores these all the same.
+        ("secrets.REGISTRY_USERNAME", "ci".to_string()),
+        ("secrets.REGISTRY_PASSWORD", "test-only-registry-password".to_string()),
+        ("github.workspace", checkout.display().to_string()),
     ]);
     // What GitHub approves: the test approves both environments, as their reviewers would.
     let approved = ["staging", "production"];
     let work = tempfile::tempdir().expect("tempdir");
-    // One checkout path for every job and every run: what cargo compiled for it stays valid.
-    let checkout = target_dir().join("release-workflow/checkout");
     let artifacts = work.path().join("artifacts");
     let home = std::env::var("HOME").expect("HOME");
     let path = std::env::var("PATH").expect("PATH");
@@ -287,7 +305,7 @@ fn a_push_to_main_reaches_prod_with_the_digests_staging_verified() {
                 None => env.remove(&k),
             };
         }
-        run_job(job, &checkout, &artifacts, &env);
+        run_job(job, &checkout, &artifacts, &env, &repository);
     }
 
     // Prod runs exactly what staging runs, which is what the build pushed, by digest.

@@ -36,7 +36,6 @@ use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use xtask_kit::UsageError;
 use xtask_kit::handoff::{ApplyArgs, DeployArgs, EnvArgs, RollbackArgs, VerifyArgs};
-use xtask_kit::images::BuildManifest;
 
 use crate::compose::{ComposeService, compose_command, compose_config};
 use crate::engine::{Docker, Running, containers, ensure_network, retire, short, wait_healthy, write_private};
@@ -508,15 +507,7 @@ fn release_of(env: &str, running: &[Running], commit: Option<&str>) -> Result<(I
 pub fn deploy(ctx: &Ctx, env_name: &str, args: &DeployArgs, dir: &Path) -> Result<ExitCode> {
     // An unknown environment is named before anything else is looked at.
     let env = DockerEnv::load(&ctx.root, env_name)?;
-    let manifest_path = args.images.clone().unwrap_or_else(|| ctx.facts.images.clone());
-    if !manifest_path.is_file() {
-        return Err(UsageError(format!(
-            "no build manifest at {}; run `cargo xtask image build` first",
-            manifest_path.display()
-        ))
-        .into());
-    }
-    let manifest = BuildManifest::read(&manifest_path)?;
+    let (manifest, manifest_path) = crate::source::manifest(ctx, args, dir)?;
     let images = |service: &str| app_image(&manifest, &manifest_path, service);
     release(ctx, env, args, dir, &images, &ctx.facts.revision)
 }

@@ -664,17 +664,10 @@ fn overlay(root: &Path, env: &str) -> Result<PathBuf> {
 
 pub fn deploy(ctx: &Ctx, env: &str, args: &DeployArgs) -> Result<ExitCode> {
     overlay(&ctx.root, env)?;
-    let manifest_path = args.images.clone().unwrap_or_else(|| ctx.facts.images.clone());
-    if !manifest_path.is_file() {
-        return Err(UsageError(format!(
-            "no build manifest at {}; run `cargo xtask image build --push REGISTRY` first",
-            manifest_path.display()
-        ))
-        .into());
-    }
-    let manifest = BuildManifest::read(&manifest_path)?;
+    let work = work_dir(ctx, env)?;
+    let (manifest, manifest_path) = crate::source::manifest(ctx, args, &work.dir)?;
     let pins = pins(&deployments(ctx), &manifest, &manifest_path)?;
-    release(ctx, env, args, &pins, &ctx.facts.revision)
+    release(ctx, env, args, &pins, &ctx.facts.revision, &work.dir)
 }
 
 /// An environment's namespace, with what deploy needs to change it.
@@ -736,7 +729,8 @@ pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs) -
         "promoting {from} release {} ({}, commit {}, deployed {}) to {to}",
         now.id, now.state, now.commit, now.deployed_at
     );
-    release(ctx, &to, args, &pins, &now.commit.clone())
+    let work = work_dir(ctx, &to)?;
+    release(ctx, &to, args, &pins, &now.commit.clone(), &work.dir)
 }
 
 /// Our deployments that are missing, or not at their replica count, in a `get deployments`.
@@ -777,10 +771,9 @@ fn release(
     args: &DeployArgs,
     pins: &BTreeMap<String, String>,
     revision: &str,
+    dir: &Path,
 ) -> Result<ExitCode> {
     let overlay = overlay(&ctx.root, env)?;
-    let work = work_dir(ctx, env)?;
-    let dir = &work.dir;
     let ns = namespace(ctx, env, dir, args.apply.timeout, args.apply.history_limit)?;
     let (kube, namespace) = (&ns.kube, &ns.namespace);
     // A broken SLO file is refused before anything changes.

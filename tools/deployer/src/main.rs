@@ -17,6 +17,7 @@ mod engine;
 mod env;
 mod history;
 mod kube;
+mod source;
 mod spec;
 mod verify;
 

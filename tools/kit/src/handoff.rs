@@ -151,9 +151,14 @@ pub struct DeployArgs {
     pub env: Option<String>,
     #[command(flatten)]
     pub apply: ApplyArgs,
-    /// The build manifest to pin images from (default: target/xtask/images.json).
-    #[arg(long, value_name = "FILE")]
+    /// The build manifest to pin images from: a file, or an http(s) URL it is served at
+    /// (default: target/xtask/images.json).
+    #[arg(long, value_name = "FILE|URL", conflicts_with = "registry")]
     pub images: Option<PathBuf>,
+    /// No build manifest: deploy what REGISTRY holds for this commit (each service's image
+    /// tagged with the checkout's commit, resolved to its digest there).
+    #[arg(long, value_name = "REGISTRY")]
+    pub registry: Option<String>,
 }
 
 /// The flags of `deploy rollback` and `deploy status`.
@@ -246,7 +251,7 @@ impl PromoteArgs {
 
     /// The deploy of `--to` it amounts to (its images come from `--from`, not a manifest).
     pub fn deploy(&self) -> DeployArgs {
-        DeployArgs { env: Some(self.to.clone()), apply: self.apply.clone(), images: None }
+        DeployArgs { env: Some(self.to.clone()), apply: self.apply.clone(), images: None, registry: None }
     }
 }
 
@@ -265,6 +270,9 @@ impl DeployArgs {
         out.extend(self.apply.to_args());
         if let Some(images) = &self.images {
             out.extend(["--images".to_string(), images.display().to_string()]);
+        }
+        if let Some(registry) = &self.registry {
+            out.extend(["--registry".to_string(), registry.clone()]);
         }
         out
     }

@@ -77,3 +77,67 @@ impl BuildManifest {
         }
     }
 }
+
+/// A registry on this machine speaks plain HTTP (skopeo's `--tls-verify=false`).
+pub fn loopback(registry: &str) -> bool {
+    let host = registry.split('/').next().unwrap_or_default();
+    let host =
+        host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
+}
+
+impl BuildManifest {
+    /// The manifest of images found in a registry rather than built here: service -> the
+    /// `manifest digest` `registry/service:tag` resolved to. What deploy pins is the same
+    /// `pushed` reference an `image build --push` would have recorded.
+    pub fn from_registry(
+        registry: &str,
+        tag: &str,
+        revision: &str,
+        digests: &BTreeMap<String, String>,
+    ) -> BuildManifest {
+        let images = digests
+            .iter()
+            .map(|(service, digest)| {
+                let record = ImageRecord {
+                    service: service.clone(),
+                    image: format!("{service}:{tag}"),
+                    revision: revision.to_string(),
+                    dirty: false,
+                    created: String::new(),
+                    id: digest.clone(),
+                    manifest_digest: Some(digest.clone()),
+                    tar: PathBuf::new(),
+                    tar_sha256: String::new(),
+                    binary_size: None,
+                    layer_size: None,
+                    builder: Builder::Host,
+                    inputs: None,
+                    pushed: Some(format!("{registry}/{service}@{digest}")),
+                };
+                (service.clone(), record)
+            })
+            .collect();
+        BuildManifest { schema: MANIFEST_SCHEMA, images }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_registries_are_told_apart_from_remote_ones() {
+        assert!(loopback("127.0.0.1:5000") && loopback("localhost/team") && !loopback("registry.example.com:443"));
+    }
+
+    #[test]
+    fn a_manifest_from_the_registry_pins_what_it_holds() {
+        let digest = format!("sha256:{}", "a".repeat(64));
+        let found = BTreeMap::from([("api".to_string(), digest.clone())]);
+        let m = BuildManifest::from_registry("r.example/team", "0123456789ab", &"0".repeat(40), &found);
+        let api = &m.images["api"];
+        assert_eq!(api.pushed.as_deref(), Some(format!("r.example/team/api@{digest}").as_str()));
+        assert_eq!((api.image.as_str(), api.dirty), ("api:0123456789ab", false));
+    }
+}

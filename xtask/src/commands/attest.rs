@@ -26,12 +26,7 @@ const BUILD_TYPE: &str = "https://example.invalid/platform/xtask/image-build/v1"
 const DOCUMENTS: [(&str, &str, &str); 2] = [("sbom", "SBOM", MEDIA_CYCLONEDX), ("att", "provenance", MEDIA_IN_TOTO)];
 
 /// `skopeo` talks plain HTTP only to a registry on this machine.
-pub fn loopback(registry: &str) -> bool {
-    let host = registry.split('/').next().unwrap_or_default();
-    let host =
-        host.rsplit_once(':').filter(|(_, port)| port.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
-    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
-}
+pub use xtask_kit::images::loopback;
 
 /// Where an image's document lives: `REPO:sha256-<hex>.<suffix>`.
 fn document_tag(repository: &str, digest: &str, suffix: &str) -> String {
@@ -300,6 +295,95 @@ fn artifact_document(dir: &Path, media: &str, subject: &str) -> Result<Vec<u8>> 
     blob(manifest["layers"][0]["digest"].as_str().context("has no document layer")?)
 }
 
+/// `image login`: the registry to store credentials for.
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoginArgs {
+    /// The registry (host[:port][/path], no scheme), e.g. registry.example.com/team.
+    #[arg(long, value_name = "REGISTRY")]
+    pub registry: String,
+}
+
+/// The variables `image login` reads: in the release workflow, repository secrets.
+pub const USERNAME_VAR: &str = "REGISTRY_USERNAME";
+pub const PASSWORD_VAR: &str = "REGISTRY_PASSWORD";
+
+/// `skopeo login` with the password on its standard input, never on a command line or in a
+/// plan. The credentials go to `$REGISTRY_AUTH_FILE` when set (every later skopeo call reads it:
+/// push, SBOM, deploy's digest lookup; the release workflow points `DOCKER_CONFIG` at the same
+/// file's folder so the docker CLI pulls with them), else to skopeo's own per-user auth file.
+#[derive(Debug, Serialize)]
+struct RegistryLogin {
+    registry: String,
+    username: String,
+    tls_verify: bool,
+    auth_file: Option<PathBuf>,
+}
+
+impl Task for RegistryLogin {
+    fn summary(&self) -> String {
+        format!("skopeo login {} as {} (password from ${PASSWORD_VAR}, on stdin)", self.registry, self.username)
+    }
+    fn describe(&self) -> serde_json::Value {
+        crate::plan::described("registry-login", self)
+    }
+    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
+        use std::io::Write as _;
+        let password = std::env::var(PASSWORD_VAR).unwrap_or_default();
+        let host = self.registry.split('/').next().unwrap_or_default();
+        let mut cmd = Cmd::new(SKOPEO.require()?).args(["login", "--username", &self.username, "--password-stdin"]);
+        if let Some(file) = &self.auth_file {
+            if let Some(dir) = file.parent() {
+                std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            }
+            cmd = cmd.arg("--authfile").arg(file);
+        }
+        if !self.tls_verify {
+            cmd = cmd.arg("--tls-verify=false");
+        }
+        let mut child = cmd
+            .arg(host)
+            .to_command()
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("running skopeo login")?;
+        child.stdin.take().context("skopeo's stdin")?.write_all(password.as_bytes())?;
+        let out = child.wait_with_output()?;
+        if !out.status.success() {
+            bail!("skopeo login {host} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        writeln!(log, "{}", String::from_utf8_lossy(&out.stdout).trim())?;
+        Ok(())
+    }
+}
+
+/// `cargo xtask image login --registry R`: credentials from `REGISTRY_USERNAME` and
+/// `REGISTRY_PASSWORD`, both required (exit 2 naming what is missing).
+pub fn login_plan(args: &LoginArgs) -> Result<crate::plan::Plan> {
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let missing: Vec<&str> = [USERNAME_VAR, PASSWORD_VAR].into_iter().filter(|v| var(v).is_none()).collect();
+    if !missing.is_empty() {
+        return Err(UsageError(format!(
+            "image login --registry {}: set {} (in the release workflow: repository secrets)",
+            args.registry,
+            missing.join(" and ")
+        ))
+        .into());
+    }
+    let task = RegistryLogin {
+        registry: args.registry.clone(),
+        username: var(USERNAME_VAR).unwrap_or_default(),
+        tls_verify: !loopback(&args.registry),
+        auth_file: std::env::var_os("REGISTRY_AUTH_FILE").filter(|f| !f.is_empty()).map(PathBuf::from),
+    };
+    let mut plan = crate::plan::Plan::new("image login");
+    plan.push(
+        crate::plan::Step::internal("image:login", &task.summary(), task, "skopeo login --help").requiring(&SKOPEO),
+    );
+    Ok(plan)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,7 +395,6 @@ mod tests {
             document_tag("127.0.0.1:5000/api", &digest, "sbom"),
             format!("127.0.0.1:5000/api:sha256-{}.sbom", "ab".repeat(32))
         );
-        assert!(loopback("127.0.0.1:5000") && loopback("localhost/team") && !loopback("registry.example.com:443"));
     }
 
     #[test]

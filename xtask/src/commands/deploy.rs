@@ -19,7 +19,7 @@ use xtask_kit::handoff::{DeployFacts, SLO_DIR, Service};
 use crate::commands::image;
 use crate::plan::{Plan, Step, Task};
 use crate::runner::Format;
-use crate::tools::{DOCKER, KUBECTL};
+use crate::tools::{DOCKER, KUBECTL, SKOPEO};
 use crate::{Ctx, DryRun};
 
 /// Deploy an environment (render, pin by digest, validate, diff, apply, verify; roll back on failure).
@@ -155,10 +155,13 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         &deployer,
         &ctx.root,
     );
-    plan.push(match target {
+    let run = match target {
         Target::K8s => run.requiring(&KUBECTL),
         Target::Docker => run.requiring(&DOCKER),
-    });
+    };
+    // `--registry`: the deployer resolves each image's digest there with skopeo.
+    let from_registry = args.action.is_none() && args.deploy.registry.is_some();
+    plan.push(if from_registry { run.requiring(&SKOPEO) } else { run });
     Ok(plan)
 }
 

@@ -69,6 +69,9 @@ pub enum ImageCommand {
     Push(PushArgs),
     /// Check a pushed image's SBOM and provenance are in the registry and about its digest.
     Verify(super::attest::VerifyArgs),
+    /// Store credentials for a registry (from REGISTRY_USERNAME / REGISTRY_PASSWORD) where
+    /// every later push, SBOM upload and deploy lookup reads them.
+    Login(super::attest::LoginArgs),
 }
 
 #[derive(clap::Args, Debug, Clone, Default)]
@@ -125,6 +128,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<std::process::ExitCode> {
         ImageCommand::Builder(builder) => ctx.execute(&builder_plan(ctx, &ctx.workspace()?, builder)?),
         ImageCommand::Push(push) => ctx.execute(&push_plan(ctx, &ctx.workspace()?, push)?),
         ImageCommand::Verify(verify) => super::attest::verify(ctx, verify),
+        ImageCommand::Login(login) => ctx.execute(&super::attest::login_plan(login)?),
     }
 }
 

@@ -165,7 +165,9 @@ pub fn render_ci_workflow() -> String {
 }
 
 /// The release pipeline. Repository variables: `REGISTRY` (where images are pushed and
-/// deploys pull from), `DEPLOY_TARGET` (`docker` or `k8s`). Secrets, per GitHub environment:
+/// deploys pull from), `DEPLOY_TARGET` (`docker` or `k8s`). Repository secrets
+/// `REGISTRY_USERNAME` and `REGISTRY_PASSWORD` (`image login` in every job, into an auth file
+/// outside the checkout that skopeo and the docker CLI both read); per GitHub environment:
 /// `DOCKER_HOST` (e.g. `ssh://deploy@host`) and `POSTGRES_PASSWORD`.
 pub fn render_release_workflow() -> String {
     let mut y = String::new();
@@ -182,6 +184,9 @@ pub fn render_release_workflow() -> String {
          permissions: {}\n\
          env:\n  CARGO_TERM_COLOR: always\n  CARGO_INCREMENTAL: \"0\"\n\
          \x20 REGISTRY: ${{ vars.REGISTRY }}\n  DEPLOY_TARGET: ${{ vars.DEPLOY_TARGET }}\n\
+         \x20 # Registry credentials (`image login`) live outside the checkout, for skopeo and docker.\n\
+         \x20 REGISTRY_AUTH_FILE: ${{ github.workspace }}/../registry-auth/config.json\n\
+         \x20 DOCKER_CONFIG: ${{ github.workspace }}/../registry-auth\n\
          jobs:\n",
     );
     // Build once: the only job that compiles the services.
@@ -191,6 +196,7 @@ pub fn render_release_workflow() -> String {
     checkout(&mut y);
     cargo_cache(&mut y, "release-build");
     y.push_str("      - run: cargo xtask setup\n");
+    registry_login(&mut y);
     y.push_str("      - run: cargo xtask image build --no-load --push \"$REGISTRY\"\n");
     let _ = write!(
         y,
@@ -206,6 +212,7 @@ pub fn render_release_workflow() -> String {
         );
         checkout(&mut y);
         cargo_cache(&mut y, "release-deploy");
+        registry_login(&mut y);
         let _ = write!(
             y,
             "      - uses: {}\n        with:\n          name: release-manifest\n          path: target/release-manifest\n",
@@ -227,8 +234,16 @@ pub fn render_release_workflow() -> String {
     );
     checkout(&mut y);
     cargo_cache(&mut y, "release-deploy");
+    registry_login(&mut y);
     y.push_str("      - run: cargo xtask deploy rollback --target \"$DEPLOY_TARGET\" --env \"$ENVIRONMENT\" --to \"$RELEASE\"\n");
     y
+}
+
+/// `image login` to the release registry, its secrets given to that one step only.
+fn registry_login(y: &mut String) {
+    y.push_str(
+        "      - run: cargo xtask image login --registry \"$REGISTRY\"\n        env:\n          REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}\n          REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}\n",
+    );
 }
 
 /// The checked-in workflows are what xtask renders.
@@ -386,14 +401,23 @@ mod tests {
         let compiles = |job: &str| runs(job).iter().any(|r| r.contains("image build"));
         assert!(compiles(build) && !compiles(staging) && !compiles(prod), "images are built once");
         assert!(build.contains("name: release-manifest") && staging.contains("name: release-manifest"));
-        assert!(runs(staging)[0].contains("--images target/release-manifest/images.json"), "{staging}");
-        assert!(runs(prod)[0].starts_with(
+        // Every job logs in to the registry first, its secrets given to that step alone.
+        for job in [build, staging, prod, put_back] {
+            let steps = runs(job);
+            let login = steps.iter().position(|r| *r == "cargo xtask image login --registry \"$REGISTRY\"");
+            let first_use = steps.iter().position(|r| r.contains("image build") || r.contains("deploy"));
+            assert!(login.is_some() && login < first_use, "{job}");
+            assert!(job.contains("          REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}\n"), "{job}");
+        }
+        assert!(y.contains("\n  REGISTRY_AUTH_FILE: ") && y.contains("\n  DOCKER_CONFIG: "), "one auth file for both");
+        assert!(runs(staging)[1].contains("--images target/release-manifest/images.json"), "{staging}");
+        assert!(runs(prod)[1].starts_with(
             "cargo xtask deploy promote --target \"$DEPLOY_TARGET\" --from staging --to prod --commit \"$GITHUB_SHA\""
         ));
         for job in [staging, prod] {
             assert!(runs(job).last().expect("steps").starts_with("cargo xtask deploy verify"), "{job}");
         }
-        assert!(runs(put_back)[0].contains("deploy rollback") && runs(put_back)[0].contains("--to \"$RELEASE\""));
+        assert!(runs(put_back)[1].contains("deploy rollback") && runs(put_back)[1].contains("--to \"$RELEASE\""));
         assert!(put_back.contains("if: github.event_name == 'workflow_dispatch'"));
         assert!(build.contains("if: github.event_name == 'push'"));
     }
