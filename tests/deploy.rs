@@ -195,17 +195,50 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// A cluster where each environment's namespace and the Secrets its workloads read exist.
     fn new() -> Cluster {
         Cluster::serving(None)
     }
 
-    /// A cluster whose edge answers as `bad` does while the stand-in runs it.
+    /// A cluster whose edge answers as `bad` does while the stand-in runs it (namespaces and
+    /// Secrets there, as `new`).
     fn serving(bad: Option<&str>) -> Cluster {
+        let cluster = Cluster::fresh(bad);
+        for env in ["dev", "staging", "prod"] {
+            cluster.seed_secrets(&format!("platform-{env}"));
+        }
+        cluster
+    }
+
+    /// A cluster with nothing in it.
+    fn fresh(bad: Option<&str>) -> Cluster {
         require_tool("kubectl");
         require_tool("python3");
         let state = tempfile::tempdir().expect("tempdir");
         let (forward_port, served) = edge_server(state.path().to_path_buf(), bad.map(str::to_string));
         Cluster { state, forward_port, served, vars: Vec::new() }
+    }
+
+    /// The namespace and the Secrets the services read (what External Secrets would supply).
+    fn seed_secrets(&self, namespace: &str) {
+        let secret = |name: &str| {
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
+                "data": {"DATABASE_URL": "cG9zdGdyZXM6Ly8=", "REDIS_URL": "cmVkaXM6Ly8="}})
+        };
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+            secret("api-database"), secret("worker-database")]});
+        let file = self.state.path().join(format!("seed-{namespace}.json"));
+        std::fs::write(&file, list.to_string()).expect("seed");
+        let out = standin(self.state.path(), &[], &["apply", "--server-side", "-f", file.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "seeding: {}", text(&out.stderr));
+        // The seed is not a call deploy made, nor an apply of its.
+        std::fs::remove_file(self.state.path().join("calls.jsonl")).expect("calls");
+        for entry in std::fs::read_dir(self.state.path()).expect("state").flatten() {
+            if entry.file_name().to_string_lossy().starts_with("apply-") {
+                std::fs::remove_file(entry.path()).expect("seed apply");
+            }
+        }
     }
 
     fn xtask(&self, scenario: &str, bad: &str, args: &[&str]) -> Output {
@@ -316,7 +349,8 @@ fn a_deploy_pins_validates_diffs_applies_waits_smokes_and_records_the_release() 
     }
     assert!(calls.iter().any(|c| c[0] == "port-forward" && c.contains(&"svc/gateway".to_string())), "{calls:?}");
     let applied = cluster.applied();
-    assert_eq!(applied.len(), 2, "the render, then the release record");
+    assert_eq!(applied.len(), 3, "the namespace, the workloads, then the release record");
+    let applied = &applied[1..];
     assert!(
         applied[0].contains(&format!("\"image\": \"127.0.0.1:5000/api@{}\"", digest(1, "api"))),
         "pinned by digest"
@@ -468,7 +502,8 @@ fn promote_deploys_to_prod_exactly_what_staging_runs() {
     let out = cluster.xtask("success", "", &[&promote[..], &["--commit", &revision[..7]]].concat());
     assert!(out.status.success(), "{}", said(&out));
     let applied = cluster.applied();
-    let prod = &applied[before];
+    // The namespace first, then the workloads.
+    let prod = &applied[before + 1];
     assert!(prod.contains("\"namespace\": \"platform-prod\""), "the prod render was applied");
     for service in ["api", "gateway", "worker"] {
         let running = cluster.object("Deployment", "platform-prod", service).expect("in prod").to_string();
@@ -595,47 +630,257 @@ fn a_cluster_release_is_verified_and_a_bad_one_rolled_back_by_itself() {
 
 #[test]
 fn dry_run_stops_after_the_diff() {
+    let cluster = Cluster::fresh(None);
+    let (v1, v2) = (manifest(cluster.state.path(), 1, true), manifest(cluster.state.path(), 2, true));
+    let dry = |m: &Path, json: bool| {
+        let mut args = vec!["--dry-run"];
+        if json {
+            args.extend(["--format", "json"]);
+        }
+        args.extend(["deploy", "--env", "staging", "--images", m.to_str().expect("utf-8"), "--no-verify"]);
+        cluster.xtask("success", "", &args)
+    };
+    // A fresh cluster: no namespace yet, so nothing to diff against; the whole render is new.
+    let fresh = dry(&v1, false);
+    assert!(fresh.status.success(), "{}", said(&fresh));
+    assert!(text(&fresh.stdout).contains("namespace platform-staging does not exist yet"), "{}", said(&fresh));
+    let verbs: Vec<String> = cluster.calls().iter().map(|c| c[0].clone()).collect();
+    // The overlay, then the generated overlay that pins it, then the namespace looked up.
+    assert_eq!(verbs, ["kustomize", "kustomize", "get"]);
+
+    cluster.seed_secrets("platform-staging");
+    let deployed = cluster.xtask(
+        "success",
+        "",
+        &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
+    );
+    assert!(deployed.status.success(), "{}", said(&deployed));
+    let before = cluster.calls().len();
+    let out = dry(&v2, false);
+    assert!(out.status.success(), "{}", said(&out));
+    let new_api = format!("\"image\": \"127.0.0.1:5000/api@{}\"", digest(2, "api"));
+    let added = |diff: &str| diff.lines().any(|l| l.starts_with('+') && l.contains(&new_api));
+    assert!(added(&text(&out.stdout)), "the diff is shown: {}", said(&out));
+    let verbs: Vec<String> = cluster.calls()[before..].iter().map(|c| c[0].clone()).collect();
+    // The namespace, the diff, then the Secrets it reads (names and keys).
+    assert_eq!(verbs, ["kustomize", "kustomize", "get", "diff", "get"]);
+
+    // The same plan as JSON on stdout: the pinned images, the diff and the render.
+    let json = dry(&v2, true);
+    assert!(json.status.success(), "{}", said(&json));
+    let plan: serde_json::Value =
+        serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", said(&json)));
+    assert_eq!((plan["target"].as_str(), plan["env"].as_str()), (Some("k8s"), Some("staging")), "{plan:#}");
+    assert_eq!((plan["changes"].as_bool(), plan["namespace_exists"].as_bool()), (Some(true), Some(true)));
+    assert!(plan["diff"].as_str().is_some_and(added), "{plan:#}");
+    assert!(plan["images"]["api"].as_str().is_some_and(|i| i.contains("@sha256:")), "{plan:#}");
+    assert!(plan["render"].as_str().is_some_and(|r| r.contains("kind: Deployment")), "{plan:#}");
+    let applies = cluster.calls()[before..].iter().filter(|c| c[0] == "apply").count();
+    assert_eq!(applies, 0, "a dry run applies nothing");
+}
+
+/// The kubectl stand-in, run directly: what the API server does with a file, in `state`.
+fn standin(state: &Path, env: &[(&str, &str)], args: &[&str]) -> Output {
+    std::process::Command::new(root().join("tests/support/kubectl-standin"))
+        .args(args)
+        .env("STANDIN_DIR", state)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the stand-in runs")
+}
+
+/// A first deploy into a fresh cluster: without its Namespace the API server refuses every
+/// namespaced object; the render carries the Namespace (Pod Security `restricted`, a quota and
+/// default limits), deploy applies it first, then has the server dry-run the rest.
+#[test]
+fn a_fresh_cluster_gets_the_namespace_first_then_a_server_dry_run_then_the_release() {
+    let cluster = Cluster::fresh(None);
+    let v1 = manifest(cluster.state.path(), 1, true);
+
+    // Without the fix: a workload sent to a namespace nobody created.
+    let bare = tempfile::tempdir().expect("tempdir");
+    let file = bare.path().join("cm.json");
+    std::fs::write(
+        &file,
+        r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"x","namespace":"platform-staging"}}"#,
+    )
+    .expect("write");
+    let refused = standin(bare.path(), &[], &["apply", "--server-side", "-f", file.to_str().expect("utf-8")]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(text(&refused.stderr).contains(r#"namespaces "platform-staging" not found"#), "{}", text(&refused.stderr));
+
+    let deploy = || {
+        cluster.xtask(
+            "success",
+            "",
+            &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
+        )
+    };
+    // The Secrets the workloads read are checked (names and keys) before they are applied: in a
+    // fresh namespace there are none yet.
+    let missing = deploy();
+    assert_eq!(missing.status.code(), Some(2), "{}", said(&missing));
+    let err = text(&missing.stderr);
+    assert!(
+        err.contains("Secret api-database (key DATABASE_URL) does not exist in platform-staging, needed by Deployment/api: create it (`kubectl -n platform-staging create secret generic api-database"),
+        "{err}"
+    );
+    assert_eq!(err.lines().filter(|l| l.starts_with("error:")).count(), 1, "one line: {err}");
+    assert!(cluster.object("Deployment", "platform-staging", "api").is_none(), "no workload was applied");
+    let reads: Vec<Vec<String>> = cluster.calls().into_iter().filter(|c| c[..2] == ["get", "secrets"]).collect();
+    assert!(
+        !reads.is_empty() && reads.iter().all(|c| c.last().is_some_and(|o| o.starts_with("go-template="))),
+        "names and keys only: {reads:?}"
+    );
+    cluster.seed_secrets("platform-staging");
+
+    let out = deploy();
+    assert!(out.status.success(), "{}", said(&out));
+    let applies: Vec<Vec<String>> = cluster.calls().into_iter().filter(|c| c[0] == "apply").collect();
+    assert!(applies[0].last().is_some_and(|f| f.ends_with("namespaces.json")), "{applies:?}");
+    assert!(applies[1].contains(&"--dry-run=server".to_string()), "{applies:?}");
+    assert!(applies[2].last().is_some_and(|f| f.ends_with("workloads.json")), "{applies:?}");
+    assert!(applies.iter().all(|a| !a.contains(&"--force-conflicts".to_string())), "never forced: {applies:?}");
+    let ns = cluster.object("Namespace", "", "platform-staging").expect("created");
+    assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted", "{ns}");
+    for kind in ["ResourceQuota", "LimitRange"] {
+        assert!(cluster.object(kind, "platform-staging", "platform").is_some(), "{kind}");
+    }
+}
+
+/// Pod Security `restricted`: a pod template without the restricted settings is admitted with a
+/// warning and its pods are refused (it never turns ready); our render's pods all pass, so the
+/// server dry run a deploy runs says nothing.
+#[test]
+fn pod_security_restricted_refuses_what_our_render_never_sends() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, doc: serde_json::Value| {
+        let file = state.path().join(name);
+        std::fs::write(&file, doc.to_string()).expect("write");
+        file.display().to_string()
+    };
+    let ns = write(
+        "ns.json",
+        serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "shop",
+        "labels": {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}}}),
+    );
+    assert!(standin(state.path(), &[], &["apply", "--server-side", "-f", &ns]).status.success());
+    let loose = write(
+        "web.json",
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "web", "namespace": "shop"},
+        "spec": {"template": {"spec": {"containers": [{"name": "web", "image": "web@sha256:00"}]}}}}),
+    );
+    let dry = standin(state.path(), &[], &["apply", "--server-side", "--dry-run=server", "-f", &loose]);
+    assert!(dry.status.success(), "a warning, not a refusal, for the Deployment itself");
+    let warning = text(&dry.stderr);
+    assert!(warning.contains(r#"would violate PodSecurity "restricted:latest""#), "{warning}");
+    assert!(warning.contains("allowPrivilegeEscalation != false") && warning.contains("seccompProfile"), "{warning}");
+    assert!(standin(state.path(), &[], &["apply", "--server-side", "-f", &loose]).status.success());
+    let rollout = standin(state.path(), &[], &["rollout", "status", "deployment/web", "-n", "shop"]);
+    assert_eq!(rollout.status.code(), Some(1), "its pods are refused, so it never rolls out");
+
+    // Our render into the same kind of namespace: no warning at all.
     let cluster = Cluster::new();
     let v1 = manifest(cluster.state.path(), 1, true);
     let out = cluster.xtask(
         "success",
         "",
-        &["--dry-run", "deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
-    );
-    assert!(out.status.success(), "{}", said(&out));
-    let new_api = format!("\"image\": \"127.0.0.1:5000/api@{}\"", digest(1, "api"));
-    let added = |diff: &str| diff.lines().any(|l| l.starts_with('+') && l.contains(&new_api));
-    assert!(added(&text(&out.stdout)), "the diff is shown: {}", said(&out));
-    let verbs: Vec<String> = cluster.calls().iter().map(|c| c[0].clone()).collect();
-    // The overlay, then the generated overlay that pins it, then the server-side diff.
-    assert_eq!(verbs, ["kustomize", "kustomize", "diff"]);
-
-    // The same plan as JSON on stdout: the pinned images, the diff and the render.
-    let json = cluster.xtask(
-        "success",
-        "",
         &[
-            "--dry-run",
-            "--format",
-            "json",
             "deploy",
             "--env",
-            "staging",
+            "prod",
             "--images",
             v1.to_str().expect("utf-8"),
             "--no-verify",
+            "--yes",
+            "--confirm",
+            "prod",
         ],
     );
-    assert!(json.status.success(), "{}", said(&json));
-    let plan: serde_json::Value =
-        serde_json::from_slice(&json.stdout).unwrap_or_else(|e| panic!("{e}: {}", said(&json)));
-    assert_eq!((plan["target"].as_str(), plan["env"].as_str()), (Some("k8s"), Some("staging")), "{plan:#}");
-    assert_eq!(plan["changes"], true);
-    assert!(plan["diff"].as_str().is_some_and(added), "{plan:#}");
-    assert!(plan["images"]["api"].as_str().is_some_and(|i| i.contains("@sha256:")), "{plan:#}");
-    assert!(plan["render"].as_str().is_some_and(|r| r.contains("kind: Deployment")), "{plan:#}");
-    let applies = cluster.calls().iter().filter(|c| c[0] == "apply").count();
-    assert_eq!(applies, 0, "a dry run applies nothing");
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(!said(&out).contains("PodSecurity"), "{}", said(&out));
+}
+
+/// The HPA owns a Deployment's replicas. A render that sets them either conflicts with the HPA's
+/// manager or, forced, resets a scaled-up Deployment; ours sets none, so a deploy in the middle of
+/// a peak leaves the HPA's count alone.
+#[test]
+fn a_deploy_leaves_the_replica_count_to_the_hpa() {
+    let state = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, doc: serde_json::Value| {
+        let file = state.path().join(name);
+        std::fs::write(&file, doc.to_string()).expect("write");
+        file.display().to_string()
+    };
+    let deployment = |replicas: Option<u32>| {
+        let mut spec =
+            serde_json::json!({"template": {"spec": {"containers": [{"name": "web", "image": "web@sha256:00"}]}}});
+        if let Some(r) = replicas {
+            spec["replicas"] = r.into();
+        }
+        serde_json::json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "default"}, "spec": spec})
+    };
+    let hpa = serde_json::json!({"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "web", "namespace": "default"},
+        "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "minReplicas": 3, "maxReplicas": 10}});
+    let peak = [("STANDIN_SCALED", "web=7")];
+    let apply = |file: &str, force: bool| {
+        let mut args = vec!["apply", "--server-side", "--field-manager=xtask", "-f", file];
+        if force {
+            args.push("--force-conflicts");
+        }
+        standin(state.path(), &peak, &args)
+    };
+    let first =
+        write("first.json", serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [deployment(None), hpa]}));
+    assert!(apply(&first, false).status.success());
+    let replicas = || -> u64 {
+        let out = standin(state.path(), &[], &["get", "deployment", "web", "-n", "default", "-o", "json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).expect("JSON")["spec"]["replicas"]
+            .as_u64()
+            .expect("set")
+    };
+    assert_eq!(replicas(), 7, "the HPA scaled it for the peak");
+
+    // Without the fix: replicas in the render.
+    let pinned = write("pinned.json", deployment(Some(3)));
+    let conflict = apply(&pinned, false);
+    assert_eq!(conflict.status.code(), Some(1));
+    assert!(
+        text(&conflict.stderr).contains(r#"conflict with "kube-controller-manager" using apps/v1: .spec.replicas"#),
+        "{}",
+        text(&conflict.stderr)
+    );
+    assert!(apply(&pinned, true).status.success());
+    assert_eq!(replicas(), 3, "--force-conflicts resets the peak's count");
+
+    // With it: a render without replicas keeps whatever the HPA set.
+    let cluster = Cluster::new();
+    let v1 = manifest(cluster.state.path(), 1, true);
+    let v2 = manifest(cluster.state.path(), 2, true);
+    let deploy = |m: &Path, scaled: &str| {
+        common::xtask_command()
+            .args(["deploy", "--env", "staging", "--images", m.to_str().expect("utf-8"), "--no-verify"])
+            .env("KUBECTL", root().join("tests/support/kubectl-standin"))
+            .env("STANDIN_DIR", cluster.state.path())
+            .env("STANDIN_FORWARD_PORT", cluster.forward_port.to_string())
+            .env("STANDIN_REAL_KUBECTL", "kubectl")
+            .env("STANDIN_SCALED", scaled)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .expect("xtask runs")
+    };
+    let out = deploy(&v1, "api=4");
+    assert!(out.status.success(), "{}", said(&out));
+    let api = || cluster.object("Deployment", "platform-staging", "api").expect("api")["spec"]["replicas"].as_u64();
+    assert_eq!(api(), Some(4), "the HPA's count");
+    let again = deploy(&v2, "");
+    assert!(again.status.success(), "{}", said(&again));
+    assert_eq!(api(), Some(4), "a new release keeps the HPA's count");
+    assert!(
+        cluster.object("Deployment", "platform-staging", "api").expect("api").to_string().contains(&digest(2, "api"))
+    );
 }
 
 /// Serves `body` at `/images.json` (404 elsewhere): a release manifest published at a URL.

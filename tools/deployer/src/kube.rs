@@ -336,8 +336,10 @@ fn from_configmap(cm: &ConfigMap) -> Result<(Release, String)> {
     Ok((release, field("render.json")?.clone()))
 }
 
-/// A pinned render (kustomize's YAML stream) as the one JSON `List` kubectl applies.
-fn render_list(yaml: &str) -> Result<String> {
+/// A pinned render (kustomize's YAML stream) as the JSON `List`s kubectl applies: all of it (what
+/// a release records and a rollback re-applies), its Namespaces (applied first: nothing can be
+/// created in a namespace that does not exist) and the rest.
+fn render_lists(yaml: &str) -> Result<(String, Option<String>, String)> {
     let mut items = Vec::new();
     for doc in serde_yaml::Deserializer::from_str(yaml) {
         let value = serde_json::Value::deserialize(doc).context("kustomize rendered YAML that does not parse")?;
@@ -345,8 +347,13 @@ fn render_list(yaml: &str) -> Result<String> {
             items.push(value);
         }
     }
-    let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
-    Ok(serde_json::to_string_pretty(&list)?)
+    let list = |items: Vec<&serde_json::Value>| -> Result<String> {
+        Ok(serde_json::to_string_pretty(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))?)
+    };
+    let (spaces, rest): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) =
+        items.iter().partition(|i| i["kind"] == "Namespace");
+    let spaces = if spaces.is_empty() { None } else { Some(list(spaces)?) };
+    Ok((list(items.iter().collect())?, spaces, list(rest)?))
 }
 
 /// One environment's namespace, as the release history sees it.
@@ -465,11 +472,160 @@ fn sha256(text: &str) -> String {
     format!("{:x}", sha2::Sha256::digest(text.as_bytes()))
 }
 
+/// Server-side apply as field manager `xtask`, never forcing: a field another manager owns (an
+/// HPA's replicas) is a conflict kubectl names, not something to overwrite.
 fn apply(kube: &Kube, file: &Path) -> Result<()> {
     let path = file.display().to_string();
-    let said = kube.checked(&["apply", "--server-side", "--field-manager=xtask", "--force-conflicts", "-f", &path])?;
+    let said = kube.checked(&["apply", "--server-side", "--field-manager=xtask", "-f", &path])?;
     eprint!("{said}");
     Ok(())
+}
+
+/// `apply --dry-run=server`: the API server's admission (Pod Security, quotas, webhooks, field
+/// conflicts) judges the release before any of it is applied. A refusal, or a Pod Security
+/// warning (pods the namespace would refuse), is a usage error naming what the server said.
+fn server_dry_run(kube: &Kube, file: &Path) -> Result<()> {
+    let path = file.display().to_string();
+    let args = ["apply", "--server-side", "--field-manager=xtask", "--dry-run=server", "-f", &path];
+    Kube::announce(&args);
+    let out = kube.cmd(&args).output()?;
+    let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).split_whitespace().collect::<Vec<_>>().join(" ");
+    if !out.status.success() {
+        return Err(UsageError(format!(
+            "the API server refused the release in a server-side dry run, so none of it was applied: {}",
+            said(&out.stderr)
+        ))
+        .into());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let refused: Vec<&str> = stderr.lines().filter(|l| l.contains("would violate PodSecurity")).collect();
+    if !refused.is_empty() {
+        return Err(UsageError(format!(
+            "the namespace's Pod Security admission would refuse these pods, so none of the release was applied: {}",
+            refused.join("; ")
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+/// A Secret a workload of the render needs: (secret, key or `None` for all of it, workload).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct SecretNeed {
+    secret: String,
+    key: Option<String>,
+    workload: String,
+}
+
+/// Every Secret (and key) the render's pod templates read, unless marked `optional`:
+/// `env[].valueFrom.secretKeyRef`, `envFrom[].secretRef`, `volumes[].secret`, `imagePullSecrets`.
+fn secret_needs(render: &serde_json::Value) -> Vec<SecretNeed> {
+    let mut out = std::collections::BTreeSet::new();
+    for item in render["items"].as_array().into_iter().flatten() {
+        let spec = &item["spec"]["template"]["spec"];
+        if spec.is_null() {
+            continue;
+        }
+        let workload =
+            format!("{}/{}", item["kind"].as_str().unwrap_or("?"), item["metadata"]["name"].as_str().unwrap_or("?"));
+        let mut need = |secret: &serde_json::Value, key: Option<&serde_json::Value>, optional: &serde_json::Value| {
+            if let Some(secret) = secret.as_str().filter(|_| optional.as_bool() != Some(true)) {
+                out.insert(SecretNeed {
+                    secret: secret.to_string(),
+                    key: key.and_then(|k| k.as_str()).map(str::to_string),
+                    workload: workload.clone(),
+                });
+            }
+        };
+        let containers = spec["initContainers"].as_array().into_iter().chain(spec["containers"].as_array()).flatten();
+        for c in containers {
+            for e in c["env"].as_array().into_iter().flatten() {
+                let r = &e["valueFrom"]["secretKeyRef"];
+                need(&r["name"], Some(&r["key"]), &r["optional"]);
+            }
+            for e in c["envFrom"].as_array().into_iter().flatten() {
+                need(&e["secretRef"]["name"], None, &e["secretRef"]["optional"]);
+            }
+        }
+        for v in spec["volumes"].as_array().into_iter().flatten() {
+            need(&v["secret"]["secretName"], None, &v["secret"]["optional"]);
+        }
+        for p in spec["imagePullSecrets"].as_array().into_iter().flatten() {
+            need(&p["name"], None, &serde_json::Value::Null);
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The names and keys of a namespace's Secrets, never their values: a go-template prints only
+/// each Secret's name and its data keys.
+const SECRET_KEYS_TEMPLATE: &str =
+    r#"{{range .items}}{{.metadata.name}}{{range $k, $v := .data}} {{$k}}{{end}}{{"\n"}}{{end}}"#;
+
+/// Every needed Secret and key that the namespace lacks, as lines naming how to supply it.
+fn missing_secrets(needs: &[SecretNeed], have: &BTreeMap<String, Vec<String>>, namespace: &str) -> Vec<String> {
+    needs
+        .iter()
+        .filter(|n| match (have.get(&n.secret), &n.key) {
+            (None, _) => true,
+            (Some(keys), Some(key)) => !keys.contains(key),
+            (Some(_), None) => false,
+        })
+        .map(|n| {
+            let key = n.key.as_deref().unwrap_or("KEY");
+            let what = match (&n.key, have.contains_key(&n.secret)) {
+                (Some(k), true) => format!("Secret {} has no key {k}", n.secret),
+                (Some(k), false) => format!("Secret {} (key {k}) does not exist", n.secret),
+                (None, _) => format!("Secret {} does not exist", n.secret),
+            };
+            format!(
+                "{what} in {namespace}, needed by {}: create it (`kubectl -n {namespace} create secret generic {} --from-literal={key}=...`, or an ExternalSecret: infra/k8s/README.md)",
+                n.workload, n.secret
+            )
+        })
+        .collect()
+}
+
+/// Checks every Secret the render needs exists with its keys, before the workloads are applied.
+fn check_secrets(kube: &Kube, namespace: &str, render: &str) -> Result<()> {
+    let render: serde_json::Value = serde_json::from_str(render)?;
+    let needs = secret_needs(&render);
+    if needs.is_empty() {
+        return Ok(());
+    }
+    let template = format!("go-template={SECRET_KEYS_TEMPLATE}");
+    let listing = kube.checked(&["get", "secrets", "-n", namespace, "-o", &template])?;
+    let have: BTreeMap<String, Vec<String>> = listing
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            Some((words.next()?.to_string(), words.map(str::to_string).collect()))
+        })
+        .collect();
+    let missing = missing_secrets(&needs, &have, namespace);
+    if !missing.is_empty() {
+        return Err(UsageError(format!("{}; nothing of the release was applied", missing.join("; "))).into());
+    }
+    eprintln!(
+        "secrets: all {} the render reads exist in {namespace} (names and keys checked, no values read)",
+        needs.len()
+    );
+    Ok(())
+}
+
+/// Does the namespace exist yet? (A first deploy creates it from the render.)
+fn namespace_exists(kube: &Kube, namespace: &str) -> Result<bool> {
+    let args = ["get", "namespace", namespace, "-o", "json"];
+    Kube::announce(&args);
+    let out = kube.cmd(&args).output()?;
+    if out.status.success() {
+        return Ok(true);
+    }
+    let err = String::from_utf8_lossy(&out.stderr);
+    if err.contains("NotFound") {
+        return Ok(false);
+    }
+    bail!("cannot read namespace {namespace}: {}", err.trim())
 }
 
 /// Waiting reasons that will not fix themselves: fail now instead of at the timeout.
@@ -796,35 +952,54 @@ fn release(
     let render_file = dir.join("render.yaml");
     std::fs::write(&render_file, &pinned).with_context(|| format!("writing {}", render_file.display()))?;
     validate(ctx, env, &render_file)?;
-    let render = render_list(&pinned)?;
-    let list_file = dir.join("render.json");
-    std::fs::write(&list_file, &render).with_context(|| format!("writing {}", list_file.display()))?;
+    let (render, spaces, workloads) = render_lists(&pinned)?;
+    let write = |name: &str, text: &str| -> Result<PathBuf> {
+        let file = dir.join(name);
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+        Ok(file)
+    };
+    let list_file = write("render.json", &render)?;
+    let spaces_file = spaces.map(|s| write("namespaces.json", &s)).transpose()?;
+    let workloads_file = write("workloads.json", &workloads)?;
 
-    // 3: what would change.
-    let file = list_file.display().to_string();
-    // `kubectl diff` exits 1 when there are differences; anything else but 0 is a failure.
-    let diff_args = ["diff", "--server-side", "--field-manager=xtask", "--force-conflicts", "-f", &file];
-    Kube::announce(&diff_args);
-    let diff = kube.cmd(&diff_args).ok_codes(&[0, 1]).checked_output()?;
-    let changes = diff.status.code() != Some(0);
+    // 3: what would change. A namespace that does not exist yet has nothing to diff against.
+    let exists = namespace_exists(kube, namespace)?;
+    let (changes, diff) = if exists {
+        let file = list_file.display().to_string();
+        // `kubectl diff` exits 1 when there are differences; anything else but 0 is a failure.
+        let diff_args = ["diff", "--server-side", "--field-manager=xtask", "-f", &file];
+        Kube::announce(&diff_args);
+        let diff = kube.cmd(&diff_args).ok_codes(&[0, 1]).checked_output()?;
+        (diff.status.code() != Some(0), String::from_utf8_lossy(&diff.stdout).into_owned())
+    } else {
+        (true, format!("namespace {namespace} does not exist yet: the whole render is new\n"))
+    };
     // The one presentation of the plan (human or JSON), then the one confirmation point.
     if ctx.json {
         let plan = serde_json::json!({
             "target": "k8s",
             "env": env,
             "namespace": namespace,
+            "namespace_exists": exists,
             "images": pins,
             "changes": changes,
-            "diff": String::from_utf8_lossy(&diff.stdout),
+            "diff": diff,
             "render": pinned,
         });
         println!("{}", serde_json::to_string_pretty(&plan)?);
     } else if changes {
-        print!("{}", String::from_utf8_lossy(&diff.stdout));
+        print!("{diff}");
     } else {
         eprintln!("kubectl diff: no changes in {env}");
     }
     if ctx.dry_run {
+        if exists {
+            check_secrets(kube, namespace, &workloads)?;
+        } else {
+            eprintln!(
+                "dry run: the Secrets the render reads are checked once the namespace exists (a deploy creates it first)"
+            );
+        }
         eprintln!("dry run: rendered, pinned, validated and diffed {env}; nothing was applied");
         return Ok(ExitCode::SUCCESS);
     }
@@ -837,9 +1012,18 @@ fn release(
         eprintln!("warning: {namespace} has no release yet (first deploy): a failure cannot be rolled back");
     }
 
-    // 6: apply, wait, smoke.
+    // 6: the namespace first (nothing else can be created before it), then the API server's
+    // dry run of everything else, then the apply, the wait and the smoke check.
+    if !exists {
+        eprintln!("creating namespace {namespace} from the render");
+    }
+    if let Some(file) = &spaces_file {
+        apply(kube, file).context("applying the render's namespace")?;
+    }
+    check_secrets(kube, namespace, &workloads)?;
+    server_dry_run(kube, &workloads_file)?;
     let edge = edge_service(ctx);
-    let outcome = ns.put(&render, "render.json").and_then(|()| {
+    let outcome = ns.put(&workloads, "workloads.json").and_then(|()| {
         smoke(kube, namespace, &ns.deployments, edge.map(|s| (s.name.as_str(), s.port, s.ready.as_str())))
     });
     match outcome {
@@ -1125,14 +1309,20 @@ mod tests {
     }
 
     #[test]
-    fn a_render_goes_to_kubectl_as_one_list_in_its_order() {
+    fn a_render_goes_to_kubectl_as_lists_namespaces_first() {
         let yaml = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: a\n---\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: api\n";
-        let list: serde_json::Value = serde_json::from_str(&render_list(yaml).expect("parses")).expect("JSON");
+        let (all, spaces, rest) = render_lists(yaml).expect("parses");
+        let list: serde_json::Value = serde_json::from_str(&all).expect("JSON");
         assert_eq!(list["kind"], "List");
+        let spaces: serde_json::Value = serde_json::from_str(&spaces.expect("one")).expect("JSON");
+        assert_eq!(spaces["items"][0]["metadata"]["name"], "a", "the namespace goes first, alone");
+        let rest: serde_json::Value = serde_json::from_str(&rest).expect("JSON");
+        assert_eq!(rest["items"].as_array().map(Vec::len), Some(1));
+        assert!(render_lists("kind: ConfigMap\n").expect("parses").1.is_none(), "no namespace, nothing to apply first");
         let kinds: Vec<&str> =
             list["items"].as_array().expect("items").iter().map(|i| i["kind"].as_str().expect("kind")).collect();
         assert_eq!(kinds, ["Namespace", "Deployment"]);
-        assert!(render_list("a: [").is_err());
+        assert!(render_lists("a: [").is_err());
     }
 
     #[test]
@@ -1150,6 +1340,36 @@ mod tests {
         ]}))
         .expect("kubectl's shape");
         assert_eq!(unhealthy_deployments(&list, &services), ["api: 1/2 ready", "worker: missing"]);
+    }
+
+    #[test]
+    fn the_secrets_a_render_reads_are_found_and_the_missing_ones_named_with_the_fix() {
+        let render = serde_json::json!({"items": [{"kind": "Deployment", "metadata": {"name": "api"},
+            "spec": {"template": {"spec": {
+                "containers": [{"name": "api",
+                    "env": [{"name": "DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": "api-database", "key": "DATABASE_URL"}}},
+                            {"name": "X", "valueFrom": {"secretKeyRef": {"name": "extra", "key": "X", "optional": true}}}],
+                    "envFrom": [{"secretRef": {"name": "api-env"}}]}],
+                "volumes": [{"name": "tls", "secret": {"secretName": "api-tls"}}],
+                "imagePullSecrets": [{"name": "registry"}]}}}},
+            {"kind": "ConfigMap", "metadata": {"name": "c"}}]});
+        let needs = secret_needs(&render);
+        let names: Vec<(&str, Option<&str>)> = needs.iter().map(|n| (n.secret.as_str(), n.key.as_deref())).collect();
+        assert_eq!(
+            names,
+            [("api-database", Some("DATABASE_URL")), ("api-env", None), ("api-tls", None), ("registry", None)],
+            "optional references are not needed"
+        );
+        let have = BTreeMap::from([
+            ("api-database".to_string(), vec!["REDIS_URL".to_string()]),
+            ("api-env".to_string(), vec![]),
+            ("api-tls".to_string(), vec!["tls.crt".to_string()]),
+            ("registry".to_string(), vec![".dockerconfigjson".to_string()]),
+        ]);
+        let missing = missing_secrets(&needs, &have, "platform-prod");
+        assert_eq!(missing.len(), 1, "{missing:?}");
+        assert!(missing[0].starts_with("Secret api-database has no key DATABASE_URL in platform-prod, needed by Deployment/api: create it (`kubectl -n platform-prod create secret generic api-database --from-literal=DATABASE_URL=...`"), "{}", missing[0]);
+        assert!(missing_secrets(&needs, &BTreeMap::new(), "ns")[1].starts_with("Secret api-env does not exist in ns"));
     }
 
     #[test]

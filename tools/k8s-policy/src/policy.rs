@@ -28,6 +28,15 @@ pub fn rules() -> &'static [(&'static str, &'static str)] {
         ("no-secrets", "Secrets are referenced, never rendered from the repository"),
         ("pdb", "outside dev, every Deployment is covered by a PodDisruptionBudget"),
         ("network-policy", "outside dev, every Deployment's pods are selected by a NetworkPolicy"),
+        (
+            "namespace",
+            "every namespace the render uses is rendered as a Namespace; outside dev it enforces Pod Security `restricted`",
+        ),
+        ("hpa-replicas", "a Deployment an HPA scales sets no `replicas` (the HPA owns the count)"),
+        (
+            "pdb-drain",
+            "a PodDisruptionBudget lets at least one pod go (never minAvailable at the minimum replicas, never maxUnavailable 0)",
+        ),
     ]
 }
 
@@ -136,9 +145,116 @@ fn check_pod(object: &str, spec: &PodSpec, ctx: Context, out: &mut Vec<Violation
     }
 }
 
+/// The Pod Security level a namespace enforces.
+const ENFORCE: &str = "pod-security.kubernetes.io/enforce";
+
+/// Namespaces: each one used is rendered, and enforces `restricted` outside dev.
+fn check_namespaces(docs: &[Document], ctx: Context, out: &mut Vec<Violation>) {
+    let rendered: BTreeMap<&str, Option<&str>> = docs
+        .iter()
+        .filter_map(|d| match &d.object {
+            Object::Namespace(n) => {
+                let name = n.metadata.name.as_deref()?;
+                Some((name, n.metadata.labels.as_ref().and_then(|l| l.get(ENFORCE)).map(String::as_str)))
+            }
+            _ => None,
+        })
+        .collect();
+    let used: std::collections::BTreeSet<&str> = docs.iter().filter_map(|d| d.namespace.as_deref()).collect();
+    for ns in used {
+        match rendered.get(ns) {
+            None => out.push(Violation {
+                rule: "namespace",
+                object: format!("Namespace/{ns}"),
+                message:
+                    "is used but not rendered: a first deploy into a fresh cluster would fail (add it to the overlay)"
+                        .into(),
+            }),
+            Some(level) if ctx.production_like && *level != Some("restricted") => out.push(Violation {
+                rule: "namespace",
+                object: format!("Namespace/{ns}"),
+                message: format!(
+                    "enforces Pod Security `{}`; outside dev it must enforce `restricted` (label {ENFORCE})",
+                    level.unwrap_or("nothing")
+                ),
+            }),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Deployments an HPA scales: (namespace, name) -> the HPA's minReplicas.
+fn scaled(docs: &[Document]) -> BTreeMap<(Option<&str>, &str), i32> {
+    docs.iter()
+        .filter_map(|d| match &d.object {
+            Object::HorizontalPodAutoscaler(h) => {
+                let spec = h.spec.as_ref()?;
+                (spec.scale_target_ref.kind == "Deployment").then(|| {
+                    ((d.namespace.as_deref(), spec.scale_target_ref.name.as_str()), spec.min_replicas.unwrap_or(1))
+                })
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// HPAs own replicas; budgets allow a drain.
+fn check_scaling(docs: &[Document], out: &mut Vec<Violation>) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let hpas = scaled(docs);
+    for doc in docs {
+        let Object::Deployment(d) = &doc.object else { continue };
+        let name = d.metadata.name.as_deref().unwrap_or_default();
+        let replicas = d.spec.as_ref().and_then(|s| s.replicas);
+        if let (Some(r), Some(_)) = (replicas, hpas.get(&(doc.namespace.as_deref(), name))) {
+            out.push(Violation {
+                rule: "hpa-replicas",
+                object: doc.id.clone(),
+                message: format!(
+                    "sets replicas: {r} while a HorizontalPodAutoscaler scales it: every deploy would reset the HPA's count; remove `replicas` from the render"
+                ),
+            });
+        }
+        // The fewest pods it runs: the HPA's floor, else its own count (the API's default is 1).
+        let floor = hpas.get(&(doc.namespace.as_deref(), name)).copied().or(replicas).unwrap_or(1);
+        let labels = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
+        for other in docs.iter().filter(|o| o.namespace == doc.namespace) {
+            let Object::PodDisruptionBudget(p) = &other.object else { continue };
+            let Some(spec) = p.spec.as_ref() else { continue };
+            if !spec.selector.as_ref().is_some_and(|s| labels_match(s, &labels)) {
+                continue;
+            }
+            let blocks = match (&spec.min_available, &spec.max_unavailable) {
+                (Some(IntOrString::Int(min)), _) => *min >= floor,
+                (Some(IntOrString::String(pct)), _) => pct.trim() == "100%",
+                (_, Some(IntOrString::Int(max))) => *max == 0,
+                (_, Some(IntOrString::String(pct))) => pct.trim_end_matches('%').trim() == "0",
+                (None, None) => false,
+            };
+            if blocks {
+                out.push(Violation {
+                    rule: "pdb-drain",
+                    object: other.id.clone(),
+                    message: format!(
+                        "lets no pod of {} go at its minimum of {floor}: a node drain would block; use maxUnavailable: 1",
+                        doc.id
+                    ),
+                });
+            }
+        }
+    }
+}
+
 /// Checks a whole render (one environment).
 pub fn check(docs: &[Document], ctx: Context) -> Vec<Violation> {
     let mut out = Vec::new();
+    check_namespaces(docs, ctx, &mut out);
+    check_scaling(docs, &mut out);
     for doc in docs {
         match &doc.object {
             Object::Deployment(d) => {

@@ -3,7 +3,7 @@
 
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use serde::de::DeserializeOwned;
@@ -14,6 +14,8 @@ pub enum Object {
     Deployment(Box<Deployment>),
     PodDisruptionBudget(Box<PodDisruptionBudget>),
     NetworkPolicy(Box<NetworkPolicy>),
+    HorizontalPodAutoscaler(Box<HorizontalPodAutoscaler>),
+    Namespace(Box<Namespace>),
     Secret,
     /// Checked against its type, and no rule looks further.
     Other,
@@ -31,7 +33,7 @@ pub struct Document {
 /// A document that is not a valid object of the pinned API: `(id, message)`.
 pub type SchemaError = (String, String);
 
-const KNOWN: &str = "apps/v1 Deployment, v1 Service/ServiceAccount/ConfigMap/Secret/Namespace, policy/v1 PodDisruptionBudget, autoscaling/v2 HorizontalPodAutoscaler, networking.k8s.io/v1 NetworkPolicy/Ingress";
+const KNOWN: &str = "apps/v1 Deployment, v1 Service/ServiceAccount/ConfigMap/Secret/Namespace/ResourceQuota/LimitRange, policy/v1 PodDisruptionBudget, autoscaling/v2 HorizontalPodAutoscaler, networking.k8s.io/v1 NetworkPolicy/Ingress";
 
 /// `spec.template.spec.containers[0].readinesProbe`: the path as people write it in YAML.
 fn field_path(path: &serde_ignored::Path<'_>) -> String {
@@ -81,12 +83,14 @@ pub fn parse(text: &str) -> (Vec<Document>, Vec<SchemaError>) {
             ("v1", "ServiceAccount") => typed::<ServiceAccount>(value, &mut unknown).map(|_| Object::Other),
             ("v1", "ConfigMap") => typed::<ConfigMap>(value, &mut unknown).map(|_| Object::Other),
             ("v1", "Secret") => typed::<Secret>(value, &mut unknown).map(|_| Object::Secret),
-            ("v1", "Namespace") => typed::<Namespace>(value, &mut unknown).map(|_| Object::Other),
+            ("v1", "Namespace") => typed(value, &mut unknown).map(|o| Object::Namespace(Box::new(o))),
+            ("v1", "ResourceQuota") => typed::<ResourceQuota>(value, &mut unknown).map(|_| Object::Other),
+            ("v1", "LimitRange") => typed::<LimitRange>(value, &mut unknown).map(|_| Object::Other),
             ("policy/v1", "PodDisruptionBudget") => {
                 typed(value, &mut unknown).map(|o| Object::PodDisruptionBudget(Box::new(o)))
             }
             ("autoscaling/v2", "HorizontalPodAutoscaler") => {
-                typed::<HorizontalPodAutoscaler>(value, &mut unknown).map(|_| Object::Other)
+                typed(value, &mut unknown).map(|o| Object::HorizontalPodAutoscaler(Box::new(o)))
             }
             ("networking.k8s.io/v1", "NetworkPolicy") => {
                 typed(value, &mut unknown).map(|o| Object::NetworkPolicy(Box::new(o)))
