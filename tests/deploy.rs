@@ -242,8 +242,18 @@ impl Cluster {
     }
 
     fn xtask(&self, scenario: &str, bad: &str, args: &[&str]) -> Output {
+        // kubectl's current context is the cluster of the environment changed (`--env`, or
+        // `--to` of a promote), as a person would have switched to it.
+        let env = args.windows(2).find(|w| w[0] == "--env" || w[0] == "--to").map_or("staging", |w| w[1]);
+        self.xtask_in(&format!("platform-{env}"), scenario, bad, args)
+    }
+
+    /// With kubectl's current context set to `context`.
+    fn xtask_in(&self, context: &str, scenario: &str, bad: &str, args: &[&str]) -> Output {
         common::xtask_command()
             .args(args)
+            .env("STANDIN_CONTEXT", context)
+            .env("STANDIN_CONTEXTS", "platform-dev,platform-staging,platform-prod")
             .envs(self.vars.iter().map(|(k, v)| (k, v)))
             .env("KUBECTL", root().join("tests/support/kubectl-standin"))
             .env("STANDIN_DIR", self.state.path())
@@ -645,8 +655,8 @@ fn dry_run_stops_after_the_diff() {
     assert!(fresh.status.success(), "{}", said(&fresh));
     assert!(text(&fresh.stdout).contains("namespace platform-staging does not exist yet"), "{}", said(&fresh));
     let verbs: Vec<String> = cluster.calls().iter().map(|c| c[0].clone()).collect();
-    // The overlay, then the generated overlay that pins it, then the namespace looked up.
-    assert_eq!(verbs, ["kustomize", "kustomize", "get"]);
+    // The context checked, the overlay, the generated overlay that pins it, the namespace looked up.
+    assert_eq!(verbs, ["config", "kustomize", "kustomize", "get"]);
 
     cluster.seed_secrets("platform-staging");
     let deployed = cluster.xtask(
@@ -663,7 +673,7 @@ fn dry_run_stops_after_the_diff() {
     assert!(added(&text(&out.stdout)), "the diff is shown: {}", said(&out));
     let verbs: Vec<String> = cluster.calls()[before..].iter().map(|c| c[0].clone()).collect();
     // The namespace, the diff, then the Secrets it reads (names and keys).
-    assert_eq!(verbs, ["kustomize", "kustomize", "get", "diff", "get"]);
+    assert_eq!(verbs, ["config", "kustomize", "kustomize", "get", "diff", "get"]);
 
     // The same plan as JSON on stdout: the pinned images, the diff and the render.
     let json = dry(&v2, true);
@@ -729,7 +739,10 @@ fn a_fresh_cluster_gets_the_namespace_first_then_a_server_dry_run_then_the_relea
     assert!(cluster.object("Deployment", "platform-staging", "api").is_none(), "no workload was applied");
     let reads: Vec<Vec<String>> = cluster.calls().into_iter().filter(|c| c[..2] == ["get", "secrets"]).collect();
     assert!(
-        !reads.is_empty() && reads.iter().all(|c| c.last().is_some_and(|o| o.starts_with("go-template="))),
+        !reads.is_empty()
+            && reads
+                .iter()
+                .all(|c| c.iter().any(|o| o.starts_with("go-template=")) && !c.contains(&"json".to_string())),
         "names and keys only: {reads:?}"
     );
     cluster.seed_secrets("platform-staging");
@@ -737,9 +750,9 @@ fn a_fresh_cluster_gets_the_namespace_first_then_a_server_dry_run_then_the_relea
     let out = deploy();
     assert!(out.status.success(), "{}", said(&out));
     let applies: Vec<Vec<String>> = cluster.calls().into_iter().filter(|c| c[0] == "apply").collect();
-    assert!(applies[0].last().is_some_and(|f| f.ends_with("namespaces.json")), "{applies:?}");
+    assert!(applies[0].iter().any(|f| f.ends_with("namespaces.json")), "{applies:?}");
     assert!(applies[1].contains(&"--dry-run=server".to_string()), "{applies:?}");
-    assert!(applies[2].last().is_some_and(|f| f.ends_with("workloads.json")), "{applies:?}");
+    assert!(applies[2].iter().any(|f| f.ends_with("workloads.json")), "{applies:?}");
     assert!(applies.iter().all(|a| !a.contains(&"--force-conflicts".to_string())), "never forced: {applies:?}");
     let ns = cluster.object("Namespace", "", "platform-staging").expect("created");
     assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted", "{ns}");
@@ -867,6 +880,8 @@ fn a_deploy_leaves_the_replica_count_to_the_hpa() {
             .env("STANDIN_FORWARD_PORT", cluster.forward_port.to_string())
             .env("STANDIN_REAL_KUBECTL", "kubectl")
             .env("STANDIN_SCALED", scaled)
+            .env("STANDIN_CONTEXT", "platform-staging")
+            .env("STANDIN_CONTEXTS", "platform-staging")
             .stdin(std::process::Stdio::null())
             .output()
             .expect("xtask runs")
@@ -995,4 +1010,42 @@ fn images_come_from_a_manifest_url_or_from_the_registry_by_commit() {
     }
     let releases = cluster.releases("platform-staging");
     assert_eq!(releases.last().map(|r| r.3.clone()), Some(format!("{host}/api@{}", pushed[2].1)));
+}
+
+/// Each environment names its cluster's kube context (`cluster.toml` beside its overlay): a
+/// deploy while another context is current, or with `--context` naming another, changes nothing;
+/// with the right one, every kubectl call names it.
+#[test]
+fn a_deploy_runs_only_against_the_context_its_environment_names() {
+    let cluster = Cluster::new();
+    let v1 = manifest(cluster.state.path(), 1, true);
+    let images = v1.to_str().expect("utf-8");
+    let deploy = ["deploy", "--env", "prod", "--images", images, "--no-verify", "--yes", "--confirm", "prod"];
+    let wrong = cluster.xtask_in("platform-staging", "success", "", &deploy);
+    assert_eq!(wrong.status.code(), Some(2), "{}", said(&wrong));
+    let err = text(&wrong.stderr);
+    assert!(
+        err.contains("the current kube context is `platform-staging`, but prod deploys to `platform-prod` (infra/k8s/overlays/prod/cluster.toml); run `kubectl config use-context platform-prod` or pass --context platform-prod"),
+        "{err}"
+    );
+    let unset = cluster.xtask_in("", "success", "", &deploy);
+    assert_eq!(unset.status.code(), Some(2), "{}", said(&unset));
+    assert!(text(&unset.stderr).contains("the current kube context is not set"), "{}", said(&unset));
+    let mistyped =
+        cluster.xtask_in("platform-prod", "success", "", &[&deploy[..], &["--context", "platform-staging"]].concat());
+    assert_eq!(mistyped.status.code(), Some(2), "{}", said(&mistyped));
+    assert!(text(&mistyped.stderr).contains("--context platform-staging, but prod deploys to context `platform-prod`"));
+    assert!(cluster.calls().iter().all(|c| c[0] != "apply"), "nothing was applied: {:?}", cluster.calls());
+
+    // Chosen explicitly, whatever is current: every call to the cluster names the context.
+    let chosen =
+        cluster.xtask_in("platform-staging", "success", "", &[&deploy[..], &["--context", "platform-prod"]].concat());
+    assert!(chosen.status.success(), "{}", said(&chosen));
+    let calls = cluster.calls();
+    let to_cluster: Vec<&Vec<String>> =
+        calls.iter().filter(|c| c[0] != "kustomize" && c[..2] != ["config", "current-context"]).collect();
+    assert!(!to_cluster.is_empty());
+    for c in to_cluster {
+        assert!(c.windows(2).any(|w| w == ["--context", "platform-prod"]), "{c:?}");
+    }
 }

@@ -76,7 +76,7 @@ pub enum Command {
     Dev(commands::dev::Args),
     Loadtest(commands::loadtest::Args),
     K8s(commands::k8s::Args),
-    Deploy(commands::deploy::Args),
+    Deploy(Box<commands::deploy::Args>),
     Secrets(commands::secrets::Args),
     Doctor(commands::doctor::Args),
     Setup(commands::setup::Args),

@@ -824,6 +824,7 @@ fn replace_args(env: &EnvArgs) -> ApplyArgs {
         timeout: env.timeout,
         verify: Default::default(),
         history_limit: history::DEFAULT_KEEP as u32,
+        context: env.context.clone(),
     }
 }
 

@@ -35,23 +35,29 @@ fn kubectl_program() -> String {
     std::env::var("KUBECTL").ok().filter(|k| !k.is_empty()).unwrap_or_else(|| "kubectl".into())
 }
 
-/// kubectl, with every command printed before it runs.
+/// kubectl, pinned to one context, with every command printed before it runs.
 struct Kube {
     program: String,
+    /// `--context` on every call that talks to a cluster (rendering does not).
+    context: Option<String>,
 }
 
 impl Kube {
     fn cmd(&self, args: &[&str]) -> Cmd {
-        Cmd::new(&self.program).args(args)
+        let cmd = Cmd::new(&self.program).args(args);
+        match &self.context {
+            Some(context) if args.first() != Some(&"kustomize") => cmd.args(["--context", context]),
+            _ => cmd,
+        }
     }
 
-    fn announce(args: &[&str]) {
-        eprintln!("$ kubectl {}", args.join(" "));
+    fn announce(&self, args: &[&str]) {
+        eprintln!("$ {}", self.cmd(args).line().replacen(&self.program, "kubectl", 1));
     }
 
     /// A long-running kubectl whose streams the caller wires itself.
     fn command(&self, args: &[&str]) -> Command {
-        Kube::announce(args);
+        self.announce(args);
         self.cmd(args).to_command()
     }
 
@@ -62,13 +68,13 @@ impl Kube {
 
     /// Runs, insists on success, and reads its JSON answer.
     fn read_json<T: serde::de::DeserializeOwned>(&self, args: &[&str]) -> Result<T> {
-        Kube::announce(args);
+        self.announce(args);
         self.cmd(args).read_json()
     }
 
     /// Runs and insists on success; the error carries kubectl's last words.
     fn checked(&self, args: &[&str]) -> Result<String> {
-        Kube::announce(args);
+        self.announce(args);
         self.cmd(args).read()
     }
 }
@@ -487,7 +493,7 @@ fn apply(kube: &Kube, file: &Path) -> Result<()> {
 fn server_dry_run(kube: &Kube, file: &Path) -> Result<()> {
     let path = file.display().to_string();
     let args = ["apply", "--server-side", "--field-manager=xtask", "--dry-run=server", "-f", &path];
-    Kube::announce(&args);
+    kube.announce(&args);
     let out = kube.cmd(&args).output()?;
     let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).split_whitespace().collect::<Vec<_>>().join(" ");
     if !out.status.success() {
@@ -616,7 +622,7 @@ fn check_secrets(kube: &Kube, namespace: &str, render: &str) -> Result<()> {
 /// Does the namespace exist yet? (A first deploy creates it from the render.)
 fn namespace_exists(kube: &Kube, namespace: &str) -> Result<bool> {
     let args = ["get", "namespace", namespace, "-o", "json"];
-    Kube::announce(&args);
+    kube.announce(&args);
     let out = kube.cmd(&args).output()?;
     if out.status.success() {
         return Ok(true);
@@ -823,14 +829,73 @@ pub fn deploy(ctx: &Ctx, env: &str, args: &DeployArgs) -> Result<ExitCode> {
     let work = work_dir(ctx, env)?;
     let (manifest, manifest_path) = crate::source::manifest(ctx, args, &work.dir)?;
     let pins = pins(&deployments(ctx), &manifest, &manifest_path)?;
-    release(ctx, env, args, &pins, &ctx.facts.revision, &work.dir)
+    let kube = kube_for(&ctx.root, env, args.apply.context.as_deref(), true)?;
+    release(ctx, env, args, &pins, &ctx.facts.revision, &work.dir, kube)
+}
+
+/// What an overlay says about the cluster it deploys to: `infra/k8s/overlays/ENV/cluster.toml`.
+#[derive(Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+struct ClusterConfig {
+    /// The kube context (kubeconfig entry) of the environment's cluster.
+    context: String,
+}
+
+fn cluster_config(root: &Path, env: &str) -> Result<ClusterConfig> {
+    let file = root.join(OVERLAYS_DIR).join(env).join("cluster.toml");
+    let how = format!("write {} with `context = \"KUBE-CONTEXT\"` (the cluster {env} deploys to)", file.display());
+    let text = std::fs::read_to_string(&file).map_err(|_| UsageError(format!("{env} names no kube context: {how}")))?;
+    let config: ClusterConfig =
+        toml::from_str(&text).map_err(|e| UsageError(format!("{}: {}; {how}", file.display(), e.message())))?;
+    if config.context.trim().is_empty() {
+        return Err(UsageError(format!("{}: `context` is empty; {how}", file.display())).into());
+    }
+    Ok(config)
+}
+
+/// kubectl for `env`, pinned to the context its overlay names. `chosen` (`--context`) must be
+/// that context; without it, when `guard` is set, kubectl's current context must be, so a deploy
+/// never lands in whatever cluster happens to be current.
+fn kube_for(root: &Path, env: &str, chosen: Option<&str>, guard: bool) -> Result<Kube> {
+    let named = cluster_config(root, env)?.context;
+    let file = format!("{OVERLAYS_DIR}/{env}/cluster.toml");
+    let program = kubectl_program();
+    match chosen {
+        Some(c) if c != named => {
+            return Err(UsageError(format!(
+                "--context {c}, but {env} deploys to context `{named}` ({file}); pass --context {named}"
+            ))
+            .into());
+        }
+        Some(_) => {}
+        None if guard => {
+            let out = Cmd::new(&program).args(["config", "current-context"]).output()?;
+            let current = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            if !out.status.success() || current != named {
+                let current = if current.is_empty() { "not set".to_string() } else { format!("`{current}`") };
+                return Err(UsageError(format!(
+                    "the current kube context is {current}, but {env} deploys to `{named}` ({file}); run `kubectl config use-context {named}` or pass --context {named}; nothing was applied"
+                ))
+                .into());
+            }
+        }
+        None => {}
+    }
+    Ok(Kube { program, context: Some(named) })
 }
 
 /// An environment's namespace, with what deploy needs to change it.
-fn namespace<'a>(ctx: &Ctx, env: &'a str, dir: &'a Path, timeout: Duration, limit: u32) -> Result<Namespace<'a>> {
+fn namespace<'a>(
+    ctx: &Ctx,
+    env: &'a str,
+    dir: &'a Path,
+    timeout: Duration,
+    limit: u32,
+    kube: Kube,
+) -> Result<Namespace<'a>> {
     overlay(&ctx.root, env)?;
     Ok(Namespace {
-        kube: Kube { program: kubectl_program() },
+        kube,
         env,
         namespace: overlay_namespace(&ctx.root, env)?,
         deployments: deployments(ctx),
@@ -849,8 +914,11 @@ pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs) -
     if from == to {
         return Err(UsageError(format!("--from {from} --to {to}: promote between two environments")).into());
     }
+    // The source is only read, in its own cluster: no current-context guard for it.
+    let target_kube = kube_for(&ctx.root, &to, args.apply.context.as_deref(), true)?;
     let scratch = std::env::temp_dir();
-    let source = namespace(ctx, from, &scratch, args.apply.timeout, args.apply.history_limit)?;
+    let source_kube = kube_for(&ctx.root, from, None, false)?;
+    let source = namespace(ctx, from, &scratch, args.apply.timeout, args.apply.history_limit, source_kube)?;
     let releases = source.releases()?;
     let Some(now) = history::current(&releases) else {
         return Err(UsageError(format!(
@@ -886,7 +954,7 @@ pub fn promote(ctx: &Ctx, from: &str, commit: Option<&str>, args: &DeployArgs) -
         now.id, now.state, now.commit, now.deployed_at
     );
     let work = work_dir(ctx, &to)?;
-    release(ctx, &to, args, &pins, &now.commit.clone(), &work.dir)
+    release(ctx, &to, args, &pins, &now.commit.clone(), &work.dir, target_kube)
 }
 
 /// Our deployments that are missing, or not at their replica count, in a `get deployments`.
@@ -928,9 +996,10 @@ fn release(
     pins: &BTreeMap<String, String>,
     revision: &str,
     dir: &Path,
+    kube: Kube,
 ) -> Result<ExitCode> {
     let overlay = overlay(&ctx.root, env)?;
-    let ns = namespace(ctx, env, dir, args.apply.timeout, args.apply.history_limit)?;
+    let ns = namespace(ctx, env, dir, args.apply.timeout, args.apply.history_limit, kube)?;
     let (kube, namespace) = (&ns.kube, &ns.namespace);
     // A broken SLO file is refused before anything changes.
     let slo = match args.apply.verify.no_verify {
@@ -968,7 +1037,7 @@ fn release(
         let file = list_file.display().to_string();
         // `kubectl diff` exits 1 when there are differences; anything else but 0 is a failure.
         let diff_args = ["diff", "--server-side", "--field-manager=xtask", "-f", &file];
-        Kube::announce(&diff_args);
+        kube.announce(&diff_args);
         let diff = kube.cmd(&diff_args).ok_codes(&[0, 1]).checked_output()?;
         (diff.status.code() != Some(0), String::from_utf8_lossy(&diff.stdout).into_owned())
     } else {
@@ -1111,7 +1180,8 @@ fn verify_release(
 pub fn verify(ctx: &Ctx, args: &VerifyArgs) -> Result<ExitCode> {
     let env = &args.env.env;
     let work = work_dir(ctx, env)?;
-    let ns = namespace(ctx, env, &work.dir, args.env.timeout, history::DEFAULT_KEEP as u32)?;
+    let kube = kube_for(&ctx.root, env, args.env.context.as_deref(), true)?;
+    let ns = namespace(ctx, env, &work.dir, args.env.timeout, history::DEFAULT_KEEP as u32, kube)?;
     let Some(slo) = verify::preflight(&ctx.root, env, &process_vars())? else {
         return Err(UsageError(format!(
             "{env} has no SLO file: write {}/{env}.toml (see infra/slo/README.md)",
@@ -1133,7 +1203,8 @@ pub fn verify(ctx: &Ctx, args: &VerifyArgs) -> Result<ExitCode> {
 pub fn rollback(ctx: &Ctx, args: &RollbackArgs) -> Result<ExitCode> {
     let env = &args.env.env;
     let work = work_dir(ctx, env)?;
-    let ns = namespace(ctx, env, &work.dir, args.env.timeout, history::DEFAULT_KEEP as u32)?;
+    let kube = kube_for(&ctx.root, env, args.env.context.as_deref(), true)?;
+    let ns = namespace(ctx, env, &work.dir, args.env.timeout, history::DEFAULT_KEEP as u32, kube)?;
     if history::rollback(&ns, args.to, ctx.dry_run)?.is_none() {
         bail!("{env} has no earlier good release to roll back to (see `cargo xtask deploy history --env {env}`)");
     }
@@ -1143,14 +1214,16 @@ pub fn rollback(ctx: &Ctx, args: &RollbackArgs) -> Result<ExitCode> {
 /// `deploy history --target k8s`: the releases the namespace keeps.
 pub fn history(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
     let scratch = std::env::temp_dir();
-    let ns = namespace(ctx, &args.env, &scratch, args.timeout, history::DEFAULT_KEEP as u32)?;
+    let kube = kube_for(&ctx.root, &args.env, args.context.as_deref(), true)?;
+    let ns = namespace(ctx, &args.env, &scratch, args.timeout, history::DEFAULT_KEEP as u32, kube)?;
     history::print(&args.env, &ns.releases()?, ctx.json)?;
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn status(ctx: &Ctx, args: &EnvArgs) -> Result<ExitCode> {
     let scratch = std::env::temp_dir();
-    let ns = namespace(ctx, &args.env, &scratch, args.timeout, history::DEFAULT_KEEP as u32)?;
+    let kube = kube_for(&ctx.root, &args.env, args.context.as_deref(), true)?;
+    let ns = namespace(ctx, &args.env, &scratch, args.timeout, history::DEFAULT_KEEP as u32, kube)?;
     let namespace = &ns.namespace;
     let list: List<Deployment> = ns.kube.cmd(&["get", "deployments", "-n", namespace, "-o", "json"]).read_json()?;
     let releases = ns.releases()?;

@@ -199,7 +199,23 @@ pub fn work_dir(ctx: &Ctx, env: &str) -> Result<WorkDir> {
     Ok(WorkDir { dir: home, _lock: Some(lock), scratch: false })
 }
 
+/// `--context` names a kube context: meaningless for a Docker host.
+fn k8s_only(target: Target, context: &Option<String>) -> Result<()> {
+    if target == Target::Docker && context.is_some() {
+        return Err(UsageError("--context names a kube context; it applies to --target k8s only".into()).into());
+    }
+    Ok(())
+}
+
 fn run(cli: &Cli) -> Result<ExitCode> {
+    match &cli.command {
+        Command::Deploy { args, .. } => k8s_only(args.apply.target, &args.apply.context)?,
+        Command::Promote { args, .. } => k8s_only(args.apply.target, &args.apply.context)?,
+        Command::Rollback { args, .. } => k8s_only(args.env.target, &args.env.context)?,
+        Command::Verify { args, .. } => k8s_only(args.env.target, &args.env.context)?,
+        Command::History { args, .. } | Command::Status { args, .. } => k8s_only(args.target, &args.context)?,
+        Command::ComposeCheck { .. } => {}
+    }
     match &cli.command {
         Command::Deploy { args, facts } => {
             let ctx = Ctx::new(cli, facts)?;

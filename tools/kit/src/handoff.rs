@@ -100,6 +100,10 @@ pub struct ApplyArgs {
     /// How many releases the environment keeps in its history (for `deploy rollback --to`).
     #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub history_limit: u32,
+    /// The kube context to use (k8s); it must be the one the environment names. Default: the
+    /// current context, refused unless it is that one.
+    #[arg(long, value_name = "CONTEXT")]
+    pub context: Option<String>,
 }
 
 /// How a deploy verifies what it deployed (`infra/slo/ENV.toml`).
@@ -139,6 +143,9 @@ impl ApplyArgs {
         out.extend(["--timeout".to_string(), duration_arg(self.timeout)]);
         out.extend(self.verify.to_args());
         out.extend(["--history-limit".to_string(), self.history_limit.to_string()]);
+        if let Some(context) = &self.context {
+            out.extend(["--context".to_string(), context.clone()]);
+        }
         out
     }
 }
@@ -173,6 +180,10 @@ pub struct EnvArgs {
     /// `5m`, `90s` (a bare number is seconds).
     #[arg(long, value_name = "DURATION", default_value = "300s", value_parser = crate::duration::flag)]
     pub timeout: Duration,
+    /// The kube context to use (k8s); it must be the one the environment names. Default: the
+    /// current context, refused unless it is that one.
+    #[arg(long, value_name = "CONTEXT")]
+    pub context: Option<String>,
 }
 
 /// The flags of `deploy rollback`.
@@ -281,14 +292,18 @@ impl DeployArgs {
 impl EnvArgs {
     /// The flags again, for the deployer's command line.
     pub fn to_args(&self) -> Vec<String> {
-        vec![
+        let mut out = vec![
             "--env".into(),
             self.env.clone(),
             "--target".into(),
             self.target.name().into(),
             "--timeout".into(),
             duration_arg(self.timeout),
-        ]
+        ];
+        if let Some(context) = &self.context {
+            out.extend(["--context".to_string(), context.clone()]);
+        }
+        out
     }
 }
 

@@ -177,7 +177,7 @@ mod tests {
 
     fn args(line: &[&str]) -> Args {
         match crate::Cli::try_parse_from(["xtask", "deploy"].iter().chain(line)).expect("parses").command {
-            crate::Command::Deploy(args) => args,
+            crate::Command::Deploy(args) => *args,
             other => panic!("{other:?}"),
         }
     }

@@ -31,7 +31,7 @@ use crate::{Command, Ctx, UsageError};
 /// is decided.
 fn json_unsupported(command: &Command, dry_run: bool) -> Option<&'static str> {
     match command {
-        Command::Deploy(deploy::Args { action: Some(deploy::Action::Rollback(_)), .. }) => {
+        Command::Deploy(args) if matches!(args.action, Some(deploy::Action::Rollback(_))) => {
             Some("deploy rollback reports its progress as text")
         }
         Command::Loadtest(_) if !dry_run => {
