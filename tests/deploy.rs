@@ -27,7 +27,7 @@ struct Served {
     bad: AtomicU64,
 }
 
-/// The cluster's edge, on loopback: `GET /readyz` (the smoke check behind the port-forward),
+/// The cluster's edge, on loopback: `GET /readyz` (the smoke check, through the API server's proxy),
 /// the verification scenario's routes, and `/metrics` in Prometheus' text format. Whether it
 /// is the bad version is read per request from what the stand-in cluster runs.
 fn edge_server(cluster: PathBuf, bad: Option<String>) -> (u16, Arc<Served>) {
@@ -357,7 +357,10 @@ fn a_deploy_pins_validates_diffs_applies_waits_smokes_and_records_the_release() 
             "{d}: {calls:?}"
         );
     }
-    assert!(calls.iter().any(|c| c[0] == "port-forward" && c.contains(&"svc/gateway".to_string())), "{calls:?}");
+    // The smoke check goes through the API server's service proxy: no port-forward child.
+    let proxy = "/api/v1/namespaces/platform-staging/services/gateway:8080/proxy/readyz".to_string();
+    assert!(calls.iter().any(|c| c[..2] == ["get", "--raw"] && c[2] == proxy), "{calls:?}");
+    assert!(calls.iter().all(|c| c[0] != "port-forward"), "{calls:?}");
     let applied = cluster.applied();
     assert_eq!(applied.len(), 3, "the namespace, the workloads, then the release record");
     let applied = &applied[1..];
