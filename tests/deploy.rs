@@ -1052,3 +1052,77 @@ fn a_deploy_runs_only_against_the_context_its_environment_names() {
         assert!(c.windows(2).any(|w| w == ["--context", "platform-prod"]), "{c:?}");
     }
 }
+
+/// `date -u` in the Kubernetes MicroTime form, `ago` before now.
+fn micro_time(ago: &str) -> String {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &format!("now - {ago}"), "+%Y-%m-%dT%H:%M:%S.000000Z"])
+        .output()
+        .expect("date");
+    text(&out.stdout).trim().to_string()
+}
+
+/// The deploy lock is a Lease in the environment's namespace: a second deploy while another
+/// holds it is refused naming the holder and when it runs out; `unlock --force` opens it; a
+/// lease whose holder stopped renewing it is taken over; a deploy releases its own.
+#[test]
+fn a_held_deploy_lock_in_the_cluster_refuses_a_second_deploy() {
+    let cluster = Cluster::new();
+    let v1 = manifest(cluster.state.path(), 1, true);
+    let deploy = || {
+        cluster.xtask(
+            "success",
+            "",
+            &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
+        )
+    };
+    let lease = |holder: &str, renewed: &str| {
+        let file = cluster.state.path().join("someone-elses-lease.json");
+        let doc = serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "xtask-deploy", "namespace": "platform-staging"},
+            "spec": {"holderIdentity": holder, "leaseDurationSeconds": 30, "renewTime": renewed}});
+        std::fs::write(&file, doc.to_string()).expect("lease");
+        let out = standin(cluster.state.path(), &[], &["create", "-f", file.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+    };
+    let held = || cluster.object("Lease", "platform-staging", "xtask-deploy");
+
+    lease("github-actions team/repo run 41 attempt 1", &micro_time("1 second"));
+    let refused = deploy();
+    assert_eq!(refused.status.code(), Some(2), "{}", said(&refused));
+    let err = text(&refused.stderr);
+    assert!(
+        err.contains("staging is being deployed by github-actions team/repo run 41 attempt 1 (Lease xtask-deploy in platform-staging, held until "),
+        "{err}"
+    );
+    assert!(err.contains("cargo xtask deploy unlock --env staging --force"), "{err}");
+    assert!(cluster.object("Deployment", "platform-staging", "api").is_none(), "nothing of the release was applied");
+
+    let unlock = |force: bool| {
+        let mut args = vec!["deploy", "unlock", "--env", "staging"];
+        if force {
+            args.push("--force");
+        }
+        cluster.xtask("success", "", &args)
+    };
+    let careful = unlock(false);
+    assert_eq!(careful.status.code(), Some(2), "{}", said(&careful));
+    assert!(text(&careful.stderr).contains("held by github-actions team/repo run 41"), "{}", said(&careful));
+    assert!(held().is_some(), "still locked");
+    let forced = unlock(true);
+    assert!(forced.status.success(), "{}", said(&forced));
+    assert!(held().is_none(), "unlocked");
+
+    let out = deploy();
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(text(&out.stderr).contains("took the deploy lock of staging"), "{}", said(&out));
+    assert!(held().is_none(), "a deploy releases its own lock");
+    assert!(cluster.calls().iter().any(|c| c[..2] == ["create", "-f"] && c.iter().any(|a| a.ends_with("lease.json"))));
+
+    // A holder that stopped renewing (a killed runner): its lease runs out and is taken over.
+    lease("alice@laptop pid 7", &micro_time("1 hour"));
+    let again = deploy();
+    assert!(again.status.success(), "{}", said(&again));
+    assert!(text(&again.stderr).contains("held by alice@laptop pid 7 expired at"), "{}", said(&again));
+    assert!(held().is_none());
+}

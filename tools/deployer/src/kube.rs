@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Deserialize;
 use xtask_kit::UsageError;
-use xtask_kit::handoff::{DeployArgs, EnvArgs, OVERLAYS_DIR, RollbackArgs, Service, VerifyArgs, overlays};
+use xtask_kit::handoff::{DeployArgs, EnvArgs, OVERLAYS_DIR, RollbackArgs, Service, UnlockArgs, VerifyArgs, overlays};
 use xtask_kit::images::BuildManifest;
 use xtask_kit::process::Cmd;
 
@@ -36,14 +36,15 @@ fn kubectl_program() -> String {
 }
 
 /// kubectl, pinned to one context, with every command printed before it runs.
-struct Kube {
+#[derive(Clone, Debug)]
+pub struct Kube {
     program: String,
     /// `--context` on every call that talks to a cluster (rendering does not).
     context: Option<String>,
 }
 
 impl Kube {
-    fn cmd(&self, args: &[&str]) -> Cmd {
+    pub fn cmd(&self, args: &[&str]) -> Cmd {
         let cmd = Cmd::new(&self.program).args(args);
         match &self.context {
             Some(context) if args.first() != Some(&"kustomize") => cmd.args(["--context", context]),
@@ -51,7 +52,7 @@ impl Kube {
         }
     }
 
-    fn announce(&self, args: &[&str]) {
+    pub fn announce(&self, args: &[&str]) {
         eprintln!("$ {}", self.cmd(args).line().replacen(&self.program, "kubectl", 1));
     }
 
@@ -73,7 +74,7 @@ impl Kube {
     }
 
     /// Runs and insists on success; the error carries kubectl's last words.
-    fn checked(&self, args: &[&str]) -> Result<String> {
+    pub fn checked(&self, args: &[&str]) -> Result<String> {
         self.announce(args);
         self.cmd(args).read()
     }
@@ -748,7 +749,8 @@ fn smoke(
         return Err(vec![format!("pods not ready after the rollout: {}", unready.join(", "))]);
     }
     let Some((service, port, path)) = edge else { return Ok(()) };
-    let raw = format!("/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/{}", path.trim_start_matches('/'));
+    let raw =
+        format!("/api/v1/namespaces/{namespace}/services/{service}:{port}/proxy/{}", path.trim_start_matches('/'));
     kube.checked(&["get", "--raw", &raw])
         .map(drop)
         .map_err(|e| vec![format!("smoke check: GET {path} on {service} through the API server: {e:#}")])
@@ -1053,6 +1055,8 @@ fn release(
     if let Some(file) = &spaces_file {
         apply(kube, file).context("applying the render's namespace")?;
     }
+    // Held until the release, its verification and any rollback are done.
+    let _lock = crate::lease::acquire(kube, namespace, env, dir)?;
     check_secrets(kube, namespace, &workloads)?;
     server_dry_run(kube, &workloads_file)?;
     let edge = edge_service(ctx);
@@ -1160,6 +1164,8 @@ pub fn verify(ctx: &Ctx, args: &VerifyArgs) -> Result<ExitCode> {
         eprintln!("dry run: would verify release {} of {env}", current.id);
         return Ok(ExitCode::SUCCESS);
     }
+    // A breach rolls back: the environment is locked for the whole verification.
+    let _lock = crate::lease::acquire(&ns.kube, &ns.namespace, env, &work.dir)?;
     verify_release(ctx, &ns, current, &slo, args.window, args.no_rollback)
 }
 
@@ -1169,9 +1175,27 @@ pub fn rollback(ctx: &Ctx, args: &RollbackArgs) -> Result<ExitCode> {
     let work = work_dir(ctx, env)?;
     let kube = kube_for(&ctx.root, env, args.env.context.as_deref(), true)?;
     let ns = namespace(ctx, env, &work.dir, args.env.timeout, history::DEFAULT_KEEP as u32, kube)?;
+    let _lock = match ctx.dry_run {
+        true => None,
+        false => Some(crate::lease::acquire(&ns.kube, &ns.namespace, env, &work.dir)?),
+    };
     if history::rollback(&ns, args.to, ctx.dry_run)?.is_none() {
         bail!("{env} has no earlier good release to roll back to (see `cargo xtask deploy history --env {env}`)");
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `deploy unlock --target k8s`: delete the environment's deploy lock (`--force` required).
+pub fn unlock(ctx: &Ctx, args: &UnlockArgs) -> Result<ExitCode> {
+    let env = &args.env.env;
+    overlay(&ctx.root, env)?;
+    let kube = kube_for(&ctx.root, env, args.env.context.as_deref(), true)?;
+    let namespace = overlay_namespace(&ctx.root, env)?;
+    if ctx.dry_run {
+        eprintln!("dry run: would delete the deploy lock of {env} (Lease {} in {namespace})", crate::lease::LEASE);
+        return Ok(ExitCode::SUCCESS);
+    }
+    crate::lease::unlock(&kube, &namespace, env, args.force)?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -17,6 +17,7 @@ mod engine;
 mod env;
 mod history;
 mod kube;
+mod lease;
 mod source;
 mod spec;
 mod verify;
@@ -28,7 +29,9 @@ use std::process::ExitCode;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtask_kit::UsageError;
-use xtask_kit::handoff::{ApplyArgs, DeployArgs, DeployFacts, EnvArgs, PromoteArgs, RollbackArgs, Target, VerifyArgs};
+use xtask_kit::handoff::{
+    ApplyArgs, DeployArgs, DeployFacts, EnvArgs, PromoteArgs, RollbackArgs, Target, UnlockArgs, VerifyArgs,
+};
 
 #[derive(Parser, Debug)]
 #[command(name = "deployer", about = "Deploys what `cargo xtask image build` built; run through `cargo xtask deploy`.")]
@@ -76,6 +79,14 @@ enum Command {
     Verify {
         #[command(flatten)]
         args: VerifyArgs,
+        #[arg(long, value_name = "FILE")]
+        facts: PathBuf,
+    },
+    /// Delete a Kubernetes environment's deploy lock (a Lease in its namespace) left by a deploy
+    /// that is gone; `--force` required.
+    Unlock {
+        #[command(flatten)]
+        args: UnlockArgs,
         #[arg(long, value_name = "FILE")]
         facts: PathBuf,
     },
@@ -213,6 +224,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Promote { args, .. } => k8s_only(args.apply.target, &args.apply.context)?,
         Command::Rollback { args, .. } => k8s_only(args.env.target, &args.env.context)?,
         Command::Verify { args, .. } => k8s_only(args.env.target, &args.env.context)?,
+        Command::Unlock { args, .. } => k8s_only(args.env.target, &args.env.context)?,
         Command::History { args, .. } | Command::Status { args, .. } => k8s_only(args.target, &args.context)?,
         Command::ComposeCheck { .. } => {}
     }
@@ -257,6 +269,17 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     let work = work_dir(&ctx, &args.env.env)?;
                     docker::verify_command(&ctx, args, &work.dir)
                 }
+            }
+        }
+        Command::Unlock { args, facts } => {
+            let ctx = Ctx::new(cli, facts)?;
+            match args.env.target {
+                Target::K8s => kube::unlock(&ctx, args),
+                Target::Docker => Err(UsageError(
+                    "a Docker host's deploy lock is a file in the checkout that deploys (target/xtask/deploy/ENV/.lock), released when that deploy ends; there is nothing to unlock"
+                        .into(),
+                )
+                .into()),
             }
         }
         Command::History { args, facts } => {

@@ -67,9 +67,34 @@ pub fn now_rfc3339() -> String {
     rfc3339_utc(now_epoch())
 }
 
+/// `YYYY-MM-DDTHH:MM:SS[.fraction]Z` (UTC, as the Kubernetes API writes times) to seconds since
+/// the Unix epoch; the fraction is dropped. `None` for anything else.
+pub fn parse_rfc3339(text: &str) -> Option<i64> {
+    let (date, time) = text.strip_suffix('Z')?.split_once('T')?;
+    let days = parse_day(date)?;
+    let time = time.split('.').next()?;
+    let mut parts = time.split(':').map(|p| p.parse::<i64>().ok().filter(|_| p.len() == 2));
+    let (h, m, s) = (parts.next()??, parts.next()??, parts.next()??);
+    if parts.next().is_some() || h > 23 || m > 59 || s > 60 {
+        return None;
+    }
+    Some(days * 86_400 + h * 3600 + m * 60 + s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_times_parse_back_to_the_second() {
+        let epoch = 1_796_400_023;
+        assert_eq!(parse_rfc3339(&rfc3339_utc(epoch)), Some(epoch));
+        assert_eq!(parse_rfc3339("2026-12-04T20:40:23.123456Z"), parse_rfc3339("2026-12-04T20:40:23Z"));
+        for bad in ["2026-12-04 20:40:23Z", "2026-12-04T20:40:23", "2026-13-04T20:40:23Z", "2026-12-04T24:00:00Z", "x"]
+        {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn days_and_dates_round_trip() {

@@ -233,6 +233,26 @@ impl VerifyArgs {
     }
 }
 
+/// The flags of `deploy unlock`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct UnlockArgs {
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// Delete the lock even though a deploy may hold it (without it: say who holds it, exit 2).
+    #[arg(long)]
+    pub force: bool,
+}
+
+impl UnlockArgs {
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = self.env.to_args();
+        if self.force {
+            out.push("--force".into());
+        }
+        out
+    }
+}
+
 /// The flags of `deploy promote`: what one environment runs, to another.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PromoteArgs {

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use serde::Serialize;
-pub use xtask_kit::handoff::{DeployArgs, EnvArgs, PromoteArgs, RollbackArgs, Target, VerifyArgs};
+pub use xtask_kit::handoff::{DeployArgs, EnvArgs, PromoteArgs, RollbackArgs, Target, UnlockArgs, VerifyArgs};
 use xtask_kit::handoff::{DeployFacts, SLO_DIR, Service};
 
 use crate::commands::image;
@@ -43,6 +43,8 @@ pub enum Action {
     /// Hold what runs to the environment's SLOs (infra/slo/ENV.toml) under its verification
     /// load, read from Prometheus; on a breach roll back and exit 1 naming it.
     Verify(VerifyArgs),
+    /// Delete a Kubernetes environment's deploy lock left by a deploy that is gone (`--force`).
+    Unlock(UnlockArgs),
     /// The environment's last releases, newest first, with what verification said of each.
     History(EnvArgs),
     /// What runs where: deployments, images and digests, ready replicas, the current release.
@@ -85,6 +87,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         Some(Action::Promote(a)) => ("promote", a.to.clone(), a.apply.target, a.to_args()),
         Some(Action::Rollback(a)) => ("rollback", a.env.env.clone(), a.env.target, a.to_args()),
         Some(Action::Verify(a)) => ("verify", a.env.env.clone(), a.env.target, a.to_args()),
+        Some(Action::Unlock(a)) => ("unlock", a.env.env.clone(), a.env.target, a.to_args()),
         Some(Action::History(a)) => ("history", a.env.clone(), a.target, a.to_args()),
         Some(Action::Status(a)) => ("status", a.env.clone(), a.target, a.to_args()),
     };
