@@ -1126,3 +1126,43 @@ fn a_held_deploy_lock_in_the_cluster_refuses_a_second_deploy() {
     assert!(text(&again.stderr).contains("held by alice@laptop pid 7 expired at"), "{}", said(&again));
     assert!(held().is_none());
 }
+
+/// A release applies the environment's ApplySet with `--prune`: what an earlier release applied
+/// and this one no longer renders is deleted (left alone without pruning), and what nobody
+/// applied through the set (someone else's object) stays.
+#[test]
+fn a_release_prunes_what_it_no_longer_renders() {
+    let cluster = Cluster::new();
+    let v1 = manifest(cluster.state.path(), 1, true);
+    let deploy = || {
+        cluster.xtask(
+            "success",
+            "",
+            &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
+        )
+    };
+    assert!(deploy().status.success());
+    // An earlier release's leftover (applied through the set) and someone else's object.
+    let leftover = |name: &str| serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "platform-staging"}});
+    let file = cluster.state.path().join("earlier.json");
+    std::fs::write(
+        &file,
+        serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [leftover("retired-config")]}).to_string(),
+    )
+    .expect("write");
+    let path = file.to_str().expect("utf-8");
+    let set = ["apply", "--server-side", "--applyset=configmap/xtask-applyset", "-n", "platform-staging", "-f", path];
+    let out = standin(cluster.state.path(), &[("KUBECTL_APPLYSET", "true")], &set);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::write(&file, leftover("someone-elses").to_string()).expect("write");
+    assert!(standin(cluster.state.path(), &[], &["apply", "--server-side", "-f", path]).status.success());
+    assert!(cluster.object("ConfigMap", "platform-staging", "retired-config").is_some(), "without pruning it lingers");
+
+    let out = deploy();
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(text(&out.stderr).contains("configmap/retired-config pruned"), "{}", said(&out));
+    assert!(cluster.object("ConfigMap", "platform-staging", "retired-config").is_none());
+    assert!(cluster.object("ConfigMap", "platform-staging", "someone-elses").is_some(), "not the set's: kept");
+    assert!(cluster.object("ConfigMap", "platform-staging", "xtask-release-1").is_some(), "release records are kept");
+    assert!(cluster.object("Deployment", "platform-staging", "api").is_some());
+}

@@ -354,13 +354,23 @@ fn render_lists(yaml: &str) -> Result<(String, Option<String>, String)> {
             items.push(value);
         }
     }
-    let list = |items: Vec<&serde_json::Value>| -> Result<String> {
-        Ok(serde_json::to_string_pretty(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))?)
-    };
+    let all = json_list(items.iter().collect())?;
+    let (spaces, rest) = split_list(&all)?;
+    Ok((all, spaces, rest))
+}
+
+fn json_list(items: Vec<&serde_json::Value>) -> Result<String> {
+    Ok(serde_json::to_string_pretty(&serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items}))?)
+}
+
+/// A JSON `List` as its Namespaces (`None`: it has none) and everything else.
+fn split_list(render: &str) -> Result<(Option<String>, String)> {
+    let list: serde_json::Value = serde_json::from_str(render).context("a render that is not a JSON List")?;
+    let items = list["items"].as_array().context("a render that is not a JSON List")?;
     let (spaces, rest): (Vec<&serde_json::Value>, Vec<&serde_json::Value>) =
         items.iter().partition(|i| i["kind"] == "Namespace");
-    let spaces = if spaces.is_empty() { None } else { Some(list(spaces)?) };
-    Ok((list(items.iter().collect())?, spaces, list(rest)?))
+    let spaces = if spaces.is_empty() { None } else { Some(json_list(spaces)?) };
+    Ok((spaces, json_list(rest)?))
 }
 
 /// One environment's namespace, as the release history sees it.
@@ -440,10 +450,19 @@ impl Namespace<'_> {
     }
 
     /// Apply a render and wait for every rollout.
+    /// Apply a whole render (its Namespace, then the rest as the environment's ApplySet, pruning
+    /// what an earlier release applied and this one does not render) and wait for every rollout.
     fn put(&self, render: &str, name: &str) -> Result<(), Vec<String>> {
+        let fail = |e: anyhow::Error| vec![format!("{e:#}")];
+        let (spaces, workloads) = split_list(render).map_err(fail)?;
+        if let Some(spaces) = spaces {
+            let file = self.dir.join(format!("namespaces-{name}"));
+            std::fs::write(&file, spaces).map_err(|e| vec![format!("writing {}: {e}", file.display())])?;
+            apply(&self.kube, &file).map_err(fail)?;
+        }
         let file = self.dir.join(name);
-        std::fs::write(&file, render).map_err(|e| vec![format!("writing {}: {e}", file.display())])?;
-        apply(&self.kube, &file).map_err(|e| vec![format!("{e:#}")])?;
+        std::fs::write(&file, workloads).map_err(|e| vec![format!("writing {}: {e}", file.display())])?;
+        apply_set(&self.kube, &self.namespace, &file).map_err(fail)?;
         wait_rollouts(&self.kube, &self.namespace, &self.deployments, self.timeout)
     }
 }
@@ -484,6 +503,24 @@ fn sha256(text: &str) -> String {
 fn apply(kube: &Kube, file: &Path) -> Result<()> {
     let path = file.display().to_string();
     let said = kube.checked(&["apply", "--server-side", "--field-manager=xtask", "-f", &path])?;
+    eprint!("{said}");
+    Ok(())
+}
+
+/// The environment's ApplySet: the ConfigMap that records what a release applied, so the next
+/// apply prunes what it no longer renders (kubectl's ApplySet, KEP-3659; `KUBECTL_APPLYSET=true`
+/// while kubectl keeps it behind that switch).
+pub const APPLYSET: &str = "configmap/xtask-applyset";
+
+/// The workloads of a release, applied as the environment's ApplySet with `--prune`: what an
+/// earlier release applied (labelled as the set's) and this one does not render is deleted, and
+/// a rollback removes what the failed release added.
+fn apply_set(kube: &Kube, namespace: &str, file: &Path) -> Result<()> {
+    let path = file.display().to_string();
+    let applyset = format!("--applyset={APPLYSET}");
+    let args = ["apply", "--server-side", "--field-manager=xtask", &applyset, "--prune", "-n", namespace, "-f", &path];
+    kube.announce(&args);
+    let said = kube.cmd(&args).env("KUBECTL_APPLYSET", "true").read()?;
     eprint!("{said}");
     Ok(())
 }
