@@ -37,6 +37,11 @@ pub fn rules() -> &'static [(&'static str, &'static str)] {
             "pdb-drain",
             "a PodDisruptionBudget lets at least one pod go (never minAvailable at the minimum replicas, never maxUnavailable 0)",
         ),
+        ("ingress-tls", "outside dev, every Ingress serves TLS for each of its hosts"),
+        (
+            "deployer-role",
+            "the deployer's Role (`xtask-deployer`, given with the render) grants exactly the render's kinds and what a deploy reads besides",
+        ),
     ]
 }
 
@@ -250,11 +255,133 @@ fn check_scaling(docs: &[Document], out: &mut Vec<Violation>) {
     }
 }
 
+/// Every Ingress outside dev: a `tls` entry with a certificate Secret for each rule's host.
+fn check_ingress_tls(docs: &[Document], ctx: Context, out: &mut Vec<Violation>) {
+    if !ctx.production_like {
+        return;
+    }
+    for doc in docs {
+        let Object::Ingress(ingress) = &doc.object else { continue };
+        let spec = ingress.spec.as_ref();
+        let tls = spec.and_then(|s| s.tls.as_ref()).cloned().unwrap_or_default();
+        let covered: Vec<&str> = tls
+            .iter()
+            .filter(|t| t.secret_name.as_deref().is_some_and(|n| !n.is_empty()))
+            .flat_map(|t| t.hosts.iter().flatten().map(String::as_str))
+            .collect();
+        let hosts = spec.and_then(|s| s.rules.as_ref()).into_iter().flatten().filter_map(|r| r.host.as_deref());
+        for host in hosts {
+            if !covered.contains(&host) {
+                out.push(Violation {
+                    rule: "ingress-tls",
+                    object: doc.id.clone(),
+                    message: format!(
+                        "serves {host} without TLS: add it to spec.tls with a secretName (cert-manager issues it)"
+                    ),
+                });
+            }
+        }
+    }
+}
+
+/// The deployer's Role (infra/k8s/deployer), checked when it is given with the render.
+pub const DEPLOYER_ROLE: &str = "xtask-deployer";
+/// What applying and pruning a kind takes.
+const APPLY_VERBS: &[&str] = &["get", "list", "create", "patch", "delete"];
+/// What a deploy reads or keeps besides the render: (group, resource, verbs).
+const DEPLOY_EXTRAS: &[(&str, &str, &[&str])] = &[
+    ("", "pods", &["get", "list", "watch"]),
+    ("", "secrets", &["list"]),
+    ("", "services/proxy", &["get"]),
+    ("coordination.k8s.io", "leases", &["get", "create", "update", "delete"]),
+];
+
+/// A namespaced kind of ours as RBAC names it: (API group, resource).
+fn rbac_resource(api_version: &str, kind: &str) -> (String, String) {
+    let group = api_version.rsplit_once('/').map_or("", |(g, _)| g).to_string();
+    let plural = match kind {
+        "NetworkPolicy" => "networkpolicies".to_string(),
+        "Ingress" => "ingresses".to_string(),
+        other => format!("{}s", other.to_ascii_lowercase()),
+    };
+    (group, plural)
+}
+
+fn check_deployer_role(docs: &[Document], kinds: &[(String, String, bool)], out: &mut Vec<Violation>) {
+    let Some((id, role)) = docs.iter().find_map(|d| match &d.object {
+        Object::Role(r) if r.metadata.name.as_deref() == Some(DEPLOYER_ROLE) => Some((&d.id, r)),
+        _ => None,
+    }) else {
+        return;
+    };
+    let mut granted: BTreeMap<(String, String), std::collections::BTreeSet<String>> = BTreeMap::new();
+    let mut fail = |message: String| out.push(Violation { rule: "deployer-role", object: id.clone(), message });
+    for rule in role.rules.iter().flatten() {
+        if rule.resource_names.as_ref().is_some_and(|n| !n.is_empty()) || rule.non_resource_urls.is_some() {
+            fail("grants by resourceNames or URLs, which the deploy never needs".into());
+        }
+        for group in rule.api_groups.iter().flatten() {
+            for resource in rule.resources.iter().flatten() {
+                if group == "*" || resource == "*" || rule.verbs.iter().any(|v| v == "*") {
+                    fail(format!("grants a wildcard (`{group}` `{resource}`); name each kind"));
+                }
+                granted.entry((group.clone(), resource.clone())).or_default().extend(rule.verbs.iter().cloned());
+            }
+        }
+    }
+    let mut needed: BTreeMap<(String, String), Vec<&str>> = BTreeMap::new();
+    for (api_version, kind, namespaced) in kinds {
+        if *namespaced {
+            needed.insert(rbac_resource(api_version, kind), APPLY_VERBS.to_vec());
+        }
+    }
+    // Rollouts are watched.
+    if let Some(v) = needed.get_mut(&("apps".to_string(), "deployments".to_string())) {
+        v.push("watch");
+    }
+    for (group, resource, verbs) in DEPLOY_EXTRAS {
+        needed.entry((group.to_string(), resource.to_string())).or_default().extend(verbs.iter());
+    }
+    for ((group, resource), verbs) in &needed {
+        let have = granted.get(&(group.clone(), resource.clone()));
+        let missing: Vec<&str> = verbs.iter().copied().filter(|v| !have.is_some_and(|h| h.contains(*v))).collect();
+        if !missing.is_empty() {
+            let g = if group.is_empty() { "core" } else { group };
+            fail(format!("does not grant {} on {g} {resource}, which the deploy needs", missing.join(", ")));
+        }
+    }
+    for ((group, resource), verbs) in &granted {
+        let g = if group.is_empty() { "core" } else { group };
+        match needed.get(&(group.clone(), resource.clone())) {
+            None => {
+                fail(format!("grants {g} {resource}, which the render does not contain and the deploy does not use"))
+            }
+            Some(need) => {
+                let extra: Vec<&str> = verbs.iter().map(String::as_str).filter(|v| !need.contains(v)).collect();
+                if !extra.is_empty() {
+                    fail(format!("grants {} on {g} {resource}, more than the deploy needs", extra.join(", ")));
+                }
+            }
+        }
+    }
+}
+
 /// Checks a whole render (one environment).
 pub fn check(docs: &[Document], ctx: Context) -> Vec<Violation> {
     let mut out = Vec::new();
+    // The deployer's own identity (checked beside the render it deploys) is not what it deploys.
+    let own = |d: &&Document| {
+        matches!(d.kind.as_str(), "Role" | "RoleBinding") && d.id.split(['/', ' ']).nth(1) == Some(DEPLOYER_ROLE)
+    };
+    let kinds: Vec<(String, String, bool)> = docs
+        .iter()
+        .filter(|d| !own(d))
+        .map(|d| (d.api_version.clone(), d.kind.clone(), d.namespace.is_some()))
+        .collect();
     check_namespaces(docs, ctx, &mut out);
     check_scaling(docs, &mut out);
+    check_ingress_tls(docs, ctx, &mut out);
+    check_deployer_role(docs, &kinds, &mut out);
     for doc in docs {
         match &doc.object {
             Object::Deployment(d) => {

@@ -6,6 +6,7 @@ use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
 use serde::de::DeserializeOwned;
 
 /// The kinds our overlays may render, each in the one API version we pin.
@@ -16,6 +17,8 @@ pub enum Object {
     NetworkPolicy(Box<NetworkPolicy>),
     HorizontalPodAutoscaler(Box<HorizontalPodAutoscaler>),
     Namespace(Box<Namespace>),
+    Ingress(Box<Ingress>),
+    Role(Box<Role>),
     Secret,
     /// Checked against its type, and no rule looks further.
     Other,
@@ -27,13 +30,15 @@ pub struct Document {
     /// `Deployment/api` (namespace added when set).
     pub id: String,
     pub namespace: Option<String>,
+    pub api_version: String,
+    pub kind: String,
     pub object: Object,
 }
 
 /// A document that is not a valid object of the pinned API: `(id, message)`.
 pub type SchemaError = (String, String);
 
-const KNOWN: &str = "apps/v1 Deployment, v1 Service/ServiceAccount/ConfigMap/Secret/Namespace/ResourceQuota/LimitRange, policy/v1 PodDisruptionBudget, autoscaling/v2 HorizontalPodAutoscaler, networking.k8s.io/v1 NetworkPolicy/Ingress";
+const KNOWN: &str = "apps/v1 Deployment, v1 Service/ServiceAccount/ConfigMap/Secret/Namespace/ResourceQuota/LimitRange, policy/v1 PodDisruptionBudget, autoscaling/v2 HorizontalPodAutoscaler, networking.k8s.io/v1 NetworkPolicy/Ingress, rbac.authorization.k8s.io/v1 Role/RoleBinding";
 
 /// `spec.template.spec.containers[0].readinesProbe`: the path as people write it in YAML.
 fn field_path(path: &serde_ignored::Path<'_>) -> String {
@@ -95,14 +100,20 @@ pub fn parse(text: &str) -> (Vec<Document>, Vec<SchemaError>) {
             ("networking.k8s.io/v1", "NetworkPolicy") => {
                 typed(value, &mut unknown).map(|o| Object::NetworkPolicy(Box::new(o)))
             }
-            ("networking.k8s.io/v1", "Ingress") => typed::<Ingress>(value, &mut unknown).map(|_| Object::Other),
+            ("networking.k8s.io/v1", "Ingress") => typed(value, &mut unknown).map(|o| Object::Ingress(Box::new(o))),
+            ("rbac.authorization.k8s.io/v1", "Role") => typed(value, &mut unknown).map(|o| Object::Role(Box::new(o))),
+            ("rbac.authorization.k8s.io/v1", "RoleBinding") => {
+                typed::<RoleBinding>(value, &mut unknown).map(|_| Object::Other)
+            }
             _ => Err(format!("`{api_version}` `{kind}` is not a kind this policy knows ({KNOWN})")),
         };
         for path in unknown {
             errors.push((id.clone(), format!("unknown field `{path}` (not in the pinned Kubernetes API; misspelt?)")));
         }
         match object {
-            Ok(object) => docs.push(Document { id, namespace, object }),
+            Ok(object) => {
+                docs.push(Document { id, namespace, api_version: api_version.clone(), kind: kind.clone(), object })
+            }
             Err(message) => errors.push((id, message)),
         }
     }

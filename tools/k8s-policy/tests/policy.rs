@@ -87,8 +87,19 @@ fn every_overlay_renders_and_passes() {
             .output()
             .expect("kubectl is installed (see README prerequisites)");
         assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+        // The deployer identity of the environment is checked with its render, so
+        // `deployer-role` holds its Role to exactly the kinds this render contains.
+        let identity = Command::new("kubectl")
+            .args(["kustomize"])
+            .arg(root.join("infra/k8s/deployer").join(env))
+            .output()
+            .expect("kubectl");
+        assert!(identity.status.success(), "{}", String::from_utf8_lossy(&identity.stderr));
+        let identity = String::from_utf8_lossy(&identity.stdout);
+        assert!(identity.contains("kind: Role\n") && identity.contains("name: xtask-deployer\n"), "{env}: {identity}");
         let file = dir.path().join(format!("{env}.yaml"));
-        std::fs::write(&file, &rendered.stdout).expect("write");
+        let text = format!("{}---\n{identity}", String::from_utf8_lossy(&rendered.stdout));
+        std::fs::write(&file, text).expect("write");
         args.push(format!("{env}={}", file.display()));
     }
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_k8s-policy"));
