@@ -1166,3 +1166,56 @@ fn a_release_prunes_what_it_no_longer_renders() {
     assert!(cluster.object("ConfigMap", "platform-staging", "xtask-release-1").is_some(), "release records are kept");
     assert!(cluster.object("Deployment", "platform-staging", "api").is_some());
 }
+
+/// `deploy access` writes what a runner needs from the environment's secrets, where ssh and
+/// kubectl look, private, never printed; a secret the target needs and lacks is exit 2.
+#[test]
+fn deploy_access_writes_the_runners_ssh_key_known_hosts_and_kubeconfig_from_secrets() {
+    let home = tempfile::tempdir().expect("tempdir");
+    let access = |target: &str, vars: &[(&str, &str)]| {
+        common::xtask_command()
+            .args(["deploy", "access", "--env", "prod", "--target", target])
+            .env("HOME", home.path())
+            .env_remove("KUBECONFIG")
+            .env_remove("DEPLOY_SSH_KEY")
+            .env_remove("DEPLOY_SSH_KNOWN_HOSTS")
+            .env_remove("KUBECONFIG_DATA")
+            .envs(vars.iter().copied())
+            .output()
+            .expect("xtask runs")
+    };
+    let host = [("DOCKER_HOST", "ssh://deploy@prod-host:2222")];
+    let missing = access("docker", &host);
+    assert_eq!(missing.status.code(), Some(2), "{}", said(&missing));
+    assert!(text(&missing.stderr).contains("DEPLOY_SSH_KEY is not set"), "{}", said(&missing));
+    let key = "-----BEGIN OPENSSH PRIVATE KEY-----\ntest-only-not-a-key\n-----END OPENSSH PRIVATE KEY-----";
+    let known = "prod-host ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIE-test-only";
+    let vars = [host[0], ("DEPLOY_SSH_KEY", key), ("DEPLOY_SSH_KNOWN_HOSTS", known)];
+    let out = access("docker", &vars);
+    assert!(out.status.success(), "{}", said(&out));
+    assert!(!said(&out).contains("test-only-not-a-key"), "the key is never printed");
+    use std::os::unix::fs::PermissionsExt;
+    let ssh = home.path().join(".ssh");
+    let mode = |p: &Path| std::fs::metadata(p).expect("written").permissions().mode() & 0o777;
+    assert_eq!(std::fs::read_to_string(ssh.join("xtask-deploy-key")).expect("key").trim(), key);
+    assert_eq!(mode(&ssh.join("xtask-deploy-key")), 0o600);
+    assert!(std::fs::read_to_string(ssh.join("known_hosts")).expect("hosts").contains(known));
+    let config = std::fs::read_to_string(ssh.join("config")).expect("config");
+    for line in
+        ["Host prod-host", "  User deploy", "  Port 2222", "  StrictHostKeyChecking yes", "  IdentitiesOnly yes"]
+    {
+        assert!(config.contains(line), "{line}: {config}");
+    }
+    assert!(access("docker", &vars).status.success(), "again");
+    assert_eq!(std::fs::read_to_string(ssh.join("config")).expect("config").matches("Host prod-host").count(), 1);
+
+    let none = access("k8s", &[]);
+    assert_eq!(none.status.code(), Some(2), "{}", said(&none));
+    assert!(text(&none.stderr).contains("KUBECONFIG_DATA is not set"), "{}", said(&none));
+    let kubeconfig = "apiVersion: v1\nkind: Config\ncurrent-context: platform-prod\n";
+    let out = access("k8s", &[("KUBECONFIG_DATA", kubeconfig)]);
+    assert!(out.status.success(), "{}", said(&out));
+    let written = home.path().join(".kube/config");
+    assert_eq!(std::fs::read_to_string(&written).expect("kubeconfig"), kubeconfig);
+    assert_eq!(mode(&written), 0o600);
+}

@@ -281,6 +281,10 @@ fn a_push_to_main_reaches_prod_with_the_digests_staging_verified() {
         ("secrets.REGISTRY_USERNAME", "ci".to_string()),
         ("secrets.REGISTRY_PASSWORD", "test-only-registry-password".to_string()),
         ("github.workspace", checkout.display().to_string()),
+        // A local Docker engine: no ssh key or kubeconfig to set up.
+        ("secrets.DEPLOY_SSH_KEY", String::new()),
+        ("secrets.DEPLOY_SSH_KNOWN_HOSTS", String::new()),
+        ("secrets.KUBECONFIG_DATA", String::new()),
     ]);
     // What GitHub approves: the test approves both environments, as their reviewers would.
     let approved = ["staging", "production"];

@@ -10,6 +10,7 @@
 //! it owns (services, revision, compose program, the policy checker) in a file (`--facts`).
 //! Exit codes: 0 done, 1 failed (after any rollback), 2 bad usage or configuration.
 
+mod access;
 mod compose;
 mod compose_check;
 mod docker;
@@ -79,6 +80,14 @@ enum Command {
     Verify {
         #[command(flatten)]
         args: VerifyArgs,
+        #[arg(long, value_name = "FILE")]
+        facts: PathBuf,
+    },
+    /// Set up what a CI runner needs to reach the environment (ssh key and known hosts for a
+    /// `DOCKER_HOST=ssh://` host, a kubeconfig for a cluster) from secrets in its environment.
+    Access {
+        #[command(flatten)]
+        args: EnvArgs,
         #[arg(long, value_name = "FILE")]
         facts: PathBuf,
     },
@@ -225,6 +234,7 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Rollback { args, .. } => k8s_only(args.env.target, &args.env.context)?,
         Command::Verify { args, .. } => k8s_only(args.env.target, &args.env.context)?,
         Command::Unlock { args, .. } => k8s_only(args.env.target, &args.env.context)?,
+        Command::Access { args, .. } => k8s_only(args.target, &args.context)?,
         Command::History { args, .. } | Command::Status { args, .. } => k8s_only(args.target, &args.context)?,
         Command::ComposeCheck { .. } => {}
     }
@@ -270,6 +280,15 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                     docker::verify_command(&ctx, args, &work.dir)
                 }
             }
+        }
+        Command::Access { args, facts } => {
+            let ctx = Ctx::new(cli, facts)?;
+            if ctx.dry_run {
+                eprintln!("dry run: would write the {} access of {} from its secrets", args.target.name(), args.env);
+                return Ok(ExitCode::SUCCESS);
+            }
+            access::run(args.target, &args.env)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Unlock { args, facts } => {
             let ctx = Ctx::new(cli, facts)?;

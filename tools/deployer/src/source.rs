@@ -6,7 +6,8 @@
 //! - `--registry REGISTRY`: no manifest at all; each service's image tagged with the checkout's
 //!   commit (the tag `image build --push` gives it) is resolved to its digest in the registry
 //!   (skopeo), so a machine that built nothing deploys exactly what was pushed for the commit;
-//! - neither: `target/xtask/images.json`.
+//! - neither: `target/xtask/images.json`; when that file is absent and `$REGISTRY` is set (the
+//!   release workflow's repository variable), the registry as with `--registry $REGISTRY`.
 //!
 //! Whatever the source, the result is a build manifest written under the work directory, and a
 //! source that cannot give every service a digest is refused before anything changes.
@@ -22,14 +23,53 @@ use xtask_kit::process::Cmd;
 
 use crate::Ctx;
 
+/// Where a deploy's images come from.
+#[derive(Debug, PartialEq, Eq)]
+enum Source {
+    Registry(String),
+    Url(String),
+    File(PathBuf),
+}
+
+/// `--registry`, else `--images` (a URL or a file), else the default manifest, else `$REGISTRY`
+/// (`env_registry`) when the default manifest is absent.
+fn source_of(images: Option<&Path>, registry: Option<&str>, default: &Path, env_registry: Option<&str>) -> Source {
+    if let Some(registry) = registry {
+        return Source::Registry(registry.to_string());
+    }
+    match images {
+        Some(given) => {
+            let text = given.display().to_string();
+            if text.starts_with("http://") || text.starts_with("https://") {
+                Source::Url(text)
+            } else {
+                Source::File(given.to_path_buf())
+            }
+        }
+        None => match env_registry.filter(|r| !r.trim().is_empty() && !default.is_file()) {
+            Some(registry) => Source::Registry(registry.to_string()),
+            None => Source::File(default.to_path_buf()),
+        },
+    }
+}
+
 /// The build manifest a deploy pins from, and where it is (for messages).
 pub fn manifest(ctx: &Ctx, args: &DeployArgs, dir: &Path) -> Result<(BuildManifest, PathBuf)> {
-    if let Some(registry) = &args.registry {
-        return from_registry(ctx, registry, dir);
-    }
-    let given = args.images.clone().unwrap_or_else(|| ctx.facts.images.clone());
-    let text = given.display().to_string();
-    let path = if text.starts_with("http://") || text.starts_with("https://") { fetch(&text, dir)? } else { given };
+    let env_registry = std::env::var("REGISTRY").ok();
+    let path =
+        match source_of(args.images.as_deref(), args.registry.as_deref(), &ctx.facts.images, env_registry.as_deref()) {
+            Source::Registry(registry) => {
+                if args.registry.is_none() {
+                    eprintln!(
+                        "no build manifest at {}: reading this commit's digests from $REGISTRY ({registry})",
+                        ctx.facts.images.display()
+                    );
+                }
+                return from_registry(ctx, &registry, dir);
+            }
+            Source::Url(url) => fetch(&url, dir)?,
+            Source::File(path) => path,
+        };
     if !path.is_file() {
         return Err(UsageError(format!(
             "no build manifest at {}; run `cargo xtask image build --push REGISTRY` first, or deploy what a registry holds for this commit with `--registry REGISTRY`",
@@ -67,6 +107,12 @@ fn from_registry(ctx: &Ctx, registry: &str, dir: &Path) -> Result<(BuildManifest
         ))
         .into());
     }
+    if !Cmd::new("skopeo").arg("--version").succeeds() {
+        return Err(UsageError(format!(
+            "reading digests from {registry} needs skopeo, which is not installed: cargo xtask setup (apt-get install skopeo)"
+        ))
+        .into());
+    }
     let tag = &revision[..12];
     let mut digests = BTreeMap::new();
     for service in ctx.facts.services.iter().map(|s| &s.name) {
@@ -99,4 +145,41 @@ fn from_registry(ctx: &Ctx, registry: &str, dir: &Path) -> Result<(BuildManifest
 
 fn one_line(e: &anyhow::Error) -> String {
     format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_images_come_from_the_flag_then_the_manifest_then_the_registry_variable() {
+        let dir = std::env::temp_dir().join(format!("xtask-source-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let (present, absent) = (dir.join("images.json"), dir.join("none.json"));
+        std::fs::write(&present, "{}").expect("write");
+        let reg = |r: &str| Source::Registry(r.to_string());
+        assert_eq!(source_of(None, Some("r1"), &present, Some("r2")), reg("r1"), "--registry wins");
+        assert_eq!(
+            source_of(Some(Path::new("https://x/i.json")), None, &absent, Some("r2")),
+            Source::Url("https://x/i.json".into())
+        );
+        assert_eq!(
+            source_of(Some(&absent), None, &present, Some("r2")),
+            Source::File(absent.clone()),
+            "--images is taken as given"
+        );
+        assert_eq!(
+            source_of(None, None, &present, Some("r2")),
+            Source::File(present.clone()),
+            "a local manifest first"
+        );
+        assert_eq!(source_of(None, None, &absent, Some("r2")), reg("r2"), "no manifest: $REGISTRY");
+        assert_eq!(
+            source_of(None, None, &absent, Some(" ")),
+            Source::File(absent.clone()),
+            "an empty $REGISTRY is unset"
+        );
+        assert_eq!(source_of(None, None, &absent, None), Source::File(absent));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

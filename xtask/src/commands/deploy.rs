@@ -45,6 +45,9 @@ pub enum Action {
     Verify(VerifyArgs),
     /// Delete a Kubernetes environment's deploy lock left by a deploy that is gone (`--force`).
     Unlock(UnlockArgs),
+    /// What a CI runner needs to reach the environment, from secrets in its environment: the ssh
+    /// key and known hosts of a `DOCKER_HOST=ssh://` host, or a cluster's kubeconfig.
+    Access(EnvArgs),
     /// The environment's last releases, newest first, with what verification said of each.
     History(EnvArgs),
     /// What runs where: deployments, images and digests, ready replicas, the current release.
@@ -88,6 +91,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         Some(Action::Rollback(a)) => ("rollback", a.env.env.clone(), a.env.target, a.to_args()),
         Some(Action::Verify(a)) => ("verify", a.env.env.clone(), a.env.target, a.to_args()),
         Some(Action::Unlock(a)) => ("unlock", a.env.env.clone(), a.env.target, a.to_args()),
+        Some(Action::Access(a)) => ("access", a.env.clone(), a.target, a.to_args()),
         Some(Action::History(a)) => ("history", a.env.clone(), a.target, a.to_args()),
         Some(Action::Status(a)) => ("status", a.env.clone(), a.target, a.to_args()),
     };

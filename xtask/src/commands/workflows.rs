@@ -213,6 +213,7 @@ pub fn render_release_workflow() -> String {
         checkout(&mut y);
         cargo_cache(&mut y, "release-deploy");
         registry_login(&mut y);
+        deploy_access(&mut y, env);
         let _ = write!(
             y,
             "      - uses: {}\n        with:\n          name: release-manifest\n          path: target/release-manifest\n",
@@ -235,6 +236,7 @@ pub fn render_release_workflow() -> String {
     checkout(&mut y);
     cargo_cache(&mut y, "release-deploy");
     registry_login(&mut y);
+    deploy_access(&mut y, "\"$ENVIRONMENT\"");
     y.push_str("      - run: cargo xtask deploy rollback --target \"$DEPLOY_TARGET\" --env \"$ENVIRONMENT\" --to \"$RELEASE\"\n");
     y
 }
@@ -243,6 +245,15 @@ pub fn render_release_workflow() -> String {
 fn registry_login(y: &mut String) {
     y.push_str(
         "      - run: cargo xtask image login --registry \"$REGISTRY\"\n        env:\n          REGISTRY_USERNAME: ${{ secrets.REGISTRY_USERNAME }}\n          REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}\n",
+    );
+}
+
+/// `deploy access`: the environment's ssh key and known hosts (a Docker host over ssh) or its
+/// kubeconfig (a cluster), from that environment's secrets, for this step alone.
+fn deploy_access(y: &mut String, env: &str) {
+    let _ = write!(
+        y,
+        "      - run: cargo xtask deploy access --target \"$DEPLOY_TARGET\" --env {env}\n        env:\n          DEPLOY_SSH_KEY: ${{{{ secrets.DEPLOY_SSH_KEY }}}}\n          DEPLOY_SSH_KNOWN_HOSTS: ${{{{ secrets.DEPLOY_SSH_KNOWN_HOSTS }}}}\n          KUBECONFIG_DATA: ${{{{ secrets.KUBECONFIG_DATA }}}}\n"
     );
 }
 
@@ -405,19 +416,30 @@ mod tests {
         for job in [build, staging, prod, put_back] {
             let steps = runs(job);
             let login = steps.iter().position(|r| *r == "cargo xtask image login --registry \"$REGISTRY\"");
-            let first_use = steps.iter().position(|r| r.contains("image build") || r.contains("deploy"));
+            let first_use = steps
+                .iter()
+                .position(|r| r.contains("image build") || (r.contains("deploy") && !r.contains("deploy access")));
             assert!(login.is_some() && login < first_use, "{job}");
             assert!(job.contains("          REGISTRY_PASSWORD: ${{ secrets.REGISTRY_PASSWORD }}\n"), "{job}");
         }
         assert!(y.contains("\n  REGISTRY_AUTH_FILE: ") && y.contains("\n  DOCKER_CONFIG: "), "one auth file for both");
-        assert!(runs(staging)[1].contains("--images target/release-manifest/images.json"), "{staging}");
-        assert!(runs(prod)[1].starts_with(
+        // Deploy jobs set up their access from the environment's secrets, before deploying.
+        for (job, env) in [(staging, "staging"), (prod, "prod"), (put_back, "\"$ENVIRONMENT\"")] {
+            assert_eq!(
+                runs(job)[1],
+                format!("cargo xtask deploy access --target \"$DEPLOY_TARGET\" --env {env}"),
+                "{job}"
+            );
+            assert!(job.contains("          DEPLOY_SSH_KEY: ${{ secrets.DEPLOY_SSH_KEY }}\n"), "{job}");
+        }
+        assert!(runs(staging)[2].contains("--images target/release-manifest/images.json"), "{staging}");
+        assert!(runs(prod)[2].starts_with(
             "cargo xtask deploy promote --target \"$DEPLOY_TARGET\" --from staging --to prod --commit \"$GITHUB_SHA\""
         ));
         for job in [staging, prod] {
             assert!(runs(job).last().expect("steps").starts_with("cargo xtask deploy verify"), "{job}");
         }
-        assert!(runs(put_back)[1].contains("deploy rollback") && runs(put_back)[1].contains("--to \"$RELEASE\""));
+        assert!(runs(put_back)[2].contains("deploy rollback") && runs(put_back)[2].contains("--to \"$RELEASE\""));
         assert!(put_back.contains("if: github.event_name == 'workflow_dispatch'"));
         assert!(build.contains("if: github.event_name == 'push'"));
     }
