@@ -1076,24 +1076,25 @@ fn release(
         return Ok(ExitCode::SUCCESS);
     }
 
-    // 4-5: confirmation, then the rollback point, before anything changes.
+    // 4-5: confirmation; the namespace (nothing else, not even the lock, can be created before
+    // it); the lock, held until the release, its verification and any rollback are done; then
+    // the rollback point, read under the lock.
     confirm(env, &args.apply)?;
-    let releases = ns.releases()?;
-    let before = releases.iter().rev().find(|r| r.state != State::Failed).cloned();
-    if before.is_none() {
-        eprintln!("warning: {namespace} has no release yet (first deploy): a failure cannot be rolled back");
-    }
-
-    // 6: the namespace first (nothing else can be created before it), then the API server's
-    // dry run of everything else, then the apply, the wait and the smoke check.
     if !exists {
         eprintln!("creating namespace {namespace} from the render");
     }
     if let Some(file) = &spaces_file {
         apply(kube, file).context("applying the render's namespace")?;
     }
-    // Held until the release, its verification and any rollback are done.
     let _lock = crate::lease::acquire(kube, namespace, env, dir)?;
+    let releases = ns.releases()?;
+    let before = releases.iter().rev().find(|r| r.state != State::Failed).cloned();
+    if before.is_none() {
+        eprintln!("warning: {namespace} has no release yet (first deploy): a failure cannot be rolled back");
+    }
+
+    // 6: the Secrets the workloads read, the API server's dry run of them, then the apply, the
+    // wait and the smoke check.
     check_secrets(kube, namespace, &workloads)?;
     server_dry_run(kube, &workloads_file)?;
     let edge = edge_service(ctx);
