@@ -44,34 +44,29 @@ fn edge_server(cluster: PathBuf, bad: Option<String>) -> (u16, Arc<Served>) {
     (port, served)
 }
 
-/// Is the `api` Deployment the stand-in runs in staging the bad one?
-fn runs_bad(cluster: &Path, bad: Option<&str>) -> bool {
-    let Some(bad) = bad else { return false };
-    let Ok(state) = std::fs::read_to_string(cluster.join("cluster.json")) else { return false };
-    let state: serde_json::Value = serde_json::from_str(&state).unwrap_or_default();
+/// Is the `api` Deployment the stand-in runs in staging the bad one? Traffic only reaches the
+/// edge after a deploy, so the stand-in's state is there to read.
+fn runs_bad(cluster: &Path, bad: &str) -> bool {
+    let state = std::fs::read_to_string(cluster.join("cluster.json")).expect("the stand-in's state, after a deploy");
+    let state: serde_json::Value = serde_json::from_str(&state).expect("the stand-in writes its state whole");
     state["objects"]["Deployment/platform-staging/api"].to_string().contains(bad)
 }
 
-fn serve(stream: std::net::TcpStream, cluster: &Path, bad: Option<&str>, served: &Served) {
-    let mut reader = BufReader::new(stream.try_clone().expect("clone"));
+/// One keep-alive connection of the edge, until the client closes it.
+fn serve(stream: std::net::TcpStream, cluster: &Path, bad: Option<&str>, served: &Served) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
     let mut writer = stream;
-    loop {
-        let mut request = String::new();
-        if reader.read_line(&mut request).unwrap_or(0) == 0 {
-            return;
-        }
+    let mut request = String::new();
+    while reader.read_line(&mut request)? > 0 {
         let mut length = 0usize;
         let mut line = String::new();
-        while reader.read_line(&mut line).is_ok_and(|n| n > 2) {
+        while reader.read_line(&mut line)? > 2 {
             if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
                 length = v.trim().parse().unwrap_or(0);
             }
             line.clear();
         }
-        let mut body = vec![0; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
+        reader.read_exact(&mut vec![0; length])?;
         let path = request.split_whitespace().nth(1).unwrap_or("/").to_string();
         let (status, text) = if path == "/metrics" {
             (200, metrics(served))
@@ -79,7 +74,7 @@ fn serve(stream: std::net::TcpStream, cluster: &Path, bad: Option<&str>, served:
             (200, "ok".to_string())
         } else {
             let n = served.ok.load(Ordering::SeqCst) + served.failed.load(Ordering::SeqCst);
-            let is_bad = runs_bad(cluster, bad);
+            let is_bad = bad.is_some_and(|b| runs_bad(cluster, b));
             if is_bad {
                 served.bad.fetch_add(1, Ordering::SeqCst);
             }
@@ -91,11 +86,10 @@ fn serve(stream: std::net::TcpStream, cluster: &Path, bad: Option<&str>, served:
                 (if request.starts_with("POST") { 201 } else { 200 }, "{}".to_string())
             }
         };
-        let head = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n", text.len());
-        if writer.write_all(head.as_bytes()).and_then(|()| writer.write_all(text.as_bytes())).is_err() {
-            return;
-        }
+        write!(writer, "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{text}", text.len())?;
+        request.clear();
     }
+    Ok(())
 }
 
 /// The edge's request metrics, named as the services export them.
@@ -246,6 +240,15 @@ impl Cluster {
         // `--to` of a promote), as a person would have switched to it.
         let env = args.windows(2).find(|w| w[0] == "--env" || w[0] == "--to").map_or("staging", |w| w[1]);
         self.xtask_in(&format!("platform-{env}"), scenario, bad, args)
+    }
+
+    /// `deploy --env staging` of `manifest`, unverified, in the `success` scenario.
+    fn deploy_staging(&self, manifest: &Path) -> Output {
+        self.xtask(
+            "success",
+            "",
+            &["deploy", "--env", "staging", "--images", manifest.to_str().expect("utf-8"), "--no-verify"],
+        )
     }
 
     /// With kubectl's current context set to `context`.
@@ -488,11 +491,7 @@ fn a_crash_loop_is_caught_before_the_timeout_and_rolled_back() {
 fn promote_deploys_to_prod_exactly_what_staging_runs() {
     let cluster = Cluster::new();
     let v1 = manifest(cluster.state.path(), 1, true);
-    let staged = cluster.xtask(
-        "success",
-        "",
-        &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
-    );
+    let staged = cluster.deploy_staging(&v1);
     assert!(staged.status.success(), "{}", said(&staged));
     let record = |namespace: &str| -> serde_json::Value {
         let cm = cluster.object("ConfigMap", namespace, "xtask-release-1").expect("release 1");
@@ -662,11 +661,7 @@ fn dry_run_stops_after_the_diff() {
     assert_eq!(verbs, ["config", "kustomize", "kustomize", "get"]);
 
     cluster.seed_secrets("platform-staging");
-    let deployed = cluster.xtask(
-        "success",
-        "",
-        &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
-    );
+    let deployed = cluster.deploy_staging(&v1);
     assert!(deployed.status.success(), "{}", said(&deployed));
     let before = cluster.calls().len();
     let out = dry(&v2, false);
@@ -722,13 +717,7 @@ fn a_fresh_cluster_gets_the_namespace_first_then_a_server_dry_run_then_the_relea
     assert_eq!(refused.status.code(), Some(1));
     assert!(text(&refused.stderr).contains(r#"namespaces "platform-staging" not found"#), "{}", text(&refused.stderr));
 
-    let deploy = || {
-        cluster.xtask(
-            "success",
-            "",
-            &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
-        )
-    };
+    let deploy = || cluster.deploy_staging(&v1);
     // The Secrets the workloads read are checked (names and keys) before they are applied: in a
     // fresh namespace there are none yet.
     let missing = deploy();
@@ -1069,13 +1058,7 @@ fn micro_time(ago: &str) -> String {
 fn a_held_deploy_lock_in_the_cluster_refuses_a_second_deploy() {
     let cluster = Cluster::new();
     let v1 = manifest(cluster.state.path(), 1, true);
-    let deploy = || {
-        cluster.xtask(
-            "success",
-            "",
-            &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
-        )
-    };
+    let deploy = || cluster.deploy_staging(&v1);
     let lease = |holder: &str, renewed: &str| {
         let file = cluster.state.path().join("someone-elses-lease.json");
         let doc = serde_json::json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
@@ -1134,13 +1117,7 @@ fn a_held_deploy_lock_in_the_cluster_refuses_a_second_deploy() {
 fn a_release_prunes_what_it_no_longer_renders() {
     let cluster = Cluster::new();
     let v1 = manifest(cluster.state.path(), 1, true);
-    let deploy = || {
-        cluster.xtask(
-            "success",
-            "",
-            &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
-        )
-    };
+    let deploy = || cluster.deploy_staging(&v1);
     assert!(deploy().status.success());
     // An earlier release's leftover (applied through the set) and someone else's object.
     let leftover = |name: &str| serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name, "namespace": "platform-staging"}});

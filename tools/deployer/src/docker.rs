@@ -597,13 +597,7 @@ fn release(
         summary(&dep, &report);
         let release = record(&docker, &dep, &args.apply, None)?;
         let Some(slo) = slo else {
-            if !args.apply.verify.no_verify {
-                eprintln!(
-                    "note: {env_name} has no SLO file ({}/{env_name}.toml); release {} is not verified",
-                    verify::SLO_DIR,
-                    release.id
-                );
-            }
+            verify::note_unverified(&env_name, release.id, args.apply.verify.no_verify);
             return Ok(ExitCode::SUCCESS);
         };
         return verify_release(ctx, &dep.env, release, &slo, args.apply.verify.window, false, dir, &args.apply);

@@ -73,6 +73,23 @@ impl Kube {
         self.cmd(args).read_json()
     }
 
+    /// One object as JSON, or `None` when the API server says it is not there (NotFound); any
+    /// other failure is an error naming `what`.
+    pub fn get<T: serde::de::DeserializeOwned>(&self, args: &[&str], what: &str) -> Result<Option<T>> {
+        let out = self.cmd(args).output()?;
+        if out.status.success() {
+            return Ok(Some(
+                serde_json::from_slice(&out.stdout)
+                    .with_context(|| format!("kubectl returned {what} that is not JSON"))?,
+            ));
+        }
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("NotFound") {
+            return Ok(None);
+        }
+        bail!("cannot read {what}: {}", err.trim())
+    }
+
     /// Runs and insists on success; the error carries kubectl's last words.
     pub fn checked(&self, args: &[&str]) -> Result<String> {
         self.announce(args);
@@ -533,11 +550,10 @@ fn server_dry_run(kube: &Kube, file: &Path) -> Result<()> {
     let args = ["apply", "--server-side", "--field-manager=xtask", "--dry-run=server", "-f", &path];
     kube.announce(&args);
     let out = kube.cmd(&args).output()?;
-    let said = |bytes: &[u8]| String::from_utf8_lossy(bytes).split_whitespace().collect::<Vec<_>>().join(" ");
     if !out.status.success() {
         return Err(UsageError(format!(
             "the API server refused the release in a server-side dry run, so none of it was applied: {}",
-            said(&out.stderr)
+            crate::one_line(&String::from_utf8_lossy(&out.stderr))
         ))
         .into());
     }
@@ -661,15 +677,7 @@ fn check_secrets(kube: &Kube, namespace: &str, render: &str) -> Result<()> {
 fn namespace_exists(kube: &Kube, namespace: &str) -> Result<bool> {
     let args = ["get", "namespace", namespace, "-o", "json"];
     kube.announce(&args);
-    let out = kube.cmd(&args).output()?;
-    if out.status.success() {
-        return Ok(true);
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    if err.contains("NotFound") {
-        return Ok(false);
-    }
-    bail!("cannot read namespace {namespace}: {}", err.trim())
+    Ok(kube.get::<serde_json::Value>(&args, &format!("namespace {namespace}"))?.is_some())
 }
 
 /// Waiting reasons that will not fix themselves: fail now instead of at the timeout.
@@ -1108,13 +1116,7 @@ fn release(
                 .context("the deploy succeeded, but recording the release failed")?;
             eprintln!("deployed {env} ({namespace}): every rollout finished, smoke checks passed");
             let Some(slo) = slo else {
-                if !args.apply.verify.no_verify {
-                    eprintln!(
-                        "note: {env} has no SLO file ({}/{env}.toml); release {} is not verified",
-                        verify::SLO_DIR,
-                        release.id
-                    );
-                }
+                verify::note_unverified(env, release.id, args.apply.verify.no_verify);
                 return Ok(ExitCode::SUCCESS);
             };
             verify_release(ctx, &ns, release, &slo, args.apply.verify.window, false)

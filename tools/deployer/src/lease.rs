@@ -91,15 +91,10 @@ fn document(namespace: &str, holder: &str, acquired: i64, resource_version: Opti
 }
 
 fn read(kube: &Kube, namespace: &str) -> Result<Option<Lease>> {
-    let out = kube.cmd(&["get", "lease", LEASE, "-n", namespace, "-o", "json"]).output()?;
-    if out.status.success() {
-        return Ok(Some(serde_json::from_slice(&out.stdout).context("kubectl returned a Lease that is not JSON")?));
-    }
-    let err = String::from_utf8_lossy(&out.stderr);
-    if err.contains("NotFound") {
-        return Ok(None);
-    }
-    anyhow::bail!("cannot read the deploy lock (Lease {LEASE} in {namespace}): {}", err.trim())
+    kube.get(
+        &["get", "lease", LEASE, "-n", namespace, "-o", "json"],
+        &format!("the deploy lock (Lease {LEASE} in {namespace})"),
+    )
 }
 
 /// A held lock: renewed in the background, deleted on drop.
@@ -160,7 +155,7 @@ pub fn acquire(kube: &Kube, namespace: &str, env: &str, dir: &Path) -> Result<He
         kube.checked(&["replace", "-f", &path, "-n", namespace]).map_err(|e| {
             UsageError(format!(
                 "{env}: another deploy took the expired lock first ({}); nothing was applied",
-                one_line(&e)
+                crate::one_line(&format!("{e:#}"))
             ))
         })?;
     }
@@ -226,10 +221,6 @@ pub fn unlock(kube: &Kube, namespace: &str, env: &str, force: bool) -> Result<()
     kube.checked(&["delete", "lease", LEASE, "-n", namespace])?;
     eprintln!("deleted the deploy lock of {env}, {state} by {}", lease.spec.holder_identity);
     Ok(())
-}
-
-fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

@@ -138,6 +138,11 @@ impl Ctx {
     }
 }
 
+/// Text (a tool's stderr, an error chain) on one line: what an error message quotes.
+pub fn one_line(text: &str) -> String {
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// Environments that need the explicit confirmation.
 const GUARDED: &[&str] = &["prod"];
 

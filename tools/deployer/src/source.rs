@@ -92,7 +92,7 @@ fn fetch(url: &str, dir: &Path) -> Result<PathBuf> {
     cmd.read().map_err(|e| {
         UsageError(format!(
             "--images {url}: the build manifest cannot be fetched ({}); nothing was deployed",
-            one_line(&e)
+            crate::one_line(&format!("{e:#}"))
         ))
     })?;
     Ok(file)
@@ -126,7 +126,7 @@ fn from_registry(ctx: &Ctx, registry: &str, dir: &Path) -> Result<(BuildManifest
         let digest = cmd.read().map_err(|e| {
             UsageError(format!(
                 "{reference} is not in the registry ({}): push this commit's images first (`cargo xtask image build --push {registry}`); nothing was deployed",
-                one_line(&e)
+                crate::one_line(&format!("{e:#}"))
             ))
         })?;
         let digest = digest.trim().to_string();
@@ -141,10 +141,6 @@ fn from_registry(ctx: &Ctx, registry: &str, dir: &Path) -> Result<(BuildManifest
     std::fs::write(&path, serde_json::to_vec_pretty(&manifest)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok((manifest, path))
-}
-
-fn one_line(e: &anyhow::Error) -> String {
-    format!("{e:#}").split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 #[cfg(test)]

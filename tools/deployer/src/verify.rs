@@ -355,6 +355,14 @@ pub fn print(verdict: &Verdict) {
     }
 }
 
+/// After a deploy of an environment without an SLO file: say its release is not verified
+/// (unless verification was skipped on purpose).
+pub fn note_unverified(env: &str, release: u64, no_verify: bool) {
+    if !no_verify {
+        eprintln!("note: {env} has no SLO file ({SLO_DIR}/{env}.toml); release {release} is not verified");
+    }
+}
+
 /// The breaches, in one line.
 pub fn breach_line(verdict: &Verdict) -> String {
     verdict.breaches().iter().map(|f| f.line()).collect::<Vec<_>>().join("; ")

@@ -2,6 +2,7 @@
 //! Each rule has a stable id (used in messages, tests and fixtures); `rules()` lists them.
 
 use crate::schema::{Document, Object};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Container, PodSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::BTreeMap;
@@ -68,6 +69,11 @@ fn labels_match(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> 
         }
     });
     exact && expressions
+}
+
+/// The labels a Deployment's pods get.
+fn pod_labels(d: &Deployment) -> BTreeMap<String, String> {
+    d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default()
 }
 
 fn containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
@@ -222,12 +228,7 @@ fn check_scaling(docs: &[Document], out: &mut Vec<Violation>) {
         }
         // The fewest pods it runs: the HPA's floor, else its own count (the API's default is 1).
         let floor = hpas.get(&(doc.namespace.as_deref(), name)).copied().or(replicas).unwrap_or(1);
-        let labels = d
-            .spec
-            .as_ref()
-            .and_then(|s| s.template.metadata.as_ref())
-            .and_then(|m| m.labels.clone())
-            .unwrap_or_default();
+        let labels = pod_labels(d);
         for other in docs.iter().filter(|o| o.namespace == doc.namespace) {
             let Object::PodDisruptionBudget(p) = &other.object else { continue };
             let Some(spec) = p.spec.as_ref() else { continue };
@@ -402,12 +403,7 @@ pub fn check(docs: &[Document], ctx: Context) -> Vec<Violation> {
     if ctx.production_like {
         for doc in docs {
             let Object::Deployment(d) = &doc.object else { continue };
-            let labels = d
-                .spec
-                .as_ref()
-                .and_then(|s| s.template.metadata.as_ref())
-                .and_then(|m| m.labels.clone())
-                .unwrap_or_default();
+            let labels = pod_labels(d);
             let same_ns = |other: &Document| other.namespace == doc.namespace;
             let has_pdb = docs.iter().filter(|o| same_ns(o)).any(|o| match &o.object {
                 Object::PodDisruptionBudget(p) => {

@@ -74,6 +74,17 @@ fn messages_name_the_environment_object_rule_and_field() {
     assert!(String::from_utf8_lossy(&missing.stderr).contains("cannot read the render"));
 }
 
+/// A kustomization rendered by the real kubectl.
+fn kustomize(dir: &Path) -> String {
+    let out = Command::new("kubectl")
+        .arg("kustomize")
+        .arg(dir)
+        .output()
+        .expect("kubectl is installed (see README prerequisites)");
+    assert!(out.status.success(), "{}: {}", dir.display(), String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 /// The overlays in infra/k8s, rendered by the real kubectl (kustomize built in), pass as they are.
 #[test]
 fn every_overlay_renders_and_passes() {
@@ -81,24 +92,13 @@ fn every_overlay_renders_and_passes() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut args = Vec::new();
     for env in ["dev", "staging", "prod"] {
-        let rendered = Command::new("kubectl")
-            .args(["kustomize"])
-            .arg(root.join("infra/k8s/overlays").join(env))
-            .output()
-            .expect("kubectl is installed (see README prerequisites)");
-        assert!(rendered.status.success(), "{}", String::from_utf8_lossy(&rendered.stderr));
+        let rendered = kustomize(&root.join("infra/k8s/overlays").join(env));
         // The deployer identity of the environment is checked with its render, so
         // `deployer-role` holds its Role to exactly the kinds this render contains.
-        let identity = Command::new("kubectl")
-            .args(["kustomize"])
-            .arg(root.join("infra/k8s/deployer").join(env))
-            .output()
-            .expect("kubectl");
-        assert!(identity.status.success(), "{}", String::from_utf8_lossy(&identity.stderr));
-        let identity = String::from_utf8_lossy(&identity.stdout);
+        let identity = kustomize(&root.join("infra/k8s/deployer").join(env));
         assert!(identity.contains("kind: Role\n") && identity.contains("name: xtask-deployer\n"), "{env}: {identity}");
         let file = dir.path().join(format!("{env}.yaml"));
-        let text = format!("{}---\n{identity}", String::from_utf8_lossy(&rendered.stdout));
+        let text = format!("{rendered}---\n{identity}");
         std::fs::write(&file, text).expect("write");
         args.push(format!("{env}={}", file.display()));
     }
