@@ -215,13 +215,21 @@ impl Cluster {
 
     /// The namespace and the Secrets the services read (what External Secrets would supply).
     fn seed_secrets(&self, namespace: &str) {
-        let secret = |name: &str| {
-            serde_json::json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": name, "namespace": namespace},
-                "data": {"DATABASE_URL": "cG9zdGdyZXM6Ly8=", "REDIS_URL": "cmVkaXM6Ly8="}})
-        };
-        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-            secret("api-database"), secret("worker-database")]});
+        let urls: &[&str] = &["DATABASE_URL", "REDIS_URL"];
+        self.seed(namespace, &[("api-database", urls), ("worker-database", urls)]);
+    }
+
+    /// The namespace and these Secrets (name, keys) in it, applied behind deploy's back.
+    fn seed(&self, namespace: &str, secrets: &[(&str, &[&str])]) {
+        let mut items =
+            vec![serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})];
+        for (name, keys) in secrets {
+            let data: serde_json::Map<String, serde_json::Value> =
+                keys.iter().map(|k| (k.to_string(), "c2VjcmV0".into())).collect();
+            items.push(serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": namespace}, "data": data}));
+        }
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
         let file = self.state.path().join(format!("seed-{namespace}.json"));
         std::fs::write(&file, list.to_string()).expect("seed");
         let out = standin(self.state.path(), &[], &["apply", "--server-side", "-f", file.to_str().expect("utf-8")]);
@@ -750,6 +758,77 @@ fn a_fresh_cluster_gets_the_namespace_first_then_a_server_dry_run_then_the_relea
     assert_eq!(ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"], "restricted", "{ns}");
     for kind in ["ResourceQuota", "LimitRange"] {
         assert!(cluster.object(kind, "platform-staging", "platform").is_some(), "{kind}");
+    }
+}
+
+/// Where Postgres and Redis are is the overlay's to say: dev runs them in its namespace
+/// (StatefulSets with volumes, pinned by digest in the overlay, their own Secret checked first,
+/// reachable only from the services that need them); staging reaches managed endpoints at the
+/// CIDR and port its overlay names, and runs no database.
+#[test]
+fn dev_runs_postgres_and_redis_in_its_namespace_and_staging_reaches_its_managed_endpoints() {
+    let cluster = Cluster::fresh(None);
+    let v1 = manifest(cluster.state.path(), 1, true);
+    cluster.seed_secrets("platform-dev");
+    let deploy_dev = || {
+        cluster.xtask(
+            "success",
+            "",
+            &["deploy", "--env", "dev", "--images", v1.to_str().expect("utf-8"), "--no-verify"],
+        )
+    };
+    let missing = deploy_dev();
+    assert_eq!(missing.status.code(), Some(2), "{}", said(&missing));
+    assert!(
+        text(&missing.stderr).contains(
+            "Secret postgres (key POSTGRES_PASSWORD) does not exist in platform-dev, needed by StatefulSet/postgres"
+        ),
+        "{}",
+        said(&missing)
+    );
+    assert!(cluster.object("StatefulSet", "platform-dev", "postgres").is_none(), "nothing applied");
+    cluster.seed("platform-dev", &[("postgres", &["POSTGRES_PASSWORD"])]);
+
+    let out = deploy_dev();
+    assert!(out.status.success(), "{}", said(&out));
+    for (name, image, port) in [
+        (
+            "postgres",
+            "docker.io/library/postgres@sha256:efedf3595f1d6f415c08568ba171029bf54052e754cc9f030e3f2412b21f3d67",
+            5432,
+        ),
+        (
+            "redis",
+            "docker.io/library/redis@sha256:c6eabf748fc7a61dbb5a705c78bcf3d6377b1127a97d0ce965c11c44ba46896f",
+            6379,
+        ),
+    ] {
+        let set = cluster.object("StatefulSet", "platform-dev", name).unwrap_or_else(|| panic!("{name} applied"));
+        assert_eq!(set["spec"]["template"]["spec"]["containers"][0]["image"], image, "{set}");
+        assert_eq!(set["spec"]["volumeClaimTemplates"][0]["metadata"]["name"], "data", "{set}");
+        let egress = cluster.object("NetworkPolicy", "platform-dev", &format!("egress-{name}")).expect("egress");
+        assert_eq!(
+            egress["spec"]["podSelector"]["matchExpressions"][0]["values"],
+            serde_json::json!(["api", "worker"])
+        );
+        assert_eq!(egress["spec"]["egress"][0]["to"][0]["podSelector"]["matchLabels"]["app.kubernetes.io/name"], name);
+        assert_eq!(egress["spec"]["egress"][0]["ports"][0]["port"], port, "{egress}");
+        let admits = cluster.object("NetworkPolicy", "platform-dev", name).expect("its own policy");
+        assert_eq!(
+            admits["spec"]["ingress"][0]["from"][0]["podSelector"]["matchExpressions"][0]["values"],
+            serde_json::json!(["api", "worker"])
+        );
+    }
+
+    cluster.seed_secrets("platform-staging");
+    let staged = cluster.deploy_staging(&v1);
+    assert!(staged.status.success(), "{}", said(&staged));
+    assert!(cluster.object("StatefulSet", "platform-staging", "postgres").is_none(), "staging runs no database");
+    for (name, cidr, port) in [("postgres", "10.40.16.0/28", 5432), ("redis", "10.40.17.0/28", 6379)] {
+        let egress = cluster.object("NetworkPolicy", "platform-staging", &format!("egress-{name}")).expect("egress");
+        assert_eq!(egress["metadata"]["annotations"]["xtask/egress-to"], name, "{egress}");
+        assert_eq!(egress["spec"]["egress"][0]["to"][0]["ipBlock"]["cidr"], cidr, "{egress}");
+        assert_eq!(egress["spec"]["egress"][0]["ports"][0]["port"], port, "{egress}");
     }
 }
 

@@ -811,6 +811,7 @@ fn validate(ctx: &Ctx, env: &str, file: &Path) -> Result<()> {
     let policy = ctx.facts.policy.as_ref().context("xtask handed over no policy checker (facts.policy)")?;
     let cmd = Cmd::new(policy)
         .args(["check", "--env", &format!("{env}={}", file.display()), "--require-digests"])
+        .args(xtask_kit::handoff::needs_args(&ctx.facts.services))
         .current_dir(&ctx.root);
     eprintln!("$ {}", cmd.line());
     // Its report goes to stderr: stdout carries only the plan (`--format json`).

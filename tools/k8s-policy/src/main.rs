@@ -27,6 +27,10 @@ enum Command {
         /// Require images pinned by digest (what deploy applies).
         #[arg(long)]
         require_digests: bool,
+        /// SERVICE=DEP,DEP: what a service's metadata says it needs (repeatable); each must be
+        /// reachable under the render's NetworkPolicies (rule `needs-egress`).
+        #[arg(long = "needs", value_name = "SERVICE=DEPS")]
+        needs: Vec<String>,
         #[arg(long, value_enum, default_value = "human")]
         format: Format,
     },
@@ -57,18 +61,35 @@ fn main() {
             }
             0
         }
-        Command::Check { envs, require_digests, format } => match check(&envs, require_digests, format) {
-            Ok(code) => code,
-            Err(message) => {
-                eprintln!("error: {message}");
-                2
+        Command::Check { envs, require_digests, needs, format } => {
+            match check(&envs, require_digests, &needs, format) {
+                Ok(code) => code,
+                Err(message) => {
+                    eprintln!("error: {message}");
+                    2
+                }
             }
-        },
+        }
     };
     std::process::exit(code);
 }
 
-fn check(envs: &[String], require_digests: bool, format: Format) -> Result<i32, String> {
+/// `--needs api=postgres,redis` -> {api: [postgres, redis]}.
+fn parse_needs(specs: &[String]) -> Result<std::collections::BTreeMap<String, Vec<String>>, String> {
+    let mut needs = std::collections::BTreeMap::new();
+    for spec in specs {
+        let (service, deps) =
+            spec.split_once('=').ok_or_else(|| format!("--needs `{spec}` needs SERVICE=DEP[,DEP...]"))?;
+        let deps: Vec<String> = deps.split(',').map(str::trim).filter(|d| !d.is_empty()).map(str::to_string).collect();
+        if service.is_empty() || needs.insert(service.to_string(), deps).is_some() {
+            return Err(format!("--needs `{spec}`: name each service once, as SERVICE=DEP[,DEP...]"));
+        }
+    }
+    Ok(needs)
+}
+
+fn check(envs: &[String], require_digests: bool, needs: &[String], format: Format) -> Result<i32, String> {
+    let needs = parse_needs(needs)?;
     let mut findings = Vec::new();
     let mut summary = Vec::new();
     for spec in envs {
@@ -82,7 +103,7 @@ fn check(envs: &[String], require_digests: bool, format: Format) -> Result<i32, 
         for (object, message) in errors {
             findings.push(Finding { env: env.into(), object, rule: "schema".into(), message });
         }
-        for v in policy::check(&docs, ctx) {
+        for v in policy::check(&docs, ctx, &needs) {
             findings.push(Finding { env: env.into(), object: v.object, rule: v.rule.into(), message: v.message });
         }
         summary.push((env.to_string(), docs.len(), findings.len() - before));

@@ -2,8 +2,8 @@
 //! Each rule has a stable id (used in messages, tests and fixtures); `rules()` lists them.
 
 use crate::schema::{Document, Object};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Container, PodSpec};
+use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+use k8s_openapi::api::networking::v1::{NetworkPolicy, NetworkPolicyPeer, NetworkPolicyPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use std::collections::BTreeMap;
 
@@ -40,6 +40,10 @@ pub fn rules() -> &'static [(&'static str, &'static str)] {
         ),
         ("ingress-tls", "outside dev, every Ingress serves TLS for each of its hosts"),
         (
+            "needs-egress",
+            "every dependency a service `needs` is reachable: its pods in the render, or an ipBlock annotated `xtask/egress-to` (a real CIDR outside dev)",
+        ),
+        (
             "deployer-role",
             "the deployer's Role (`xtask-deployer`, given with the render) grants exactly the render's kinds and what a deploy reads besides",
         ),
@@ -71,9 +75,36 @@ fn labels_match(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> 
     exact && expressions
 }
 
-/// The labels a Deployment's pods get.
-fn pod_labels(d: &Deployment) -> BTreeMap<String, String> {
-    d.spec.as_ref().and_then(|s| s.template.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default()
+/// A workload of the render (Deployment or StatefulSet): its document, name and pod template.
+struct Workload<'a> {
+    doc: &'a Document,
+    name: &'a str,
+    template: &'a PodTemplateSpec,
+}
+
+impl Workload<'_> {
+    /// The labels its pods get.
+    fn labels(&self) -> BTreeMap<String, String> {
+        self.template.metadata.as_ref().and_then(|m| m.labels.clone()).unwrap_or_default()
+    }
+
+    /// The ports its containers serve: (number, name).
+    fn ports(&self) -> Vec<(i32, Option<&str>)> {
+        let spec = self.template.spec.as_ref();
+        let containers = spec.map(|s| s.containers.iter()).into_iter().flatten();
+        containers.flat_map(|c| c.ports.iter().flatten().map(|p| (p.container_port, p.name.as_deref()))).collect()
+    }
+}
+
+fn workloads(docs: &[Document]) -> impl Iterator<Item = Workload<'_>> {
+    docs.iter().filter_map(|doc| {
+        let (meta, template) = match &doc.object {
+            Object::Deployment(d) => (&d.metadata, &d.spec.as_ref()?.template),
+            Object::StatefulSet(s) => (&s.metadata, &s.spec.as_ref()?.template),
+            _ => return None,
+        };
+        Some(Workload { doc, name: meta.name.as_deref().unwrap_or_default(), template })
+    })
 }
 
 fn containers(spec: &PodSpec) -> impl Iterator<Item = &Container> {
@@ -228,7 +259,12 @@ fn check_scaling(docs: &[Document], out: &mut Vec<Violation>) {
         }
         // The fewest pods it runs: the HPA's floor, else its own count (the API's default is 1).
         let floor = hpas.get(&(doc.namespace.as_deref(), name)).copied().or(replicas).unwrap_or(1);
-        let labels = pod_labels(d);
+        let labels = d
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.metadata.as_ref())
+            .and_then(|m| m.labels.clone())
+            .unwrap_or_default();
         for other in docs.iter().filter(|o| o.namespace == doc.namespace) {
             let Object::PodDisruptionBudget(p) = &other.object else { continue };
             let Some(spec) = p.spec.as_ref() else { continue };
@@ -280,6 +316,153 @@ fn check_ingress_tls(docs: &[Document], ctx: Context, out: &mut Vec<Violation>) 
                         "serves {host} without TLS: add it to spec.tls with a secretName (cert-manager issues it)"
                     ),
                 });
+            }
+        }
+    }
+}
+
+/// The annotation that says which `needs` entry an ipBlock egress rule stands for.
+pub const EGRESS_TO: &str = "xtask/egress-to";
+
+/// The documentation ranges (RFC 5737): a placeholder, never a real endpoint.
+const DOC_RANGES: &[&str] = &["192.0.2.", "198.51.100.", "203.0.113."];
+
+/// Does `spec` restrict this direction? (`policyTypes` unset: Ingress always, Egress when the
+/// policy has egress rules, as the API defaults it.)
+fn restricts(policy: &NetworkPolicy, direction: &str) -> bool {
+    let Some(spec) = policy.spec.as_ref() else { return false };
+    match &spec.policy_types {
+        Some(types) => types.iter().any(|t| t == direction),
+        None => direction == "Ingress" || spec.egress.is_some(),
+    }
+}
+
+/// Do the rule's ports let traffic to one of `ports` through? (No ports: all of them.)
+fn ports_allow(rule_ports: Option<&Vec<NetworkPolicyPort>>, ports: &[(i32, Option<&str>)]) -> bool {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let Some(rule_ports) = rule_ports.filter(|p| !p.is_empty()) else { return true };
+    rule_ports.iter().any(|p| match &p.port {
+        None => true,
+        Some(IntOrString::Int(n)) => ports.iter().any(|(port, _)| (*n..=p.end_port.unwrap_or(*n)).contains(port)),
+        Some(IntOrString::String(name)) => ports.iter().any(|(_, n)| *n == Some(name.as_str())),
+    })
+}
+
+/// Does the peer list select pods with `labels` in the policy's own namespace? (No peers: all.)
+fn peers_select(peers: Option<&Vec<NetworkPolicyPeer>>, labels: &BTreeMap<String, String>) -> bool {
+    let Some(peers) = peers.filter(|p| !p.is_empty()) else { return true };
+    peers.iter().any(|peer| {
+        peer.namespace_selector.is_none()
+            && peer.ip_block.is_none()
+            && peer.pod_selector.as_ref().is_some_and(|s| labels_match(s, labels))
+    })
+}
+
+/// Every dependency a service `needs` can be reached: out of the service's pods (egress) and,
+/// when the dependency runs in the render, into its pods (ingress).
+fn check_needs(docs: &[Document], ctx: Context, needs: &BTreeMap<String, Vec<String>>, out: &mut Vec<Violation>) {
+    let all: Vec<Workload<'_>> = workloads(docs).collect();
+    let policies: Vec<(&Document, &NetworkPolicy)> = docs
+        .iter()
+        .filter_map(|d| match &d.object {
+            Object::NetworkPolicy(n) => Some((d, &**n)),
+            _ => None,
+        })
+        .collect();
+    // The policies in `ns` selecting pods with `labels` that restrict `direction`.
+    let governing = |ns: &Option<String>, labels: &BTreeMap<String, String>, direction: &str| {
+        policies
+            .iter()
+            .filter(|(d, p)| {
+                d.namespace == *ns
+                    && restricts(p, direction)
+                    && p.spec.as_ref().is_some_and(|s| s.pod_selector.as_ref().is_none_or(|s| labels_match(s, labels)))
+            })
+            .map(|(d, p)| (*d, *p))
+            .collect::<Vec<_>>()
+    };
+    for (service, deps) in needs {
+        let Some(client) = all.iter().find(|w| w.name == service) else {
+            out.push(Violation {
+                rule: "needs-egress",
+                object: format!("services/{service}"),
+                message: format!(
+                    "needs {} but the render has no workload `{service}`: add its Kubernetes base (infra/k8s/base/{service})",
+                    deps.join(", ")
+                ),
+            });
+            continue;
+        };
+        let ns = &client.doc.namespace;
+        let labels = client.labels();
+        let egress = governing(ns, &labels, "Egress");
+        for dep in deps {
+            let mut fail =
+                |message: String| out.push(Violation { rule: "needs-egress", object: client.doc.id.clone(), message });
+            let target = all.iter().find(|w| w.name == dep && w.doc.namespace == *ns);
+            if let Some(target) = target {
+                let (target_labels, ports) = (target.labels(), target.ports());
+                let out_ok = egress.is_empty()
+                    || egress.iter().any(|(_, p)| {
+                        p.spec.as_ref().and_then(|s| s.egress.as_ref()).into_iter().flatten().any(|r| {
+                            peers_select(r.to.as_ref(), &target_labels) && ports_allow(r.ports.as_ref(), &ports)
+                        })
+                    });
+                if !out_ok {
+                    fail(format!(
+                        "needs {dep}, but no NetworkPolicy lets its pods reach the pods of {dep} on {}: add an egress rule to them",
+                        ports.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>().join(", ")
+                    ));
+                }
+                let ingress = governing(ns, &target_labels, "Ingress");
+                let in_ok =
+                    ingress.is_empty()
+                        || ingress.iter().any(|(_, p)| {
+                            p.spec.as_ref().and_then(|s| s.ingress.as_ref()).into_iter().flatten().any(|r| {
+                                peers_select(r.from.as_ref(), &labels) && ports_allow(r.ports.as_ref(), &ports)
+                            })
+                        });
+                if !in_ok {
+                    fail(format!(
+                        "needs {dep}, but {dep}'s NetworkPolicy admits no traffic from {service}'s pods: add them to its ingress `from`"
+                    ));
+                }
+                continue;
+            }
+            // Outside the render: an ipBlock rule in a policy that says it is for `dep`.
+            let external: Vec<(&Document, String)> = egress
+                .iter()
+                .filter(|(d, _)| {
+                    let annotations = match &d.object {
+                        Object::NetworkPolicy(n) => n.metadata.annotations.as_ref(),
+                        _ => None,
+                    };
+                    annotations.and_then(|a| a.get(EGRESS_TO)).is_some_and(|v| v.split(',').any(|n| n.trim() == dep))
+                })
+                .flat_map(|(d, p)| {
+                    let rules = p.spec.as_ref().and_then(|s| s.egress.as_ref()).into_iter().flatten();
+                    rules
+                        .filter(|r| r.ports.as_ref().is_some_and(|p| !p.is_empty()))
+                        .flat_map(|r| r.to.iter().flatten().filter_map(|peer| peer.ip_block.as_ref()))
+                        .map(move |b| (*d, b.cidr.clone()))
+                })
+                .collect();
+            if egress.is_empty() {
+                continue;
+            }
+            match external.first() {
+                None => fail(format!(
+                    "needs {dep}, which the render does not run, and no NetworkPolicy annotated `{EGRESS_TO}: {dep}` lets its pods reach an ipBlock with its port (infra/k8s/components/backing-external)"
+                )),
+                Some(_) if ctx.production_like => {
+                    for (policy, cidr) in external.iter().filter(|(_, c)| DOC_RANGES.iter().any(|r| c.starts_with(r))) {
+                        fail(format!(
+                            "reaches {dep} at {cidr} ({}), a documentation placeholder: set the endpoint's real CIDR in the overlay",
+                            policy.id
+                        ));
+                    }
+                }
+                Some(_) => {}
             }
         }
     }
@@ -367,8 +550,9 @@ fn check_deployer_role(docs: &[Document], kinds: &[(String, String, bool)], out:
     }
 }
 
-/// Checks a whole render (one environment).
-pub fn check(docs: &[Document], ctx: Context) -> Vec<Violation> {
+/// Checks a whole render (one environment). `needs`: service -> what its metadata says it needs
+/// (`services/*/Cargo.toml`); empty when the caller does not know them.
+pub fn check(docs: &[Document], ctx: Context, needs: &BTreeMap<String, Vec<String>>) -> Vec<Violation> {
     let mut out = Vec::new();
     // The deployer's own identity (checked beside the render it deploys) is not what it deploys.
     let own = |d: &&Document| {
@@ -383,27 +567,29 @@ pub fn check(docs: &[Document], ctx: Context) -> Vec<Violation> {
     check_scaling(docs, &mut out);
     check_ingress_tls(docs, ctx, &mut out);
     check_deployer_role(docs, &kinds, &mut out);
-    for doc in docs {
-        match &doc.object {
-            Object::Deployment(d) => {
-                if let Some(spec) = d.spec.as_ref().and_then(|s| s.template.spec.as_ref()) {
-                    check_pod(&doc.id, spec, ctx, &mut out);
-                } else {
-                    out.push(Violation { rule: "schema", object: doc.id.clone(), message: "has no pod template spec".into() });
-                }
-            }
-            Object::Secret => out.push(Violation {
-                rule: "no-secrets",
-                object: doc.id.clone(),
-                message: "a Secret is rendered from the repository; supply it with External Secrets or sealed-secrets (infra/k8s/README.md)".into(),
-            }),
-            _ => {}
+    check_needs(docs, ctx, needs, &mut out);
+    for w in workloads(docs) {
+        if let Some(spec) = w.template.spec.as_ref() {
+            check_pod(&w.doc.id, spec, ctx, &mut out);
+        } else {
+            out.push(Violation {
+                rule: "schema",
+                object: w.doc.id.clone(),
+                message: "has no pod template spec".into(),
+            });
         }
     }
+    for doc in docs.iter().filter(|d| matches!(d.object, Object::Secret)) {
+        out.push(Violation {
+            rule: "no-secrets",
+            object: doc.id.clone(),
+            message: "a Secret is rendered from the repository; supply it with External Secrets or sealed-secrets (infra/k8s/README.md)".into(),
+        });
+    }
     if ctx.production_like {
-        for doc in docs {
-            let Object::Deployment(d) = &doc.object else { continue };
-            let labels = pod_labels(d);
+        for w in workloads(docs) {
+            let doc = w.doc;
+            let labels = w.labels();
             let same_ns = |other: &Document| other.namespace == doc.namespace;
             let has_pdb = docs.iter().filter(|o| same_ns(o)).any(|o| match &o.object {
                 Object::PodDisruptionBudget(p) => {
@@ -411,7 +597,7 @@ pub fn check(docs: &[Document], ctx: Context) -> Vec<Violation> {
                 }
                 _ => false,
             });
-            if !has_pdb {
+            if !has_pdb && matches!(doc.object, Object::Deployment(_)) {
                 out.push(Violation {
                     rule: "pdb",
                     object: doc.id.clone(),

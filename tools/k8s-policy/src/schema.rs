@@ -1,18 +1,21 @@
 //! Rendered YAML into typed Kubernetes objects of the pinned API version, with every field the
 //! types do not know reported (a misspelt `readinesProbe` would otherwise vanish silently).
 
-use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::core::v1::{ConfigMap, LimitRange, Namespace, ResourceQuota, Secret, Service, ServiceAccount};
 use k8s_openapi::api::networking::v1::{Ingress, NetworkPolicy};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{Role, RoleBinding};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 /// The kinds our overlays may render, each in the one API version we pin.
 #[derive(Debug, Clone)]
 pub enum Object {
     Deployment(Box<Deployment>),
+    StatefulSet(Box<StatefulSet>),
     PodDisruptionBudget(Box<PodDisruptionBudget>),
     NetworkPolicy(Box<NetworkPolicy>),
     HorizontalPodAutoscaler(Box<HorizontalPodAutoscaler>),
@@ -22,6 +25,49 @@ pub enum Object {
     Secret,
     /// Checked against its type, and no rule looks further.
     Other,
+}
+
+/// The Prometheus Operator's `monitoring.coreos.com/v1` ServiceMonitor: not a Kubernetes API
+/// type, so the fields our optional component may use are typed here (others are reported as
+/// unknown, as for the built-in kinds).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)] // Read only to type-check the document.
+pub struct ServiceMonitor {
+    api_version: String,
+    kind: String,
+    metadata: ObjectMeta,
+    spec: ServiceMonitorSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct ServiceMonitorSpec {
+    selector: LabelSelector,
+    endpoints: Vec<ServiceMonitorEndpoint>,
+    namespace_selector: Option<MonitorNamespaceSelector>,
+    job_label: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct ServiceMonitorEndpoint {
+    port: Option<String>,
+    path: Option<String>,
+    scheme: Option<String>,
+    interval: Option<String>,
+    scrape_timeout: Option<String>,
+    honor_labels: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct MonitorNamespaceSelector {
+    any: Option<bool>,
+    match_names: Option<Vec<String>>,
 }
 
 /// One document of the render, with what identifies it in messages.
@@ -38,7 +84,7 @@ pub struct Document {
 /// A document that is not a valid object of the pinned API: `(id, message)`.
 pub type SchemaError = (String, String);
 
-const KNOWN: &str = "apps/v1 Deployment, v1 Service/ServiceAccount/ConfigMap/Secret/Namespace/ResourceQuota/LimitRange, policy/v1 PodDisruptionBudget, autoscaling/v2 HorizontalPodAutoscaler, networking.k8s.io/v1 NetworkPolicy/Ingress, rbac.authorization.k8s.io/v1 Role/RoleBinding";
+const KNOWN: &str = "apps/v1 Deployment/StatefulSet, v1 Service/ServiceAccount/ConfigMap/Secret/Namespace/ResourceQuota/LimitRange, policy/v1 PodDisruptionBudget, autoscaling/v2 HorizontalPodAutoscaler, networking.k8s.io/v1 NetworkPolicy/Ingress, rbac.authorization.k8s.io/v1 Role/RoleBinding, monitoring.coreos.com/v1 ServiceMonitor";
 
 /// `spec.template.spec.containers[0].readinesProbe`: the path as people write it in YAML.
 fn field_path(path: &serde_ignored::Path<'_>) -> String {
@@ -84,6 +130,10 @@ pub fn parse(text: &str) -> (Vec<Document>, Vec<SchemaError>) {
         let mut unknown = Vec::new();
         let object = match (api_version.as_str(), kind.as_str()) {
             ("apps/v1", "Deployment") => typed(value, &mut unknown).map(|o| Object::Deployment(Box::new(o))),
+            ("apps/v1", "StatefulSet") => typed(value, &mut unknown).map(|o| Object::StatefulSet(Box::new(o))),
+            ("monitoring.coreos.com/v1", "ServiceMonitor") => {
+                typed::<ServiceMonitor>(value, &mut unknown).map(|_| Object::Other)
+            }
             ("v1", "Service") => typed::<Service>(value, &mut unknown).map(|_| Object::Other),
             ("v1", "ServiceAccount") => typed::<ServiceAccount>(value, &mut unknown).map(|_| Object::Other),
             ("v1", "ConfigMap") => typed::<ConfigMap>(value, &mut unknown).map(|_| Object::Other),

@@ -334,6 +334,14 @@ pub struct Service {
     pub port: u16,
     /// Its readiness path (`/ready`).
     pub ready: String,
+    /// What its metadata says it needs (`postgres`, `redis`, other services).
+    #[serde(default)]
+    pub needs: Vec<String>,
+}
+
+/// `k8s-policy check` arguments saying what each service needs (rule `needs-egress`).
+pub fn needs_args(services: &[Service]) -> Vec<String> {
+    services.iter().flat_map(|s| ["--needs".to_string(), format!("{}={}", s.name, s.needs.join(","))]).collect()
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -454,7 +462,7 @@ mod tests {
         let facts = DeployFacts {
             root: "/repo".into(),
             target_dir: "/repo/target".into(),
-            services: vec![Service { name: "api".into(), port: 8080, ready: "/ready".into() }],
+            services: vec![Service { name: "api".into(), port: 8080, ready: "/ready".into(), needs: vec!["postgres".into()] }],
             revision: "abc".into(),
             images: "/repo/target/xtask/images.json".into(),
             compose: Some(vec!["docker-compose".into()]),

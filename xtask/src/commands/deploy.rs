@@ -81,6 +81,18 @@ fn binary(ctx: &Ctx, name: &str) -> PathBuf {
 }
 
 /// Build the deployer (and, for Kubernetes, the policy checker), write the facts, hand off.
+/// The workspace's services as the deployer and the manifest checker are told of them.
+pub fn handoff_services(ws: &crate::workspace::Workspace) -> Vec<Service> {
+    ws.services()
+        .map(|(name, meta)| Service {
+            name: name.clone(),
+            port: meta.port,
+            ready: meta.ready.clone(),
+            needs: meta.needs.clone(),
+        })
+        .collect()
+}
+
 pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     let (verb, env, target, flags) = match &args.action {
         None => {
@@ -113,10 +125,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
     let facts = DeployFacts {
         root: ctx.root.clone(),
         target_dir: ws.target_dir.clone(),
-        services: ws
-            .services()
-            .map(|(name, meta)| Service { name: name.clone(), port: meta.port, ready: meta.ready.clone() })
-            .collect(),
+        services: handoff_services(&ws),
         revision: image::Revision::of(&ctx.root).map_or_else(|_| "unknown".to_string(), |r| r.sha),
         images: image::manifest_path(&ws),
         compose: match target {

@@ -73,18 +73,21 @@ pub fn render_step(repo: &Path, name: &str, env: &str, to: &Path) -> Step {
     )
 }
 
-/// The k8s-policy invocation over renders (`env`, file), optionally requiring pinned digests.
-pub fn policy_step(ctx: &Ctx, name: &str, renders: &[(String, PathBuf)], require_digests: bool) -> Step {
+/// The k8s-policy invocation over renders (`env`, file), optionally requiring pinned digests,
+/// told what each service needs.
+pub fn policy_step(ctx: &Ctx, name: &str, renders: &[(String, PathBuf)], require_digests: bool) -> Result<Step> {
+    let services = crate::commands::deploy::handoff_services(&ctx.workspace()?);
     let mut args: Vec<String> =
         ["run", "--locked", "--quiet", "-p", "k8s-policy", "--", "check"].map(String::from).to_vec();
     for (env, file) in renders {
         args.push("--env".into());
         args.push(format!("{env}={}", file.display()));
     }
+    args.extend(xtask_kit::handoff::needs_args(&services));
     if require_digests {
         args.push("--require-digests".into());
     }
-    Step::cargo(name, "schema (Kubernetes 1.33 types) and policy checks", args, &ctx.root)
+    Ok(Step::cargo(name, "schema (Kubernetes 1.33 types) and policy checks", args, &ctx.root))
 }
 
 pub fn validate_plan(ctx: &Ctx, args: &ValidateArgs) -> Result<Plan> {
@@ -101,7 +104,7 @@ pub fn validate_plan(ctx: &Ctx, args: &ValidateArgs) -> Result<Plan> {
         plan.push(render_step(&ctx.root, &format!("k8s:render:{env}"), env, &file));
         renders.push((env.clone(), file));
     }
-    plan.push(policy_step(ctx, "k8s:policy", &renders, false));
+    plan.push(policy_step(ctx, "k8s:policy", &renders, false)?);
     Ok(plan)
 }
 
@@ -124,6 +127,8 @@ mod tests {
         assert!(check.contains("-p k8s-policy -- check --env dev="), "{check}");
         assert!(check.contains("--env prod=") && check.contains("rendered/prod.yaml"), "{check}");
         assert!(!check.contains("--require-digests"), "{check}");
+        // What each service needs, from its metadata, for rule `needs-egress`.
+        assert!(check.contains("--needs api=postgres,redis") && check.contains("--needs gateway=api"), "{check}");
     }
 
     #[test]
