@@ -221,14 +221,21 @@ impl Cluster {
 
     /// The namespace and these Secrets (name, keys) in it, applied behind deploy's back.
     fn seed(&self, namespace: &str, secrets: &[(&str, &[&str])]) {
-        let mut items =
-            vec![serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})];
-        for (name, keys) in secrets {
+        let items = secrets.iter().map(|(name, keys)| {
             let data: serde_json::Map<String, serde_json::Value> =
                 keys.iter().map(|k| (k.to_string(), "c2VjcmV0".into())).collect();
-            items.push(serde_json::json!({"apiVersion": "v1", "kind": "Secret",
-                "metadata": {"name": name, "namespace": namespace}, "data": data}));
-        }
+            serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": name, "namespace": namespace}, "data": data})
+        });
+        self.seed_objects(namespace, items.collect());
+    }
+
+    /// The namespace and these objects in it, applied behind deploy's back (as a cluster admin
+    /// or External Secrets would).
+    fn seed_objects(&self, namespace: &str, objects: Vec<serde_json::Value>) {
+        let mut items =
+            vec![serde_json::json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})];
+        items.extend(objects);
         let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": items});
         let file = self.state.path().join(format!("seed-{namespace}.json"));
         std::fs::write(&file, list.to_string()).expect("seed");
@@ -830,6 +837,37 @@ fn dev_runs_postgres_and_redis_in_its_namespace_and_staging_reaches_its_managed_
         assert_eq!(egress["spec"]["egress"][0]["to"][0]["ipBlock"]["cidr"], cidr, "{egress}");
         assert_eq!(egress["spec"]["egress"][0]["ports"][0]["port"], port, "{egress}");
     }
+}
+
+/// A quota the render does not know (a cluster admin's) is enforced when pods are created, not
+/// when the Deployment is applied: the server dry run admits the release, and the controller
+/// reports `ReplicaFailure`. Deploy names the refusal as soon as it is reported, instead of
+/// waiting out the rollout timeout.
+#[test]
+fn pods_a_quota_refuses_fail_the_rollout_at_once_with_the_servers_message() {
+    let cluster = Cluster::new();
+    let quota = serde_json::json!({"apiVersion": "v1", "kind": "ResourceQuota",
+        "metadata": {"name": "team-budget", "namespace": "platform-staging"}, "spec": {"hard": {"limits.cpu": "2"}}});
+    cluster.seed_objects("platform-staging", vec![quota]);
+    let v1 = manifest(cluster.state.path(), 1, true);
+    let out = cluster.xtask(
+        "success",
+        "",
+        &["deploy", "--env", "staging", "--images", v1.to_str().expect("utf-8"), "--timeout", "5m", "--no-verify"],
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", said(&out));
+    let err = text(&out.stderr);
+    // api and gateway (2 pods of 500m each) take the 2 cores; the worker's first pod is refused.
+    assert!(
+        err.contains(r#"worker: its pods are refused (FailedCreate): pods "worker-7d4b9c-x0" is forbidden: exceeded quota: team-budget, requested: limits.cpu=500m, used: limits.cpu=2, limited: limits.cpu=2"#),
+        "{err}"
+    );
+    assert!(!err.contains("rollout did not finish"), "named at once, not at the timeout: {err}");
+    let applies: Vec<Vec<String>> = cluster.calls().into_iter().filter(|c| c[0] == "apply").collect();
+    assert!(
+        applies.iter().any(|a| a.contains(&"--dry-run=server".to_string())),
+        "the dry run admitted it: {applies:?}"
+    );
 }
 
 /// Pod Security `restricted`: a pod template without the restricted settings is admitted with a

@@ -285,6 +285,8 @@ struct Waiting {
 struct Condition {
     r#type: String,
     status: String,
+    reason: String,
+    message: String,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -324,6 +326,7 @@ struct Container {
 #[serde(default, rename_all = "camelCase")]
 struct DeploymentStatus {
     ready_replicas: u32,
+    conditions: Vec<Condition>,
 }
 
 #[derive(Deserialize, Debug, Default)]
@@ -705,6 +708,24 @@ fn stuck_pods(pods: &List<Pod>, deployments: &[String]) -> Vec<String> {
     found
 }
 
+/// Deployments whose pods the API server refuses to create (a ResourceQuota exceeded, a
+/// LimitRange or an admission webhook at pod creation): the controller sets `ReplicaFailure`
+/// (https://kubernetes.io/docs/reference/kubernetes-api/workload-resources/deployment-v1/#DeploymentStatus),
+/// and waiting longer will not fix it.
+fn refused_deployments(list: &List<Deployment>, deployments: &[String]) -> Vec<String> {
+    list.items
+        .iter()
+        .filter(|d| deployments.contains(&d.metadata.name))
+        .flat_map(|d| {
+            d.status
+                .conditions
+                .iter()
+                .filter(|c| c.r#type == "ReplicaFailure" && c.status == "True")
+                .map(|c| format!("{}: its pods are refused ({}): {}", d.metadata.name, c.reason, c.message.trim()))
+        })
+        .collect()
+}
+
 fn unready_pods(pods: &List<Pod>, deployments: &[String]) -> Vec<String> {
     our_pods(pods, deployments)
         .filter(|(_, pod)| !pod.status.conditions.iter().any(|c| c.r#type == "Ready" && c.status == "True"))
@@ -732,7 +753,7 @@ fn wait_rollouts(kube: &Kube, namespace: &str, deployments: &[String], timeout: 
     let mut failures = Vec::new();
     let mut pending: Vec<(String, Child)> = waits;
     eprintln!(
-        "watching pods meanwhile (kubectl get pods -n {namespace} -o json, every second) for states that will not recover"
+        "watching pods and deployments meanwhile (kubectl get pods,deployments -n {namespace} -o json, every second) for states that will not recover"
     );
     while !pending.is_empty() {
         let mut still = Vec::new();
@@ -752,18 +773,24 @@ fn wait_rollouts(kube: &Kube, namespace: &str, deployments: &[String], timeout: 
         if pending.is_empty() {
             break;
         }
+        let mut stuck = Vec::new();
         if let Ok(out) = kube.quiet_output(&["get", "pods", "-n", namespace, "-o", "json"])
             && let Ok(pods) = serde_json::from_slice::<List<Pod>>(&out.stdout)
         {
-            let stuck = stuck_pods(&pods, deployments);
-            if !stuck.is_empty() {
-                for (_, mut child) in pending {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
-                failures.extend(stuck);
-                return Err(failures);
+            stuck.extend(stuck_pods(&pods, deployments));
+        }
+        if let Ok(out) = kube.quiet_output(&["get", "deployments", "-n", namespace, "-o", "json"])
+            && let Ok(list) = serde_json::from_slice::<List<Deployment>>(&out.stdout)
+        {
+            stuck.extend(refused_deployments(&list, deployments));
+        }
+        if !stuck.is_empty() {
+            for (_, mut child) in pending {
+                let _ = child.kill();
+                let _ = child.wait();
             }
+            failures.extend(stuck);
+            return Err(failures);
         }
         if started.elapsed() > timeout + Duration::from_secs(30) {
             for (name, mut child) in pending {
@@ -1349,6 +1376,26 @@ mod tests {
         assert_eq!(repository("127.0.0.1:5000/api:v1"), "127.0.0.1:5000/api");
         assert_eq!(repository("127.0.0.1:5000/api"), "127.0.0.1:5000/api");
         assert_eq!(repository(A), "127.0.0.1:5000/api");
+    }
+
+    #[test]
+    fn deployments_whose_pods_are_refused_are_named_with_the_servers_message() {
+        let list: List<Deployment> = serde_json::from_value(serde_json::json!({"items": [
+            {"metadata": {"name": "worker"}, "status": {"conditions": [
+                {"type": "Available", "status": "True"},
+                {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                 "message": "pods \"worker-1\" is forbidden: exceeded quota: team, requested: pods=1, used: pods=4, limited: pods=4"}]}},
+            {"metadata": {"name": "api"}, "status": {"conditions": [{"type": "ReplicaFailure", "status": "False"}]}},
+            {"metadata": {"name": "other"}, "status": {"conditions": [{"type": "ReplicaFailure", "status": "True"}]}}
+        ]}))
+        .expect("list");
+        let refused = refused_deployments(&list, &["api".into(), "worker".into()]);
+        assert_eq!(
+            refused,
+            [
+                "worker: its pods are refused (FailedCreate): pods \"worker-1\" is forbidden: exceeded quota: team, requested: pods=1, used: pods=4, limited: pods=4"
+            ]
+        );
     }
 
     #[test]

@@ -40,6 +40,10 @@ pub fn rules() -> &'static [(&'static str, &'static str)] {
         ),
         ("ingress-tls", "outside dev, every Ingress serves TLS for each of its hosts"),
         (
+            "quota-fits",
+            "the namespace's ResourceQuota holds the render at full scale (HPA maxima, rollout surge, StatefulSets, volumes) and no container exceeds the LimitRange max",
+        ),
+        (
             "needs-egress",
             "every dependency a service `needs` is reachable: its pods in the render, or an ipBlock annotated `xtask/egress-to` (a real CIDR outside dev)",
         ),
@@ -468,6 +472,195 @@ fn check_needs(docs: &[Document], ctx: Context, needs: &BTreeMap<String, Vec<Str
     }
 }
 
+/// A Kubernetes quantity (`500m`, `2`, `256Mi`, `1G`, `1e3`) as a number of units (cores,
+/// bytes); `None` when it is not one.
+pub fn quantity(text: &str) -> Option<f64> {
+    let text = text.trim();
+    let suffixes: &[(&str, f64)] = &[
+        ("Ki", 1024.0),
+        ("Mi", 1024f64.powi(2)),
+        ("Gi", 1024f64.powi(3)),
+        ("Ti", 1024f64.powi(4)),
+        ("Pi", 1024f64.powi(5)),
+        ("Ei", 1024f64.powi(6)),
+        ("m", 1e-3),
+        ("k", 1e3),
+        ("M", 1e6),
+        ("G", 1e9),
+        ("T", 1e12),
+        ("P", 1e15),
+        ("E", 1e18),
+    ];
+    let (number, factor) =
+        suffixes.iter().find_map(|(s, f)| text.strip_suffix(s).map(|n| (n, *f))).unwrap_or((text, 1.0));
+    let value: f64 = number.parse().ok()?;
+    (value.is_finite() && value >= 0.0).then_some(value * factor)
+}
+
+/// What one pod of a template asks for: resource (`requests.cpu`, `limits.memory`, ...) -> amount,
+/// with the LimitRange's defaults for a container that names none.
+fn pod_resources(spec: &PodSpec, defaults: &BTreeMap<String, f64>) -> BTreeMap<String, f64> {
+    let mut total = BTreeMap::new();
+    for c in &spec.containers {
+        let resources = c.resources.as_ref();
+        for (part, map) in [
+            ("requests", resources.and_then(|r| r.requests.as_ref())),
+            ("limits", resources.and_then(|r| r.limits.as_ref())),
+        ] {
+            for name in ["cpu", "memory"] {
+                let key = format!("{part}.{name}");
+                let amount = map
+                    .and_then(|m| m.get(name))
+                    .and_then(|q| quantity(&q.0))
+                    .or_else(|| defaults.get(&key).copied())
+                    .unwrap_or(0.0);
+                *total.entry(key).or_insert(0.0) += amount;
+            }
+        }
+    }
+    total
+}
+
+/// Human units for a resource amount.
+fn amount(resource: &str, value: f64) -> String {
+    if resource.ends_with("memory") {
+        format!("{:.2}Gi", value / 1024f64.powi(3))
+    } else {
+        format!("{}", (value * 1000.0).round() / 1000.0)
+    }
+}
+
+/// The namespace's ResourceQuota holds the render at full scale (every HPA at maxReplicas plus
+/// every rollout's surge, StatefulSets and their volumes, Service types), and no container
+/// asks for more than the LimitRange's max: otherwise pods are refused at creation, after the
+/// release was applied, and the HPA cannot scale at a peak.
+fn check_quota(docs: &[Document], out: &mut Vec<Violation>) {
+    use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    let namespaces: std::collections::BTreeSet<&Option<String>> = docs.iter().map(|d| &d.namespace).collect();
+    let maxima: BTreeMap<(Option<&str>, &str), i32> = docs
+        .iter()
+        .filter_map(|d| match &d.object {
+            Object::HorizontalPodAutoscaler(h) => {
+                let spec = h.spec.as_ref()?;
+                Some(((d.namespace.as_deref(), spec.scale_target_ref.name.as_str()), spec.max_replicas))
+            }
+            _ => None,
+        })
+        .collect();
+    for ns in namespaces {
+        let in_ns = || docs.iter().filter(move |d| &d.namespace == ns);
+        // The LimitRange's container defaults and maxima.
+        let mut defaults = BTreeMap::new();
+        let mut max: Vec<(String, String, f64)> = Vec::new();
+        for doc in in_ns() {
+            let Object::LimitRange(lr) = &doc.object else { continue };
+            for item in lr.spec.iter().flat_map(|s| s.limits.iter()).filter(|l| l.type_ == "Container") {
+                for (part, map) in [("limits", item.default.as_ref()), ("requests", item.default_request.as_ref())] {
+                    for (name, q) in map.into_iter().flatten() {
+                        if let Some(v) = quantity(&q.0) {
+                            defaults.insert(format!("{part}.{name}"), v);
+                        }
+                    }
+                }
+                for (name, q) in item.max.iter().flatten() {
+                    if let Some(v) = quantity(&q.0) {
+                        max.push((doc.id.clone(), name.clone(), v));
+                    }
+                }
+            }
+        }
+        let mut used: BTreeMap<String, f64> = BTreeMap::new();
+        let mut add = |key: &str, v: f64| *used.entry(key.to_string()).or_insert(0.0) += v;
+        for w in workloads(docs).filter(|w| &w.doc.namespace == ns) {
+            let Some(spec) = w.template.spec.as_ref() else { continue };
+            for c in &spec.containers {
+                let limits = c.resources.as_ref().and_then(|r| r.limits.as_ref());
+                for (limit_range, name, most) in &max {
+                    let asked = limits.and_then(|l| l.get(name)).and_then(|q| quantity(&q.0));
+                    if let Some(asked) = asked.filter(|a| a > most) {
+                        out.push(Violation {
+                            rule: "quota-fits",
+                            object: w.doc.id.clone(),
+                            message: format!(
+                                "container `{}` limits {name} to {}, above the {} max of {limit_range}: its pods would be refused at creation",
+                                c.name,
+                                amount(name, asked),
+                                amount(name, *most)
+                            ),
+                        });
+                    }
+                }
+            }
+            let (pods, claims) = match &w.doc.object {
+                Object::Deployment(d) => {
+                    let spec = d.spec.as_ref();
+                    let base = maxima
+                        .get(&(w.doc.namespace.as_deref(), w.name))
+                        .copied()
+                        .or(spec.and_then(|s| s.replicas))
+                        .unwrap_or(1);
+                    // A rolling update's surge: maxSurge (25% when unset, as the API defaults it).
+                    let strategy = spec.and_then(|s| s.strategy.as_ref());
+                    let percent = |pct: f64| (f64::from(base) * pct / 100.0).ceil() as i32;
+                    let surge = match strategy
+                        .and_then(|s| s.rolling_update.as_ref())
+                        .and_then(|r| r.max_surge.as_ref())
+                    {
+                        _ if strategy.and_then(|s| s.type_.as_deref()) == Some("Recreate") => 0,
+                        Some(IntOrString::Int(n)) => *n,
+                        Some(IntOrString::String(pct)) => percent(pct.trim_end_matches('%').parse().unwrap_or(25.0)),
+                        None => percent(25.0),
+                    };
+                    (base + surge, 0)
+                }
+                Object::StatefulSet(s) => {
+                    let spec = s.spec.as_ref();
+                    let replicas = spec.and_then(|s| s.replicas).unwrap_or(1);
+                    let templates = spec.and_then(|s| s.volume_claim_templates.as_ref()).map_or(0, Vec::len);
+                    (replicas, replicas * i32::try_from(templates).unwrap_or(i32::MAX))
+                }
+                _ => continue,
+            };
+            add("pods", f64::from(pods));
+            add("persistentvolumeclaims", f64::from(claims));
+            for (key, v) in pod_resources(spec, &defaults) {
+                add(&key, v * f64::from(pods));
+            }
+        }
+        for doc in in_ns() {
+            let Object::Service(s) = &doc.object else { continue };
+            match s.spec.as_ref().and_then(|s| s.type_.as_deref()) {
+                Some("LoadBalancer") => add("services.loadbalancers", 1.0),
+                Some("NodePort") => add("services.nodeports", 1.0),
+                _ => {}
+            }
+        }
+        for doc in in_ns() {
+            let Object::ResourceQuota(q) = &doc.object else { continue };
+            for (name, hard) in q.spec.iter().flat_map(|s| s.hard.iter().flatten()) {
+                let Some(hard) = quantity(&hard.0) else { continue };
+                // `cpu` and `memory` in a quota mean the requests.
+                let key = match name.as_str() {
+                    "cpu" | "memory" => format!("requests.{name}"),
+                    other => other.to_string(),
+                };
+                let Some(need) = used.get(&key).copied() else { continue };
+                if need > hard + 1e-9 {
+                    out.push(Violation {
+                        rule: "quota-fits",
+                        object: doc.id.clone(),
+                        message: format!(
+                            "{name} at full scale (every HPA at maxReplicas, every rollout surging, StatefulSets and their volumes) is {}, above the hard {}: raise the quota or lower the bounds",
+                            amount(&key, need),
+                            amount(&key, hard)
+                        ),
+                    });
+                }
+            }
+        }
+    }
+}
+
 /// The deployer's Role (infra/k8s/deployer), checked when it is given with the render.
 pub const DEPLOYER_ROLE: &str = "xtask-deployer";
 /// What applying and pruning a kind takes.
@@ -568,6 +761,7 @@ pub fn check(docs: &[Document], ctx: Context, needs: &BTreeMap<String, Vec<Strin
     check_ingress_tls(docs, ctx, &mut out);
     check_deployer_role(docs, &kinds, &mut out);
     check_needs(docs, ctx, needs, &mut out);
+    check_quota(docs, &mut out);
     for w in workloads(docs) {
         if let Some(spec) = w.template.spec.as_ref() {
             check_pod(&w.doc.id, spec, ctx, &mut out);
@@ -620,4 +814,27 @@ pub fn check(docs: &[Document], ctx: Context, needs: &BTreeMap<String, Vec<Strin
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantity;
+
+    #[test]
+    fn quantities_read_as_kubernetes_writes_them() {
+        for (text, want) in [
+            ("500m", 0.5),
+            ("2", 2.0),
+            ("1.5", 1.5),
+            ("256Mi", 256.0 * 1024.0 * 1024.0),
+            ("2Gi", 2.0 * 1024f64.powi(3)),
+            ("1G", 1e9),
+            ("64k", 64e3),
+        ] {
+            assert_eq!(quantity(text), Some(want), "{text}");
+        }
+        for bad in ["", "lots", "-1", "1Xi"] {
+            assert_eq!(quantity(bad), None, "{bad}");
+        }
+    }
 }

@@ -22,6 +22,9 @@ pub enum Object {
     Namespace(Box<Namespace>),
     Ingress(Box<Ingress>),
     Role(Box<Role>),
+    ResourceQuota(Box<ResourceQuota>),
+    LimitRange(Box<LimitRange>),
+    Service(Box<Service>),
     Secret,
     /// Checked against its type, and no rule looks further.
     Other,
@@ -134,13 +137,13 @@ pub fn parse(text: &str) -> (Vec<Document>, Vec<SchemaError>) {
             ("monitoring.coreos.com/v1", "ServiceMonitor") => {
                 typed::<ServiceMonitor>(value, &mut unknown).map(|_| Object::Other)
             }
-            ("v1", "Service") => typed::<Service>(value, &mut unknown).map(|_| Object::Other),
+            ("v1", "Service") => typed(value, &mut unknown).map(|o| Object::Service(Box::new(o))),
             ("v1", "ServiceAccount") => typed::<ServiceAccount>(value, &mut unknown).map(|_| Object::Other),
             ("v1", "ConfigMap") => typed::<ConfigMap>(value, &mut unknown).map(|_| Object::Other),
             ("v1", "Secret") => typed::<Secret>(value, &mut unknown).map(|_| Object::Secret),
             ("v1", "Namespace") => typed(value, &mut unknown).map(|o| Object::Namespace(Box::new(o))),
-            ("v1", "ResourceQuota") => typed::<ResourceQuota>(value, &mut unknown).map(|_| Object::Other),
-            ("v1", "LimitRange") => typed::<LimitRange>(value, &mut unknown).map(|_| Object::Other),
+            ("v1", "ResourceQuota") => typed(value, &mut unknown).map(|o| Object::ResourceQuota(Box::new(o))),
+            ("v1", "LimitRange") => typed(value, &mut unknown).map(|o| Object::LimitRange(Box::new(o))),
             ("policy/v1", "PodDisruptionBudget") => {
                 typed(value, &mut unknown).map(|o| Object::PodDisruptionBudget(Box::new(o)))
             }

@@ -462,7 +462,12 @@ mod tests {
         let facts = DeployFacts {
             root: "/repo".into(),
             target_dir: "/repo/target".into(),
-            services: vec![Service { name: "api".into(), port: 8080, ready: "/ready".into(), needs: vec!["postgres".into()] }],
+            services: vec![Service {
+                name: "api".into(),
+                port: 8080,
+                ready: "/ready".into(),
+                needs: vec!["postgres".into()],
+            }],
             revision: "abc".into(),
             images: "/repo/target/xtask/images.json".into(),
             compose: Some(vec!["docker-compose".into()]),
