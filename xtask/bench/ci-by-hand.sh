@@ -40,3 +40,8 @@ CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static -
 mkdir -p "$target"/xtask/k8s/rendered
 for env in dev prod staging; do kubectl kustomize infra/k8s/overlays/$env > "$target"/xtask/k8s/rendered/$env.yaml; done
 cargo run --locked --quiet -p k8s-policy -- check --env dev="$target"/xtask/k8s/rendered/dev.yaml --env prod="$target"/xtask/k8s/rendered/prod.yaml --env staging="$target"/xtask/k8s/rendered/staging.yaml --needs api=postgres,redis --needs gateway=api --needs worker=postgres,redis
+
+# The alert rules: valid, and their unit tests (the generated files' freshness has no by-hand
+# equivalent).
+promtool check rules infra/monitoring/rules/platform.yml infra/monitoring/rules/slo/*.yml
+(cd infra/monitoring/tests && promtool test rules *.yml)

@@ -81,6 +81,7 @@ pub enum Command {
     Doctor(commands::doctor::Args),
     Setup(commands::setup::Args),
     Workflows(commands::workflows::Args),
+    Alerts(commands::alerts::Args),
     Ci(commands::ci::Args),
 }
 

@@ -230,6 +230,17 @@ pub const PROMETHEUS: Tool = Tool {
     install_hint: "cargo xtask setup (apt-get install prometheus)",
 };
 
+/// Prometheus' rule checker and unit-test runner (the `prometheus` package ships it).
+pub const PROMTOOL: Tool = Tool {
+    name: "promtool",
+    binary: "promtool",
+    version_args: &["--version"],
+    source: Source::Apt("prometheus"),
+    minimum: Some("2.40"),
+    needed_by: &["alerts --check (promtool check rules, promtool test rules)"],
+    install_hint: "cargo xtask setup (apt-get install prometheus)",
+};
+
 /// The version of `docker compose` (v2), a docker plugin rather than a binary on PATH; `dev`
 /// prefers it to docker-compose 1.29 and `setup` does not install v1 beside it.
 pub fn compose_v2() -> Option<String> {
@@ -258,6 +269,7 @@ pub const ALL: &[&Tool] = &[
     &SKOPEO,
     &DEBOOTSTRAP,
     &PROMETHEUS,
+    &PROMTOOL,
     &KUBECTL,
 ];
 

@@ -322,6 +322,17 @@ impl JobQueue {
     pub async fn queue_depth(&self) -> Result<i64, sqlx::Error> {
         sqlx::query_scalar("SELECT count(*) FROM jobs WHERE status = 'queued'").fetch_one(&self.pool).await
     }
+
+    /// How long the oldest job that could run now has been waiting, in seconds (0 when none
+    /// waits): a queue that stops draining shows here before its depth grows.
+    pub async fn oldest_waiting_seconds(&self) -> Result<f64, sqlx::Error> {
+        sqlx::query_scalar(
+            "SELECT COALESCE(EXTRACT(EPOCH FROM now() - min(run_at)), 0)::float8 \
+             FROM jobs WHERE status = 'queued' AND run_at <= now()",
+        )
+        .fetch_one(&self.pool)
+        .await
+    }
 }
 
 /// Exponential backoff for attempt `n` (1-based): base, 2x base, 4x base, ... capped.

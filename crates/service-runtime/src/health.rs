@@ -62,23 +62,32 @@ impl Readiness {
         self.draining.load(Ordering::SeqCst)
     }
 
-    /// Run every check; `(ready, details)` where details name each check's result.
-    pub async fn report(&self) -> (bool, Value) {
-        let mut ready = !self.is_draining();
-        let mut details = Map::new();
+    /// Run every check: (name, gates readiness, the problem if it failed).
+    pub async fn check_all(&self) -> Vec<(String, bool, Option<String>)> {
+        let mut out = Vec::new();
         for (name, check, hard) in &self.checks {
             let problem = match tokio::time::timeout(CHECK_TIMEOUT, check()).await {
                 Ok(Ok(())) => None,
                 Ok(Err(e)) => Some(e),
                 Err(_) => Some(format!("no answer within {}s", CHECK_TIMEOUT.as_secs())),
             };
+            out.push((name.clone(), *hard, problem));
+        }
+        out
+    }
+
+    /// Run every check; `(ready, details)` where details name each check's result.
+    pub async fn report(&self) -> (bool, Value) {
+        let mut ready = !self.is_draining();
+        let mut details = Map::new();
+        for (name, hard, problem) in self.check_all().await {
             let outcome = match (&problem, hard) {
                 (None, _) => "ok".to_string(),
                 (Some(e), true) => format!("error: {e}"),
                 (Some(e), false) => format!("degraded: {e}"),
             };
-            ready &= !(*hard && problem.is_some());
-            details.insert(name.clone(), Value::String(outcome));
+            ready &= !(hard && problem.is_some());
+            details.insert(name, Value::String(outcome));
         }
         let status = if self.is_draining() {
             "draining"

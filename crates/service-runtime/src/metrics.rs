@@ -58,6 +58,7 @@ pub struct Metrics {
     pub requests: Family<Labels, Counter>,
     pub latency: Family<Labels, Histogram, fn() -> Histogram>,
     pub in_flight: Gauge,
+    dependencies: Family<Labels, Gauge>,
 }
 
 impl Metrics {
@@ -81,13 +82,31 @@ impl Metrics {
             latency.clone(),
         );
         registry.register("http_requests_in_flight", "HTTP requests being handled now", in_flight.clone());
+        let dependencies = Family::<Labels, Gauge>::default();
+        registry.register(
+            "dependency_up",
+            "1 when the dependency answered its check at the last scrape, by dependency",
+            dependencies.clone(),
+        );
         registry.register("build_info", "The running build: service, version and git commit", build_info);
         // When this process started: a change is a restart (`deploy verify` counts them).
         let started = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         started
             .set(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64()));
         registry.register("process_start_time_seconds", "Start time of the process since the Unix epoch", started);
-        Metrics { registry: Arc::new(Mutex::new(registry)), handles: Arc::default(), requests, latency, in_flight }
+        Metrics {
+            registry: Arc::new(Mutex::new(registry)),
+            handles: Arc::default(),
+            requests,
+            latency,
+            in_flight,
+            dependencies,
+        }
+    }
+
+    /// Whether a dependency (`postgres`, `redis`, ...) answered its last check.
+    pub fn set_dependency(&self, name: &str, up: bool) {
+        self.dependencies.get_or_create(&vec![("dependency".into(), name.to_string())]).set(i64::from(up));
     }
 
     /// Add a service-specific metric (call before serving).

@@ -153,7 +153,7 @@ impl Server {
             .layer(middleware::from_fn_with_state(faults, inject_faults))
             .route("/healthz", get(|| async { "ok" }))
             .route("/readyz", get(readyz).with_state(self.readiness.clone()))
-            .route("/metrics", get(metrics_text).with_state(self.metrics.clone()))
+            .route("/metrics", get(metrics_text).with_state((self.metrics.clone(), self.readiness.clone())))
             .layer(middleware::from_fn_with_state(self.metrics.clone(), observe))
             .layer(middleware::from_fn_with_state(self.readiness.clone(), close_when_draining));
         let serving = axum::serve(listener, router).with_graceful_shutdown(self.stop_accepting());
@@ -283,7 +283,12 @@ async fn readyz(State(readiness): State<Readiness>) -> Response {
     (status, axum::Json(details)).into_response()
 }
 
-async fn metrics_text(State(metrics): State<Metrics>) -> Response {
+/// The metrics, with every dependency checked first (`dependency_up`): a scrape sees Postgres
+/// or Redis down even where nothing polls `/readyz`.
+async fn metrics_text(State((metrics, readiness)): State<(Metrics, Readiness)>) -> Response {
+    for (name, _, problem) in readiness.check_all().await {
+        metrics.set_dependency(&name, problem.is_none());
+    }
     let mut response = metrics.render().into_response();
     response.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -428,7 +433,7 @@ pub async fn builtin_endpoint(path: &str, readiness: &Readiness, metrics: &Metri
     Some(match builtin_route(path)? {
         "/healthz" => "ok".into_response(),
         "/readyz" => readyz(State(readiness.clone())).await,
-        _ => metrics_text(State(metrics.clone())).await,
+        _ => metrics_text(State((metrics.clone(), readiness.clone()))).await,
     })
 }
 

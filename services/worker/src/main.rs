@@ -64,6 +64,7 @@ impl Config {
 #[derive(Clone)]
 struct JobMetrics {
     queue_depth: Gauge,
+    queue_oldest: Gauge<f64, std::sync::atomic::AtomicU64>,
     in_progress: Gauge,
     duration: Family<Labels, Histogram, fn() -> Histogram>,
     attempts: Family<Labels, Counter>,
@@ -76,6 +77,7 @@ impl JobMetrics {
     fn register(metrics: &Metrics) -> JobMetrics {
         let m = JobMetrics {
             queue_depth: Gauge::default(),
+            queue_oldest: Gauge::default(),
             in_progress: Gauge::default(),
             duration: Family::new_with_constructor(latency_histogram),
             attempts: Family::default(),
@@ -84,6 +86,11 @@ impl JobMetrics {
             lost_leases: Counter::default(),
         };
         metrics.register("job_queue_depth", "Jobs waiting to run", m.queue_depth.clone());
+        metrics.register(
+            "job_queue_oldest_seconds",
+            "How long the oldest job that could run now has waited",
+            m.queue_oldest.clone(),
+        );
         metrics.register("jobs_in_progress", "Jobs this worker is running now", m.in_progress.clone());
         metrics.register("job_duration_seconds", "Time to run one attempt, by kind and outcome", m.duration.clone());
         metrics.register("job_attempts", "Attempts started, by kind", m.attempts.clone());
@@ -320,6 +327,9 @@ impl Worker {
         while !shutdown.is_triggered() {
             if let Ok(depth) = self.queue.queue_depth().await {
                 self.metrics.queue_depth.set(depth);
+            }
+            if let Ok(age) = self.queue.oldest_waiting_seconds().await {
+                self.metrics.queue_oldest.set(age);
             }
             tokio::select! {
                 () = tokio::time::sleep(Duration::from_secs(2)) => {}

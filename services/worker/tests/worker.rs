@@ -136,6 +136,42 @@ fn a_poison_job_is_dead_lettered_after_its_attempts() {
     assert!(metrics.contains("job_queue_depth"), "{metrics}");
 }
 
+/// The queue's age is the oldest job that could run now: one that waits counts, one scheduled
+/// for later does not; the worker exports it (with the depth) for the alert rules.
+#[test]
+fn the_oldest_waiting_job_is_measured_and_exported() {
+    let db = fresh_database("worker_age");
+    let redis = redis_url();
+    let empty = with_queue(&db, async |q| q.oldest_waiting_seconds().await.expect("age"));
+    assert_eq!(empty, 0.0, "nothing waits");
+    let waiting = enqueue(&db, JobSpec::Sleep { duration_ms: 1 }, 1);
+    let later = enqueue(&db, JobSpec::Sleep { duration_ms: 1 }, 1);
+    block_on(async {
+        let pool = PgPoolOptions::new().max_connections(1).connect(&db).await.expect("connect");
+        sqlx::query("UPDATE jobs SET run_at = now() - interval '90 seconds' WHERE id = $1")
+            .bind(waiting)
+            .execute(&pool)
+            .await
+            .expect("age one");
+        sqlx::query("UPDATE jobs SET run_at = now() + interval '1 hour' WHERE id = $1")
+            .bind(later)
+            .execute(&pool)
+            .await
+            .expect("schedule one");
+    });
+    let age = with_queue(&db, async |q| q.oldest_waiting_seconds().await.expect("age"));
+    assert!((90.0..120.0).contains(&age), "{age}");
+    let worker = start_worker(&db, &redis, &[("POLL_INTERVAL", "100ms")]);
+    wait_for_status(&db, waiting, Status::Succeeded, Duration::from_secs(10));
+    // Only the job scheduled for later is left: it does not wait yet.
+    let metrics = eventually("the worker to export the drained queue", Duration::from_secs(10), || {
+        let m = http("GET", &worker.url("/metrics"), &[], b"").ok()?.text();
+        m.contains("job_queue_oldest_seconds 0.0").then_some(m)
+    });
+    assert!(metrics.contains("job_queue_depth 1"), "{metrics}");
+    assert!(metrics.contains(r#"dependency_up{dependency="postgres"} 1"#), "{metrics}");
+}
+
 #[test]
 fn sigterm_lets_the_running_job_finish_then_exits_zero() {
     let db = fresh_database("worker_term");
@@ -197,5 +233,8 @@ fn without_redis_jobs_still_flow_by_polling_and_services_stay_ready() {
     wait_for_status(&db, id, Status::Succeeded, Duration::from_secs(10));
     let metrics = http("GET", &api.url("/metrics"), &[], b"").expect("metrics").text();
     assert!(metrics.contains("job_wakeup_failures_total 1"), "{metrics}");
+    // A scrape checks the dependencies: the alert rules read Redis down from here.
+    assert!(metrics.contains(r#"dependency_up{dependency="redis"} 0"#), "{metrics}");
+    assert!(metrics.contains(r#"dependency_up{dependency="postgres"} 1"#), "{metrics}");
     drop(worker);
 }

@@ -26,120 +26,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use xtask_kit::UsageError;
 use xtask_kit::process::Cmd;
 
-pub use xtask_kit::handoff::SLO_DIR;
-
-/// What an objective may hold a release to: (metric, what it is, its PromQL over `{sel}` and
-/// `{w}`, the value when Prometheus has no series (`None`: no data is a failure)).
-pub const METRICS: &[(&str, &str, &str, Option<f64>)] = &[
-    (
-        "error_ratio",
-        "share of requests answered 5xx",
-        r#"(sum(increase(http_requests_total{sel,status=~"5.."}[{w}])) or vector(0)) / sum(increase(http_requests_total{sel}[{w}]))"#,
-        None,
-    ),
-    (
-        "latency_p99_seconds",
-        "99th percentile of request latency",
-        r#"histogram_quantile(0.99, sum by (le) (rate(http_request_duration_seconds_bucket{sel}[{w}])))"#,
-        None,
-    ),
-    ("restarts", "process restarts", r#"sum(changes(process_start_time_seconds{jobs}[{w}]))"#, Some(0.0)),
-    ("readiness_flaps", "times a service's scrape went up or down", r#"sum(changes(up{jobs}[{w}]))"#, Some(0.0)),
-    (
-        "jobs_dead_lettered",
-        "jobs given up on after their last attempt",
-        r#"sum(increase(jobs_dead_lettered_total{jobs}[{w}]))"#,
-        Some(0.0),
-    ),
-];
-
-/// Request metrics of the built-in endpoints (health checks, scrapes) are not traffic.
-const NOT_TRAFFIC: &str = r#"route!~"/healthz|/readyz|/metrics""#;
-
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct SloFile {
-    pub verify: VerifySection,
-    #[serde(default, rename = "objective")]
-    pub objectives: Vec<Objective>,
-}
-
-#[derive(Deserialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct VerifySection {
-    #[serde(default = "default_window", deserialize_with = "duration")]
-    pub window: Duration,
-    /// A scenario name under infra/loadtest, or a path.
-    pub scenario: String,
-    pub target: String,
-    pub prometheus: String,
-    /// Requests per second the scenario sends (default: the scenario's own).
-    #[serde(default)]
-    pub rps: Option<u32>,
-    /// Prometheus jobs whose metrics count (default: every service of ours).
-    #[serde(default)]
-    pub jobs: Option<Vec<String>>,
-    /// After the window: time for Prometheus to scrape the last of it (default 12s, two scrapes).
-    #[serde(default = "default_settle", deserialize_with = "duration")]
-    pub settle: Duration,
-}
-
-#[derive(Deserialize, Serialize, Debug, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct Objective {
-    pub name: String,
-    pub metric: String,
-    pub max: f64,
-}
-
-fn default_window() -> Duration {
-    Duration::from_secs(120)
-}
-
-fn default_settle() -> Duration {
-    Duration::from_secs(12)
-}
-
-fn duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let text = String::deserialize(d)?;
-    xtask_kit::duration::flag(&text).map_err(serde::de::Error::custom)
-}
-
-/// The SLO file of `env`, checked; `None` when the environment has none.
-pub fn load(root: &Path, env: &str) -> Result<Option<(PathBuf, SloFile)>> {
-    let path = root.join(SLO_DIR).join(format!("{env}.toml"));
-    let text = match std::fs::read_to_string(&path) {
-        Ok(text) => text,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
-    let file = parse(&text).map_err(|e| UsageError(format!("{}: {e}", path.display())))?;
-    Ok(Some((path, file)))
-}
-
-pub fn parse(text: &str) -> Result<SloFile, String> {
-    let file: SloFile = toml::from_str(text).map_err(|e| e.message().to_string())?;
-    if file.objectives.is_empty() {
-        return Err("no [[objective]]: a verification holds a release to at least one".into());
-    }
-    for o in &file.objectives {
-        if !METRICS.iter().any(|(m, ..)| *m == o.metric) {
-            let known: Vec<&str> = METRICS.iter().map(|(m, ..)| *m).collect();
-            return Err(format!("objective `{}`: unknown metric `{}` (known: {})", o.name, o.metric, known.join(", ")));
-        }
-        if !o.max.is_finite() || o.max < 0.0 {
-            return Err(format!("objective `{}`: max must be a number of 0 or more", o.name));
-        }
-    }
-    if file.verify.window < Duration::from_secs(10) {
-        return Err("verify.window must be at least 10s (Prometheus needs a few scrapes)".into());
-    }
-    Ok(file)
-}
+pub use xtask_kit::slo::{METRICS, Objective, SLO_DIR, SloFile, load, query};
 
 /// Before a deploy changes anything: the environment's SLO file (`None`: it has none), read,
 /// with its URLs expanded and its scenario found.
@@ -165,18 +56,6 @@ pub fn expand(text: &str, vars: &dyn Fn(&str) -> Option<String>) -> Result<Strin
     }
     out.push_str(rest);
     Ok(out)
-}
-
-/// The PromQL of `metric` over `jobs` for a window of `window`.
-pub fn query(metric: &str, jobs: &[String], window: Duration) -> Option<String> {
-    let (_, _, template, _) = METRICS.iter().find(|(m, ..)| *m == metric)?;
-    let jobs_sel = format!(r#"job=~"{}""#, jobs.join("|"));
-    Some(
-        template
-            .replace("{sel", &format!("{{{jobs_sel},{NOT_TRAFFIC}"))
-            .replace("{jobs}", &format!("{{{jobs_sel}}}"))
-            .replace("{w}", &format!("{}s", window.as_secs())),
-    )
 }
 
 /// What verification found for one objective.
@@ -376,6 +255,7 @@ pub fn lookup(vars: &BTreeMap<String, String>) -> impl Fn(&str) -> Option<String
 #[cfg(test)]
 mod tests {
     use super::*;
+    use xtask_kit::slo::parse;
 
     const FILE: &str = r#"
 [verify]

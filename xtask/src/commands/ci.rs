@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::commands::{build, deny, fmt, image, k8s, lint, scan, secrets, test, workflows};
+use crate::commands::{alerts, build, deny, fmt, image, k8s, lint, scan, secrets, test, workflows};
 use crate::plan::Plan;
 use crate::tools::{DOCKER, KUBECTL, TRIVY, Tool};
 use crate::{Ctx, UsageError, affected};
@@ -53,6 +53,13 @@ pub const STAGES: &[Stage] = &[
         needs_setup: false,
         prepare: &[],
     },
+    Stage {
+        name: "alerts",
+        command: "alerts --check",
+        about: "Alert rules (generated from the SLOs, promtool)",
+        needs_setup: true,
+        prepare: &[],
+    },
     Stage { name: "image", command: "image build", about: "Container images", needs_setup: true, prepare: &[] },
     // deny and secrets are stages of their own; the scan adds trivy's scans, SBOMs and the gate.
     Stage {
@@ -65,7 +72,7 @@ pub const STAGES: &[Stage] = &[
 ];
 
 /// Run what CI runs: secrets, fmt --check, lint, the workflows' check, test, deny, a release build, the Kubernetes
-/// manifests' checks, images and the scan.
+/// manifests' checks, the alert rules, images and the scan.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
     /// Lint and test only the packages affected by changes since --base (and what depends on them).
@@ -163,6 +170,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             "deny" => deny::plan(ctx, &deny::Args { advisory_db: args.advisory_db.clone(), ..deny::Args::default() })?,
             "build" => build::plan(ctx, &ws, &build::Args { release: true, ..build::Args::default() })?,
             "k8s" => k8s::validate_plan(ctx, &k8s::ValidateArgs::default())?,
+            "alerts" => alerts::check_plan(ctx)?,
             "image" => image::plan(
                 ctx,
                 &ws,

@@ -1,5 +1,6 @@
 //! One module per subcommand; each builds a plan (or does its one job) for `main` to execute.
 
+pub mod alerts;
 pub mod attest;
 pub mod build;
 pub mod ci;
@@ -66,6 +67,7 @@ pub fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Doctor(args) => doctor::run(ctx, &args),
         Command::Setup(args) => ctx.execute(&setup::plan(ctx, &args)?),
         Command::Workflows(args) => workflows::run(ctx, &args),
+        Command::Alerts(args) => alerts::run(ctx, &args),
         Command::Ci(args) => ctx.execute(&ci::plan(ctx, &args)?),
     }
 }
