@@ -82,6 +82,7 @@ pub enum Command {
     Setup(commands::setup::Args),
     Workflows(commands::workflows::Args),
     Alerts(commands::alerts::Args),
+    Migrations(commands::migrations::Args),
     Ci(commands::ci::Args),
 }
 

@@ -529,6 +529,8 @@ fn release(
         true => None,
         false => verify::preflight(&ctx.root, &env_name, &verify::lookup(&env.vars))?,
     };
+    // A migration that would break the running release (expand/contract) is refused too.
+    xtask_kit::migrations::preflight(&ctx.root)?;
     let docker = Docker;
     let mut dep = plan(ctx, env.clone(), images, revision, dir)?;
     let running = containers(&dep.env.project)?;

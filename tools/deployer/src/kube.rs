@@ -1045,6 +1045,8 @@ fn release(
         true => None,
         false => verify::preflight(&ctx.root, env, &process_vars())?,
     };
+    // A migration that would break the running release (expand/contract) is refused too.
+    xtask_kit::migrations::preflight(&ctx.root)?;
 
     // 1-2: render, pin through a generated overlay, validate offline.
     let rendered = kube.checked(&["kustomize", &overlay.display().to_string()])?;

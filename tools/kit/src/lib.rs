@@ -1,7 +1,7 @@
 //! What xtask and the tools it hands off to (the deployer) share, so each concept has one
 //! model: the process layer, the duration grammar, the `.env` reader, dates, the build
-//! manifest, findings, Docker's container state, the deploy hand-off, the SLOs, and the usage
-//! error that means exit code 2.
+//! manifest, findings, Docker's container state, the deploy hand-off, the SLOs, the migration
+//! check, and the usage error that means exit code 2.
 
 pub mod date;
 pub mod docker;
@@ -10,6 +10,7 @@ pub mod env_file;
 pub mod findings;
 pub mod handoff;
 pub mod images;
+pub mod migrations;
 pub mod process;
 pub mod slo;
 

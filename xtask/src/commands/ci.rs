@@ -8,7 +8,7 @@ use std::path::PathBuf;
 
 use anyhow::Result;
 
-use crate::commands::{alerts, build, deny, fmt, image, k8s, lint, scan, secrets, test, workflows};
+use crate::commands::{alerts, build, deny, fmt, image, k8s, lint, migrations, scan, secrets, test, workflows};
 use crate::plan::Plan;
 use crate::tools::{DOCKER, KUBECTL, TRIVY, Tool};
 use crate::{Ctx, UsageError, affected};
@@ -35,6 +35,13 @@ pub const STAGES: &[Stage] = &[
         command: "workflows --check",
         about: "Workflows (generated, zizmor)",
         needs_setup: true,
+        prepare: &[],
+    },
+    Stage {
+        name: "migrations",
+        command: "migrations check",
+        about: "Migrations (expand/contract)",
+        needs_setup: false,
         prepare: &[],
     },
     Stage {
@@ -171,6 +178,7 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
             "build" => build::plan(ctx, &ws, &build::Args { release: true, ..build::Args::default() })?,
             "k8s" => k8s::validate_plan(ctx, &k8s::ValidateArgs::default())?,
             "alerts" => alerts::check_plan(ctx)?,
+            "migrations" => migrations::check_plan(ctx, &migrations::CheckArgs::default())?,
             "image" => image::plan(
                 ctx,
                 &ws,

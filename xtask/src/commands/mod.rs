@@ -13,6 +13,7 @@ pub mod image;
 pub mod k8s;
 pub mod lint;
 pub mod loadtest;
+pub mod migrations;
 pub mod scan;
 pub mod secrets;
 pub mod setup;
@@ -68,6 +69,7 @@ pub fn dispatch(ctx: &Ctx, command: Command) -> Result<ExitCode> {
         Command::Setup(args) => ctx.execute(&setup::plan(ctx, &args)?),
         Command::Workflows(args) => workflows::run(ctx, &args),
         Command::Alerts(args) => alerts::run(ctx, &args),
+        Command::Migrations(args) => migrations::run(ctx, &args),
         Command::Ci(args) => ctx.execute(&ci::plan(ctx, &args)?),
     }
 }
