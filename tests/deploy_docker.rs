@@ -81,8 +81,31 @@ impl Env {
             ("REDIS_PORT", free_port().to_string()),
             ("PROMETHEUS_PORT", prometheus_port.to_string()),
             ("POSTGRES_PASSWORD", "test-only-password".into()),
+            // Backups of this test's environments, in one place under the target dir: one before
+            // every deploy that finds Postgres running, the newest 3 kept.
+            ("DEPLOY_BACKUP_DIR", format!("target/xtask/test-backups-{}", std::process::id())),
+            ("DEPLOY_BACKUP", "before-deploy".into()),
+            ("DEPLOY_BACKUP_KEEP", "3".into()),
         ];
         Env { project, vars, gateway_port, prometheus_port }
+    }
+
+    /// One value from the environment's Postgres, as psql prints it.
+    fn psql(&self, sql: &str) -> String {
+        let container = format!("{}-postgres", self.project);
+        let out = docker(&["exec", &container, "psql", "-U", "jobs", "-d", "jobs", "-Atc", sql]);
+        assert!(out.status.success(), "psql: {}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    }
+
+    /// The jobs table's rows, as one checksum (count and an md5 of every row in order).
+    fn jobs_checksum(&self) -> String {
+        self.psql("SELECT count(*) || ':' || coalesce(md5(string_agg(id::text || status || attempts || payload::text, ',' ORDER BY seq)), '') FROM jobs")
+    }
+
+    fn backup_dir(&self) -> PathBuf {
+        let dir = &self.vars.iter().find(|(k, _)| *k == "DEPLOY_BACKUP_DIR").expect("backup dir").1;
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(dir)
     }
 
     fn xtask(&self, args: &[&str]) -> Output {
@@ -400,6 +423,59 @@ fn docker_target_replaces_health_gated_under_load_and_rolls_back() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status is JSON");
     assert_eq!(status["release"]["id"], 7, "the release that runs: {status:#}");
     assert_eq!(status["release"]["rollback_of"], 3, "{status:#}");
+
+    // 8. Backups: a job, a backup, another job, then the restore brings back exactly the rows
+    // the backup saw; a tampered backup and an unconfirmed prod restore change nothing.
+    let json = [("Content-Type", "application/json")];
+    let post = |body: &str| {
+        let r = http("POST", &env.url("/v1/jobs"), &json, body.as_bytes()).expect("POST");
+        assert_eq!(r.status, 201, "{}", r.text());
+    };
+    post(r#"{"kind":"sleep","duration_ms":1}"#);
+    let before = env.jobs_checksum();
+    let taken = env.xtask(&["deploy", "backup", "--target", "docker", "--env", "staging"]);
+    assert_ok(&taken, "backup");
+    let id = text(&taken.stdout).trim().to_string();
+    assert_eq!(id.len(), "20261204T231500Z".len(), "the backup's ID is its UTC time: {id}");
+    post(r#"{"kind":"sleep","duration_ms":2}"#);
+    assert_ne!(env.jobs_checksum(), before, "the second job changed the rows");
+    let listed = env.xtask(&["--format", "json", "deploy", "backups", "--target", "docker", "--env", "staging"]);
+    assert_ok(&listed, "backups");
+    let listed: serde_json::Value = serde_json::from_slice(&listed.stdout).expect("JSON");
+    assert_eq!(listed[0]["id"], id.as_str(), "{listed:#}");
+    assert_eq!(listed[0]["why"], "by hand", "{listed:#}");
+    // The deploys before took theirs; only the newest 3 are kept.
+    assert_eq!(listed.as_array().map(Vec::len), Some(3), "{listed:#}");
+    assert!(listed[1]["why"].as_str().is_some_and(|w| w.starts_with("before deploying ")), "{listed:#}");
+
+    let restored =
+        env.xtask(&["deploy", "restore", "--target", "docker", "--env", "staging", "--backup", &id, "--yes"]);
+    assert_ok(&restored, "restore");
+    assert_eq!(env.jobs_checksum(), before, "the rows are the backup's");
+
+    // Without confirmation, prod refuses before it reads anything of its database.
+    let unconfirmed = env.xtask(&["deploy", "restore", "--target", "docker", "--env", "prod", "--backup", &id]);
+    assert_eq!(unconfirmed.status.code(), Some(2), "{}", text(&unconfirmed.stderr));
+    assert!(
+        text(&unconfirmed.stderr)
+            .contains("restoring prod needs --yes (and --confirm prod without a terminal); nothing was restored"),
+        "{}",
+        text(&unconfirmed.stderr)
+    );
+
+    // A dump that changed since it was taken is refused, and the database is left as it is.
+    post(r#"{"kind":"sleep","duration_ms":3}"#);
+    let after = env.jobs_checksum();
+    let dump = env.backup_dir().join(format!("{id}.dump"));
+    let mut bytes = std::fs::read(&dump).expect("dump");
+    bytes.push(0);
+    std::fs::write(&dump, bytes).expect("tamper");
+    let tampered =
+        env.xtask(&["deploy", "restore", "--target", "docker", "--env", "staging", "--backup", &id, "--yes"]);
+    assert_eq!(tampered.status.code(), Some(2), "{}", text(&tampered.stderr));
+    assert!(text(&tampered.stderr).contains("the file changed, nothing was restored"), "{}", text(&tampered.stderr));
+    assert_eq!(env.jobs_checksum(), after, "nothing was restored");
+    let _ = std::fs::remove_dir_all(env.backup_dir());
 }
 
 /// Test images removed when the test ends, pass or fail.

@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use xtask_kit::UsageError;
-use xtask_kit::handoff::{ApplyArgs, DeployArgs, EnvArgs, RollbackArgs, VerifyArgs};
+use xtask_kit::handoff::{ApplyArgs, DeployArgs, EnvArgs, RollbackArgs, Target, VerifyArgs};
 
 use crate::compose::{ComposeService, compose_command, compose_config};
 use crate::engine::{Docker, Running, containers, ensure_network, retire, short, wait_healthy, write_private};
@@ -545,6 +545,11 @@ fn release(
         return Ok(ExitCode::SUCCESS);
     }
     confirm(&env_name, &args.apply)?;
+    // The database as it was, before this release's migrations run (DEPLOY_BACKUP=before-deploy).
+    if crate::backup::before_deploy(&dep.env)? && running.iter().any(|c| c.service == "postgres") {
+        let store = crate::backup::Store::of(&dep.env, &ctx.root, &ctx.facts.target_dir)?;
+        crate::backup::take(&dep.env, &store, &format!("before deploying {}", &revision[..revision.len().min(12)]))?;
+    }
     if !dep.prepare.is_empty() {
         fetch_images(&docker, compose_program(ctx)?, &ctx.root, &dep)?;
         // Now that every image is here, plan with their own health checks (what is run).
@@ -956,6 +961,20 @@ fn verify_release(
 }
 
 /// `deploy history --target docker`.
+/// The Docker environment and its backup store; the Kubernetes target has none yet.
+pub fn backups(ctx: &Ctx, args: &EnvArgs) -> Result<(DockerEnv, crate::backup::Store)> {
+    if args.target != Target::Docker {
+        return Err(UsageError(
+            "backups are made on the Docker target (`--target docker`); on Kubernetes, back the database up where it is managed"
+                .into(),
+        )
+        .into());
+    }
+    let env = DockerEnv::load(&ctx.root, &args.env)?;
+    let store = crate::backup::Store::of(&env, &ctx.root, &ctx.facts.target_dir)?;
+    Ok((env, store))
+}
+
 pub fn history(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
     let env = DockerEnv::load(&ctx.root, env_name)?;
     history::print(env_name, &history::docker::releases(&env.project)?, ctx.json)?;

@@ -11,6 +11,7 @@
 //! Exit codes: 0 done, 1 failed (after any rollback), 2 bad usage or configuration.
 
 mod access;
+mod backup;
 mod compose;
 mod compose_check;
 mod docker;
@@ -31,7 +32,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use xtask_kit::UsageError;
 use xtask_kit::handoff::{
-    ApplyArgs, DeployArgs, DeployFacts, EnvArgs, PromoteArgs, RollbackArgs, Target, UnlockArgs, VerifyArgs,
+    ApplyArgs, DeployArgs, DeployFacts, EnvArgs, PromoteArgs, RestoreArgs, RollbackArgs, Target, UnlockArgs, VerifyArgs,
 };
 
 #[derive(Parser, Debug)]
@@ -113,6 +114,27 @@ enum Command {
         #[arg(long, value_name = "FILE")]
         facts: PathBuf,
     },
+    /// Back the environment's Postgres up now (Docker target).
+    Backup {
+        #[command(flatten)]
+        args: EnvArgs,
+        #[arg(long, value_name = "FILE")]
+        facts: PathBuf,
+    },
+    /// The environment's backups, newest first (Docker target).
+    Backups {
+        #[command(flatten)]
+        args: EnvArgs,
+        #[arg(long, value_name = "FILE")]
+        facts: PathBuf,
+    },
+    /// Restore the environment's Postgres from a backup, its checksum checked first.
+    Restore {
+        #[command(flatten)]
+        args: RestoreArgs,
+        #[arg(long, value_name = "FILE")]
+        facts: PathBuf,
+    },
     /// Misconfiguration checks over compose files; findings as JSON to `--out`.
     ComposeCheck {
         /// The repository whose git-tracked infra/compose files are checked.
@@ -148,32 +170,38 @@ const GUARDED: &[&str] = &["prod"];
 
 /// The one confirmation point of a deploy: after its plan is shown, before anything changes.
 pub fn confirm(env: &str, args: &ApplyArgs) -> Result<()> {
+    confirm_to(env, args.yes, args.confirm.as_deref(), "Deploying to", "nothing was applied")
+}
+
+/// A guarded environment's confirmation for `doing` (`Deploying to`, `Restoring`): `--yes`, and
+/// the environment's name, typed or as `--confirm` without a terminal.
+pub fn confirm_to(env: &str, yes: bool, confirmed: Option<&str>, doing: &str, nothing: &str) -> Result<()> {
     if !GUARDED.contains(&env) {
         return Ok(());
     }
-    if !args.yes {
+    let doing_lower = doing.to_lowercase();
+    if !yes {
         return Err(UsageError(format!(
-            "deploying to {env} needs --yes (and --confirm {env} without a terminal); nothing was applied"
+            "{doing_lower} {env} needs --yes (and --confirm {env} without a terminal); {nothing}"
         ))
         .into());
     }
-    if args.confirm.as_deref() == Some(env) {
+    if confirmed == Some(env) {
         return Ok(());
     }
-    if let Some(other) = &args.confirm {
-        return Err(UsageError(format!("--confirm {other} does not match --env {env}; nothing was applied")).into());
+    if let Some(other) = confirmed {
+        return Err(UsageError(format!("--confirm {other} does not match --env {env}; {nothing}")).into());
     }
     if !std::io::stdin().is_terminal() {
-        return Err(UsageError(format!(
-            "deploying to {env} without a terminal needs --confirm {env}; nothing was applied"
-        ))
-        .into());
+        return Err(
+            UsageError(format!("{doing_lower} {env} without a terminal needs --confirm {env}; {nothing}")).into()
+        );
     }
-    eprint!("Deploying to {env}. Type the environment's name to go on: ");
+    eprint!("{doing} {env}. Type the environment's name to go on: ");
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     if answer.trim() != env {
-        return Err(UsageError(format!("`{}` is not `{env}`; nothing was applied", answer.trim())).into());
+        return Err(UsageError(format!("`{}` is not `{env}`; {nothing}", answer.trim())).into());
     }
     Ok(())
 }
@@ -240,7 +268,11 @@ fn run(cli: &Cli) -> Result<ExitCode> {
         Command::Verify { args, .. } => k8s_only(args.env.target, &args.env.context)?,
         Command::Unlock { args, .. } => k8s_only(args.env.target, &args.env.context)?,
         Command::Access { args, .. } => k8s_only(args.target, &args.context)?,
-        Command::History { args, .. } | Command::Status { args, .. } => k8s_only(args.target, &args.context)?,
+        Command::History { args, .. }
+        | Command::Status { args, .. }
+        | Command::Backup { args, .. }
+        | Command::Backups { args, .. } => k8s_only(args.target, &args.context)?,
+        Command::Restore { args, .. } => k8s_only(args.env.target, &args.env.context)?,
         Command::ComposeCheck { .. } => {}
     }
     match &cli.command {
@@ -319,6 +351,29 @@ fn run(cli: &Cli) -> Result<ExitCode> {
                 Target::K8s => kube::status(&ctx, args),
                 Target::Docker => docker::status(&ctx, &args.env),
             }
+        }
+        Command::Backup { args, facts } => {
+            let ctx = Ctx::new(cli, facts)?;
+            let (env, store) = docker::backups(&ctx, args)?;
+            if ctx.dry_run {
+                return backup::dry_run(&env, &store, "backup", None, ctx.json);
+            }
+            backup::backup(&env, &store, ctx.json)
+        }
+        Command::Backups { args, facts } => {
+            let ctx = Ctx::new(cli, facts)?;
+            let (env, store) = docker::backups(&ctx, args)?;
+            backup::list(&env, &store, ctx.json)
+        }
+        Command::Restore { args, facts } => {
+            let ctx = Ctx::new(cli, facts)?;
+            let (env, store) = docker::backups(&ctx, &args.env)?;
+            if ctx.dry_run {
+                return backup::dry_run(&env, &store, "restore", Some(&args.backup), ctx.json);
+            }
+            let confirmed =
+                || confirm_to(&env.name, args.yes, args.confirm.as_deref(), "Restoring", "nothing was restored");
+            backup::restore(&env, &store, &args.backup, &confirmed)
         }
         Command::ComposeCheck { repo, out } => compose_check::run(repo, out),
     }

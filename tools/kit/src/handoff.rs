@@ -253,6 +253,36 @@ impl UnlockArgs {
     }
 }
 
+/// The flags of `deploy restore`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub env: EnvArgs,
+    /// The backup to restore (see `deploy backups`).
+    #[arg(long, value_name = "ID")]
+    pub backup: String,
+    /// Restore without asking (prod also needs `--confirm prod` when there is no terminal).
+    #[arg(long)]
+    pub yes: bool,
+    /// The environment's name again: what restoring a guarded environment without a terminal needs.
+    #[arg(long, value_name = "ENV")]
+    pub confirm: Option<String>,
+}
+
+impl RestoreArgs {
+    pub fn to_args(&self) -> Vec<String> {
+        let mut out = self.env.to_args();
+        out.extend(["--backup".to_string(), self.backup.clone()]);
+        if self.yes {
+            out.push("--yes".into());
+        }
+        if let Some(c) = &self.confirm {
+            out.extend(["--confirm".to_string(), c.clone()]);
+        }
+        out
+    }
+}
+
 /// The flags of `deploy promote`: what one environment runs, to another.
 #[derive(clap::Args, Debug, Clone)]
 pub struct PromoteArgs {

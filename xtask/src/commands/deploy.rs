@@ -13,7 +13,9 @@ use std::process::ExitCode;
 
 use anyhow::Result;
 use serde::Serialize;
-pub use xtask_kit::handoff::{DeployArgs, EnvArgs, PromoteArgs, RollbackArgs, Target, UnlockArgs, VerifyArgs};
+pub use xtask_kit::handoff::{
+    DeployArgs, EnvArgs, PromoteArgs, RestoreArgs, RollbackArgs, Target, UnlockArgs, VerifyArgs,
+};
 use xtask_kit::handoff::{DeployFacts, SLO_DIR, Service};
 
 use crate::commands::image;
@@ -52,6 +54,14 @@ pub enum Action {
     History(EnvArgs),
     /// What runs where: deployments, images and digests, ready replicas, the current release.
     Status(EnvArgs),
+    /// Back the environment's Postgres up now: `pg_dump` in its container, kept with its
+    /// checksum (Docker target; `DEPLOY_BACKUP=before-deploy` does it before every deploy).
+    Backup(EnvArgs),
+    /// The environment's backups, newest first.
+    Backups(EnvArgs),
+    /// Restore the environment's Postgres from `--backup ID`, its checksum checked first (prod:
+    /// `--yes --confirm prod`).
+    Restore(RestoreArgs),
 }
 
 /// Writes the facts file the deployer reads (`--facts`).
@@ -106,6 +116,9 @@ pub fn plan(ctx: &Ctx, args: &Args) -> Result<Plan> {
         Some(Action::Access(a)) => ("access", a.env.clone(), a.target, a.to_args()),
         Some(Action::History(a)) => ("history", a.env.clone(), a.target, a.to_args()),
         Some(Action::Status(a)) => ("status", a.env.clone(), a.target, a.to_args()),
+        Some(Action::Backup(a)) => ("backup", a.env.clone(), a.target, a.to_args()),
+        Some(Action::Backups(a)) => ("backups", a.env.clone(), a.target, a.to_args()),
+        Some(Action::Restore(a)) => ("restore", a.env.env.clone(), a.env.target, a.to_args()),
     };
     // The load generator drives verification (either target): needed when it will run.
     let verifies = match &args.action {
