@@ -10,6 +10,7 @@
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use sha2::{Digest, Sha256};
 use test_support::{eventually, free_port, http};
 
 mod common;
@@ -32,6 +33,8 @@ impl Stack {
             "GRAFANA_PORT",
             "POSTGRES_PORT",
             "REDIS_PORT",
+            "ALERTMANAGER_PORT",
+            "ALERT_SINK_PORT",
         ]
         .into_iter()
         .map(|var| (var, free_port()))
@@ -54,7 +57,31 @@ impl Stack {
         for (var, port) in &self.ports {
             cmd.env(var, port.to_string());
         }
+        // Where the stack's Alertmanager sends alerts (the sink runs only where a test adds it),
+        // and quickly: a test waits for them.
+        cmd.env("ALERT_WEBHOOK_URL", "http://alert-sink:8080/alerts")
+            .env("ALERT_GROUP_WAIT", "1s")
+            .env("ALERT_GROUP_INTERVAL", "5s");
         cmd.output().expect("xtask binary runs")
+    }
+
+    /// The container of one compose service.
+    fn container(&self, service: &str) -> String {
+        let out = Command::new("docker")
+            .args([
+                "ps",
+                "--all",
+                "--filter",
+                &format!("label=com.docker.compose.project={}", self.project),
+                "--filter",
+                &format!("label=com.docker.compose.service={service}"),
+                "--format",
+                "{{.Names}}",
+            ])
+            .output()
+            .expect("docker ps");
+        let names = text(&out.stdout);
+        names.lines().next().unwrap_or_else(|| panic!("no {service} container")).to_string()
     }
 
     fn containers(&self) -> Vec<String> {
@@ -87,7 +114,26 @@ fn json(bytes: &[u8]) -> serde_json::Value {
 fn dev_up_offline_runs_the_whole_stack_end_to_end_and_down_removes_it() {
     let stack = Stack::new("e2e");
     assert!(stack.containers().is_empty());
-    let up = stack.xtask(&["dev", "up", "--offline", "--timeout", "300"]);
+    // Alerts go to a test webhook in the stack, read back on loopback (ALERT_SINK_PORT).
+    let sink_dir = tempfile::tempdir().expect("tempdir");
+    let sink = sink_dir.path().join("alert-sink.yml");
+    let context = root().join("tests/support/alert-sink");
+    // Tagged by its sources: compose builds an image only when its tag is missing.
+    let mut sources = Sha256::new();
+    for file in ["Dockerfile", "sink.py"] {
+        sources.update(std::fs::read(context.join(file)).expect("sink source"));
+    }
+    let tag = format!("{:x}", sources.finalize());
+    std::fs::write(
+        &sink,
+        format!(
+            "services:\n  alert-sink:\n    image: xtask-test-alert-sink:{}\n    build:\n      context: {}\n    ports: [\"127.0.0.1:${{ALERT_SINK_PORT}}:8080\"]\n  alertmanager:\n    depends_on: [alert-sink]\n",
+            &tag[..12],
+            context.display()
+        ),
+    )
+    .expect("write the sink's compose file");
+    let up = stack.xtask(&["dev", "up", "--offline", "--timeout", "300", "--file", sink.to_str().expect("utf-8")]);
     assert!(up.status.success(), "dev up failed:\n{}\n{}", text(&up.stdout), text(&up.stderr));
     let said = text(&up.stderr);
     assert!(said.contains("is healthy after"), "{said}");
@@ -96,7 +142,7 @@ fn dev_up_offline_runs_the_whole_stack_end_to_end_and_down_removes_it() {
     let status = stack.xtask(&["dev", "status", "--format", "json"]);
     let status = json(&status.stdout);
     let states = status.as_array().expect("containers");
-    for service in ["postgres", "redis", "api", "worker", "gateway", "prometheus"] {
+    for service in ["postgres", "redis", "api", "worker", "gateway", "prometheus", "alertmanager"] {
         let c =
             states.iter().find(|c| c["service"] == service).unwrap_or_else(|| panic!("{service} missing: {status:#}"));
         assert_eq!(c["state"], "running", "{c}");
@@ -165,6 +211,25 @@ fn dev_up_offline_runs_the_whole_stack_end_to_end_and_down_removes_it() {
         "jobs created: {:#}",
         report["endpoints"][0]
     );
+
+    // A service that stops pages: Prometheus' TargetDown fires after its `for: 1m`, Alertmanager
+    // routes it to the webhook; started again, the webhook hears it resolved.
+    let received = format!("http://127.0.0.1:{}/", stack.port("ALERT_SINK_PORT"));
+    let notified = |status: &str| {
+        let all = json(&http("GET", &received, &[], b"").ok()?.body);
+        all.as_array()?.iter().flat_map(|n| n["alerts"].as_array().cloned().unwrap_or_default()).find(|a| {
+            a["labels"]["alertname"] == "TargetDown" && a["labels"]["job"] == "worker" && a["status"] == status
+        })
+    };
+    assert!(notified("firing").is_none(), "nothing fires while every service is up");
+    let worker = stack.container("worker");
+    assert!(Command::new("docker").args(["stop", &worker]).output().expect("docker stop").status.success());
+    // The rule's `for` (1m), a scrape and an evaluation (5 s each), Alertmanager's group_wait.
+    let fired = eventually("TargetDown for the worker at the webhook", Duration::from_secs(150), || notified("firing"));
+    assert_eq!(fired["labels"]["severity"], "page", "{fired:#}");
+    assert!(fired["annotations"]["summary"].as_str().is_some_and(|s| s.starts_with("worker (")), "{fired:#}");
+    assert!(Command::new("docker").args(["start", &worker]).output().expect("docker start").status.success());
+    eventually("the worker's TargetDown resolved at the webhook", Duration::from_secs(150), || notified("resolved"));
 
     // Logs of one service, and the URLs, without starting anything.
     let logs = stack.xtask(&["dev", "logs", "api", "--tail", "20"]);

@@ -531,6 +531,7 @@ fn release(
     };
     // A migration that would break the running release (expand/contract) is refused too.
     xtask_kit::migrations::preflight(&ctx.root)?;
+    alert_receiver(&env, &|k| std::env::var(k).ok())?;
     let docker = Docker;
     let mut dep = plan(ctx, env.clone(), images, revision, dir)?;
     let running = containers(&dep.env.project)?;
@@ -961,6 +962,25 @@ fn verify_release(
 }
 
 /// `deploy history --target docker`.
+/// The variables that name where an environment's Alertmanager sends alerts.
+const RECEIVERS: &[&str] = &["ALERT_WEBHOOK_URL", "ALERT_SLACK_URL", "ALERT_PAGERDUTY_KEY"];
+
+/// An environment that runs Alertmanager names a receiver (the file or the process environment):
+/// alerts that reach no one are refused before anything changes.
+fn alert_receiver(env: &DockerEnv, process: &dyn Fn(&str) -> Option<String>) -> Result<()> {
+    let runs = env.services.as_ref().is_none_or(|s| s.iter().any(|s| s == "alertmanager"));
+    let named = |k: &&str| env.vars.get(*k).cloned().or_else(|| process(k)).is_some_and(|v| !v.trim().is_empty());
+    if runs && !RECEIVERS.iter().any(named) {
+        return Err(UsageError(format!(
+            "{}: {} runs Alertmanager but names no receiver: set ALERT_WEBHOOK_URL (or ALERT_SLACK_URL, ALERT_PAGERDUTY_KEY) in the deploy's environment, e.g. a CI secret; nothing was deployed",
+            env.file.display(),
+            env.name
+        ))
+        .into());
+    }
+    Ok(())
+}
+
 /// The Docker environment and its backup store; the Kubernetes target has none yet.
 pub fn backups(ctx: &Ctx, args: &EnvArgs) -> Result<(DockerEnv, crate::backup::Store)> {
     if args.target != Target::Docker {
@@ -1033,6 +1053,32 @@ pub fn status(ctx: &Ctx, env_name: &str) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_environment_running_alertmanager_must_name_a_receiver() {
+        let env = |services: Option<&[&str]>, vars: &[(&str, &str)]| DockerEnv {
+            name: "staging".into(),
+            project: "xtask-staging".into(),
+            file: PathBuf::from("staging.env"),
+            vars: vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            compose_files: Vec::new(),
+            services: services.map(|s| s.iter().map(|x| x.to_string()).collect()),
+            publish: Vec::new(),
+        };
+        let none = |_: &str| None;
+        let err = alert_receiver(&env(Some(&["postgres", "alertmanager"]), &[("ALERT_SLACK_URL", " ")]), &none)
+            .expect_err("no receiver");
+        assert!(err.downcast_ref::<UsageError>().is_some(), "{err}");
+        assert!(
+            err.to_string().contains("staging runs Alertmanager but names no receiver: set ALERT_WEBHOOK_URL"),
+            "{err}"
+        );
+        assert!(alert_receiver(&env(Some(&["postgres"]), &[]), &none).is_ok(), "no Alertmanager, no receiver needed");
+        let named = [("ALERT_PAGERDUTY_KEY", "routing-key")];
+        assert!(alert_receiver(&env(None, &named), &none).is_ok());
+        let secret = |k: &str| (k == "ALERT_WEBHOOK_URL").then(|| "https://hooks.example/alerts".to_string());
+        assert!(alert_receiver(&env(None, &[]), &secret).is_ok(), "the process environment (a CI secret) counts");
+    }
 
     fn running(service: &str, image: &str, revision: &str, status: &str, health: Option<&str>) -> Running {
         let spec = RunSpec {

@@ -28,7 +28,7 @@ pub const COMPOSE_FILE: &str = "infra/compose/docker-compose.yml";
 pub const OFFLINE_FILE: &str = "infra/compose/docker-compose.offline.yml";
 pub const BASE_IMAGE: &str = "xtask-debian-base:bookworm";
 /// Dependencies the offline override builds (the rest are our images or need a registry).
-const OFFLINE_BUILT: &[&str] = &["postgres", "redis", "prometheus"];
+const OFFLINE_BUILT: &[&str] = &["postgres", "redis", "prometheus", "alertmanager"];
 /// What `--deps-only` starts: what `cargo xtask test` needs.
 const DEPS_ONLY: &[&str] = &["postgres", "redis"];
 
@@ -36,6 +36,7 @@ const DEPS_ONLY: &[&str] = &["postgres", "redis"];
 /// default, what it is). Our own services' come from `[package.metadata.service]` (`published`).
 const DEPENDENCY_PORTS: &[(&str, &str, u16, &str)] = &[
     ("prometheus", "PROMETHEUS_PORT", 9090, "Prometheus"),
+    ("alertmanager", "ALERTMANAGER_PORT", 9093, "Alertmanager"),
     ("grafana", "GRAFANA_PORT", 3000, "Grafana (observability profile)"),
     ("postgres", "POSTGRES_PORT", 5432, "Postgres"),
     ("redis", "REDIS_PORT", 6379, "Redis"),
@@ -447,6 +448,7 @@ pub fn up_plan(ctx: &Ctx, project: &str, args: &UpArgs) -> Result<Plan> {
     if !args.deps_only {
         services.extend(ws.services().map(|(name, _)| name.clone()));
         services.push("prometheus".into());
+        services.push("alertmanager".into());
     }
     if args.observability {
         if args.deps_only {

@@ -168,7 +168,8 @@ pub fn render_ci_workflow() -> String {
 /// deploys pull from), `DEPLOY_TARGET` (`docker` or `k8s`). Repository secrets
 /// `REGISTRY_USERNAME` and `REGISTRY_PASSWORD` (`image login` in every job, into an auth file
 /// outside the checkout that skopeo and the docker CLI both read); per GitHub environment:
-/// `DOCKER_HOST` (e.g. `ssh://deploy@host`) and `POSTGRES_PASSWORD`.
+/// `DOCKER_HOST` (e.g. `ssh://deploy@host`), `POSTGRES_PASSWORD` and `ALERT_WEBHOOK_URL` (where
+/// the environment's Alertmanager sends alerts).
 pub fn render_release_workflow() -> String {
     let mut y = String::new();
     y.push_str(
@@ -208,7 +209,7 @@ pub fn render_release_workflow() -> String {
     {
         let _ = write!(
             y,
-            "  {job}:\n    name: Deploy {env}, verify\n    needs: {needs}\n    runs-on: ubuntu-24.04\n    timeout-minutes: 30\n    environment: {github_env}\n    concurrency:\n      group: deploy-{env}\n      cancel-in-progress: false\n    permissions:\n      contents: read\n    env:\n      DOCKER_HOST: ${{{{ secrets.DOCKER_HOST }}}}\n      POSTGRES_PASSWORD: ${{{{ secrets.POSTGRES_PASSWORD }}}}\n    steps:\n"
+            "  {job}:\n    name: Deploy {env}, verify\n    needs: {needs}\n    runs-on: ubuntu-24.04\n    timeout-minutes: 30\n    environment: {github_env}\n    concurrency:\n      group: deploy-{env}\n      cancel-in-progress: false\n    permissions:\n      contents: read\n    env:\n      DOCKER_HOST: ${{{{ secrets.DOCKER_HOST }}}}\n      POSTGRES_PASSWORD: ${{{{ secrets.POSTGRES_PASSWORD }}}}\n      ALERT_WEBHOOK_URL: ${{{{ secrets.ALERT_WEBHOOK_URL }}}}\n    steps:\n"
         );
         checkout(&mut y);
         cargo_cache(&mut y, "release-deploy");
@@ -231,7 +232,7 @@ pub fn render_release_workflow() -> String {
         let _ = writeln!(y, "      - run: cargo xtask deploy verify --target \"$DEPLOY_TARGET\" --env {env}");
     }
     y.push_str(
-        "  put-back:\n    name: Put a release back\n    if: github.event_name == 'workflow_dispatch'\n    runs-on: ubuntu-24.04\n    timeout-minutes: 30\n    environment: ${{ inputs.environment == 'prod' && 'production' || 'staging' }}\n    concurrency:\n      group: deploy-${{ inputs.environment }}\n      cancel-in-progress: false\n    permissions:\n      contents: read\n    env:\n      DOCKER_HOST: ${{ secrets.DOCKER_HOST }}\n      POSTGRES_PASSWORD: ${{ secrets.POSTGRES_PASSWORD }}\n      ENVIRONMENT: ${{ inputs.environment }}\n      RELEASE: ${{ inputs.release }}\n    steps:\n",
+        "  put-back:\n    name: Put a release back\n    if: github.event_name == 'workflow_dispatch'\n    runs-on: ubuntu-24.04\n    timeout-minutes: 30\n    environment: ${{ inputs.environment == 'prod' && 'production' || 'staging' }}\n    concurrency:\n      group: deploy-${{ inputs.environment }}\n      cancel-in-progress: false\n    permissions:\n      contents: read\n    env:\n      DOCKER_HOST: ${{ secrets.DOCKER_HOST }}\n      POSTGRES_PASSWORD: ${{ secrets.POSTGRES_PASSWORD }}\n      ALERT_WEBHOOK_URL: ${{ secrets.ALERT_WEBHOOK_URL }}\n      ENVIRONMENT: ${{ inputs.environment }}\n      RELEASE: ${{ inputs.release }}\n    steps:\n",
     );
     checkout(&mut y);
     cargo_cache(&mut y, "release-deploy");
