@@ -239,7 +239,7 @@ fn dev_up_offline_runs_the_whole_stack_end_to_end_and_down_removes_it() {
     assert!(text(&urls.stdout).contains(&format!("http://127.0.0.1:{}", stack.port("PROMETHEUS_PORT"))));
 
     // Re-running up on a running stack changes nothing and is quick to say so.
-    let again = stack.xtask(&["dev", "up", "--offline"]);
+    let again = stack.xtask(&["dev", "up", "--offline", "--file", sink.to_str().expect("utf-8")]);
     assert!(again.status.success(), "{}", text(&again.stderr));
 
     let down = stack.xtask(&["dev", "down"]);
