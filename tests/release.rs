@@ -277,6 +277,8 @@ fn a_push_to_main_reaches_prod_with_the_digests_staging_verified() {
         ("vars.DEPLOY_TARGET", "docker".to_string()),
         ("secrets.DOCKER_HOST", String::new()),
         ("secrets.POSTGRES_PASSWORD", "test-only-password".to_string()),
+        // Where an Alertmanager would send alerts (this test's hosts run none).
+        ("secrets.ALERT_WEBHOOK_URL", "https://alerts.example.invalid/hook".to_string()),
         // The test's registry asks for no credentials; `image login` stores these all the same.
         ("secrets.REGISTRY_USERNAME", "ci".to_string()),
         ("secrets.REGISTRY_PASSWORD", "test-only-registry-password".to_string()),
