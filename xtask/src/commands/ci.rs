@@ -78,7 +78,7 @@ pub const STAGES: &[Stage] = &[
     },
 ];
 
-/// Run what CI runs: secrets, fmt --check, lint, the workflows' check, test, deny, a release build, the Kubernetes
+/// Run what CI runs: secrets, fmt --check, lint, the workflows' check, migrations, test, deny, a release build, the Kubernetes
 /// manifests' checks, the alert rules, images and the scan.
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
