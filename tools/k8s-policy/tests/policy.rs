@@ -187,11 +187,17 @@ fn the_overlays_egress_is_what_reaches_each_need() {
 #[test]
 fn the_servicemonitor_component_renders_and_passes() {
     let root = root().canonicalize().expect("root");
-    // kustomize takes only relative paths: the overlay lives under the target directory.
+    // kustomize takes only relative paths: from the overlay's directory (wherever the target
+    // directory is) up to what it shares with the repository, then down to the repository.
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir");
-    let up =
-        dir.path().canonicalize().expect("dir").strip_prefix(&root).expect("under the repository").components().count();
-    let rel = "../".repeat(up);
+    let canonical = dir.path().canonicalize().expect("dir");
+    let here: Vec<_> = canonical.components().collect();
+    let there: Vec<_> = root.components().collect();
+    let shared = here.iter().zip(&there).take_while(|(a, b)| a == b).count();
+    let mut rel = "../".repeat(here.len() - shared);
+    for part in &there[shared..] {
+        rel.push_str(&format!("{}/", part.as_os_str().to_string_lossy()));
+    }
     std::fs::write(
         dir.path().join("kustomization.yaml"),
         format!(
