@@ -19,10 +19,9 @@ fn root() -> PathBuf {
 /// counter's samples end in `_total`, a histogram's in `_bucket`, `_sum` and `_count`).
 fn exported(text: &str) -> BTreeSet<String> {
     let mut names = BTreeSet::new();
-    for line in text.lines() {
-        let mut words = line.strip_prefix("# TYPE ").unwrap_or_default().split_whitespace();
-        let (Some(name), Some(kind)) = (words.next(), words.next()) else { continue };
-        let suffixes: &[&str] = match kind {
+    let families = text.lines().filter_map(|line| line.strip_prefix("# TYPE ")?.split_once(' '));
+    for (name, kind) in families {
+        let suffixes: &[&str] = match kind.trim() {
             "counter" => &["_total", "_created"],
             "histogram" => &["_bucket", "_sum", "_count", "_created"],
             "info" => &["_info"],

@@ -65,38 +65,29 @@ impl Stack {
         cmd.output().expect("xtask binary runs")
     }
 
+    /// The names of the project's containers (all, or one compose service's).
+    fn names(&self, service: Option<&str>) -> Vec<String> {
+        let mut args = vec![
+            "ps".to_string(),
+            "--all".into(),
+            "--filter".into(),
+            format!("label=com.docker.compose.project={}", self.project),
+        ];
+        if let Some(service) = service {
+            args.extend(["--filter".into(), format!("label=com.docker.compose.service={service}")]);
+        }
+        args.extend(["--format".into(), "{{.Names}}".into()]);
+        let out = Command::new("docker").args(&args).output().expect("docker ps");
+        text(&out.stdout).lines().map(str::to_string).collect()
+    }
+
     /// The container of one compose service.
     fn container(&self, service: &str) -> String {
-        let out = Command::new("docker")
-            .args([
-                "ps",
-                "--all",
-                "--filter",
-                &format!("label=com.docker.compose.project={}", self.project),
-                "--filter",
-                &format!("label=com.docker.compose.service={service}"),
-                "--format",
-                "{{.Names}}",
-            ])
-            .output()
-            .expect("docker ps");
-        let names = text(&out.stdout);
-        names.lines().next().unwrap_or_else(|| panic!("no {service} container")).to_string()
+        self.names(Some(service)).into_iter().next().unwrap_or_else(|| panic!("no {service} container"))
     }
 
     fn containers(&self) -> Vec<String> {
-        let out = Command::new("docker")
-            .args([
-                "ps",
-                "--all",
-                "--filter",
-                &format!("label=com.docker.compose.project={}", self.project),
-                "--format",
-                "{{.Names}}",
-            ])
-            .output()
-            .expect("docker ps");
-        text(&out.stdout).lines().map(str::to_string).collect()
+        self.names(None)
     }
 }
 

@@ -5,6 +5,7 @@
 
 mod affected;
 mod commands;
+mod generated;
 mod git;
 mod install;
 mod oci;

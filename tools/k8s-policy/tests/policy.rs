@@ -102,11 +102,16 @@ fn root() -> PathBuf {
 /// `--needs` for every service, read from `[package.metadata.service]` in services/*/Cargo.toml.
 fn service_needs() -> Vec<String> {
     let mut out = Vec::new();
-    for entry in std::fs::read_dir(root().join("services")).expect("services/").flatten() {
-        let Ok(text) = std::fs::read_to_string(entry.path().join("Cargo.toml")) else { continue };
+    let crates = std::fs::read_dir(root().join("services")).expect("services/").flatten().filter(|e| e.path().is_dir());
+    for entry in crates {
+        let file = entry.path().join("Cargo.toml");
+        let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
         let manifest: toml::Table = text.parse().expect("Cargo.toml parses");
         let name = manifest["package"]["name"].as_str().expect("name");
-        let Some(service) = manifest["package"].get("metadata").and_then(|m| m.get("service")) else { continue };
+        let service = manifest["package"]
+            .get("metadata")
+            .and_then(|m| m.get("service"))
+            .unwrap_or_else(|| panic!("{}: no [package.metadata.service]", file.display()));
         let needs: Vec<&str> =
             service.get("needs").and_then(|n| n.as_array()).into_iter().flatten().filter_map(|n| n.as_str()).collect();
         out.push(format!("{name}={}", needs.join(",")));

@@ -220,20 +220,27 @@ pub fn check(file: &Path, sql: &str) -> Vec<Violation> {
     out
 }
 
-/// The migration files of the repository: every `migrations/*.sql` under `crates/` and
-/// `services/`, sorted.
+/// The `.sql` files directly in `dir`, sorted.
+pub fn sql_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("sql"))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// The migration files of the repository, relative to `root`: every `migrations/*.sql` of a
+/// member under `crates/` or `services/`, sorted.
 pub fn files(root: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut found = Vec::new();
     for top in ["crates", "services"] {
         let Ok(members) = std::fs::read_dir(root.join(top)) else { continue };
         for member in members.flatten() {
             let dir = member.path().join("migrations");
-            let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-            for entry in entries.flatten() {
-                let path = entry.path();
-                if path.extension().and_then(|e| e.to_str()) == Some("sql") {
-                    found.push(path.strip_prefix(root).unwrap_or(&path).to_path_buf());
-                }
+            if dir.is_dir() {
+                found.extend(sql_files(&dir)?.into_iter().map(|p| p.strip_prefix(root).unwrap_or(&p).to_path_buf()));
             }
         }
     }

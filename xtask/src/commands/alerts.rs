@@ -6,7 +6,7 @@
 //! Per service and objective:
 //! - `error_ratio`: multi-window burn-rate alerts on the error budget (`max` is the budget):
 //!   14.4x over 1h and 5m pages (2% of a 30-day budget in an hour), 6x over 6h and 30m pages,
-//!   3x over 1d and 2h opens a ticket (the Google SRE workbook's recommendation);
+//!   3x over 1d and 2h opens a ticket;
 //! - `latency_p99_seconds`: p99 above `max` over both 1h and 5m pages;
 //! - `restarts`, `readiness_flaps`, `jobs_dead_lettered`: more than `max` in 15 minutes opens a
 //!   ticket.
@@ -164,7 +164,7 @@ pub fn render(env: &str, slo: Option<&SloFile>, services: &[String]) -> Result<S
 }
 
 /// Every environment's generated rules file: (path relative to the root, content).
-pub fn generated(ctx: &Ctx) -> Result<Vec<(String, String)>> {
+pub fn generated(ctx: &Ctx) -> Result<Vec<crate::generated::Rendered>> {
     let services: Vec<String> = ctx.workspace()?.services().map(|(name, _)| name.clone()).collect();
     let mut files = Vec::new();
     for env in environments(&ctx.root)? {
@@ -173,35 +173,6 @@ pub fn generated(ctx: &Ctx) -> Result<Vec<(String, String)>> {
         files.push((format!("{RULES_DIR}/slo/{env}.yml"), text));
     }
     Ok(files)
-}
-
-/// The generated rules files are what `cargo xtask alerts` writes.
-#[derive(Clone, Debug, Serialize)]
-pub struct RulesCurrent {
-    pub files: Vec<(String, String)>,
-    pub root: PathBuf,
-}
-
-impl Task for RulesCurrent {
-    fn summary(&self) -> String {
-        format!("compare {RULES_DIR}/slo/ with what the SLO files generate")
-    }
-    fn describe(&self) -> serde_json::Value {
-        crate::plan::described("alert-rules-current", self)
-    }
-    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
-        let stale: Vec<&str> = self
-            .files
-            .iter()
-            .filter(|(path, text)| std::fs::read_to_string(self.root.join(path)).unwrap_or_default() != *text)
-            .map(|(path, _)| path.as_str())
-            .collect();
-        if !stale.is_empty() {
-            bail!("{} out of date with infra/slo; run `cargo xtask alerts` and commit the result", stale.join(", "));
-        }
-        writeln!(log, "{} generated rules files are current", self.files.len())?;
-        Ok(())
-    }
 }
 
 /// Every alert has a promtool test case where it fires and one where it stays quiet.
@@ -329,7 +300,12 @@ pub fn check_plan(ctx: &Ctx) -> Result<Plan> {
     plan.push(Step::internal(
         "alerts:current",
         "the SLO alert rules are what infra/slo generates",
-        RulesCurrent { files: generated(ctx)?, root: ctx.root.clone() },
+        crate::generated::Current {
+            task: "alert-rules-current",
+            regenerate: "cargo xtask alerts",
+            root: ctx.root.clone(),
+            files: generated(ctx)?,
+        },
         "cargo xtask alerts --check",
     ));
     let rel = |p: &Path| p.strip_prefix(&ctx.root).unwrap_or(p).display().to_string();
@@ -369,34 +345,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     if args.check {
         return ctx.execute(&check_plan(ctx)?);
     }
-    let json = ctx.ui.format == crate::runner::Format::Json;
-    let mut reports = Vec::new();
-    for (rel, wanted) in generated(ctx)? {
-        let path = ctx.root.join(&rel);
-        let up_to_date = std::fs::read_to_string(&path).unwrap_or_default() == wanted;
-        let mut report = serde_json::json!({ "path": rel, "up_to_date": up_to_date });
-        if ctx.dry_run {
-            if json {
-                report["content"] = wanted.into();
-            } else {
-                print!("{wanted}");
-            }
-        } else if !up_to_date {
-            std::fs::create_dir_all(path.parent().context("rules dir")?)?;
-            std::fs::write(&path, wanted).with_context(|| format!("writing {}", path.display()))?;
-            report["written"] = true.into();
-            if !json {
-                println!("wrote {rel}");
-            }
-        } else if !json {
-            println!("{rel} is up to date");
-        }
-        reports.push(report);
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "rules": reports }))?);
-    }
-    Ok(ExitCode::SUCCESS)
+    crate::generated::write(ctx, &generated(ctx)?, "rules")
 }
 
 #[cfg(test)]

@@ -72,14 +72,8 @@ pub fn check_plan(ctx: &Ctx, args: &CheckArgs) -> Result<Plan> {
         None => migrations::files(&ctx.root).context("listing migrations")?,
         Some(dir) => {
             let dir = if dir.is_absolute() { dir.clone() } else { ctx.root.join(dir) };
-            let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            migrations::sql_files(&dir)
                 .map_err(|e| UsageError(format!("--dir {}: {e}; name a directory of .sql migrations", dir.display())))?
-                .flatten()
-                .map(|e| e.path())
-                .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("sql"))
-                .collect();
-            files.sort();
-            files
         }
     };
     let mut plan = Plan::new("migrations check");

@@ -21,15 +21,13 @@
 //! through `env:`).
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
-use serde::Serialize;
+use anyhow::Result;
 
 use crate::Ctx;
 use crate::commands::ci::STAGES;
-use crate::plan::{Plan, Step, Task};
+use crate::plan::{Plan, Step};
 use crate::tools::ZIZMOR;
 
 pub const CI_WORKFLOW: &str = ".github/workflows/ci.yml";
@@ -258,32 +256,9 @@ fn deploy_access(y: &mut String, env: &str) {
     );
 }
 
-/// The checked-in workflows are what xtask renders.
-#[derive(Clone, Debug, Serialize)]
-pub struct WorkflowCurrent {
-    pub root: PathBuf,
-}
-
-impl Task for WorkflowCurrent {
-    fn summary(&self) -> String {
-        let paths: Vec<&str> = WORKFLOWS.iter().map(|(p, _)| *p).collect();
-        format!("compare {} with what `cargo xtask workflows` renders", paths.join(" and "))
-    }
-    fn describe(&self) -> serde_json::Value {
-        crate::plan::described("workflow-current", self)
-    }
-    fn run(&self, log: &mut dyn std::io::Write) -> Result<()> {
-        let stale: Vec<&str> = WORKFLOWS
-            .iter()
-            .filter(|(path, render)| std::fs::read_to_string(self.root.join(path)).unwrap_or_default() != render())
-            .map(|(path, _)| *path)
-            .collect();
-        if !stale.is_empty() {
-            bail!("{} out of date; run `cargo xtask workflows` and commit the result", stale.join(", "));
-        }
-        writeln!(log, "every generated workflow is up to date")?;
-        Ok(())
-    }
+/// Every workflow as `cargo xtask workflows` renders it: (path, content).
+fn rendered() -> Vec<crate::generated::Rendered> {
+    WORKFLOWS.iter().map(|(path, render)| (path.to_string(), render())).collect()
 }
 
 /// `workflows --check` (a `ci` stage): the workflow is current, and zizmor finds nothing of
@@ -293,7 +268,12 @@ pub fn check_plan(ctx: &Ctx) -> Plan {
     plan.push(Step::internal(
         "workflows:current",
         "the workflows are what xtask renders",
-        WorkflowCurrent { root: ctx.root.clone() },
+        crate::generated::Current {
+            task: "workflow-current",
+            regenerate: "cargo xtask workflows",
+            root: ctx.root.clone(),
+            files: rendered(),
+        },
         "cargo xtask workflows --check",
     ));
     plan.push(
@@ -314,34 +294,7 @@ pub fn run(ctx: &Ctx, args: &Args) -> Result<ExitCode> {
     if args.check {
         return ctx.execute(&check_plan(ctx));
     }
-    let json = ctx.ui.format == crate::runner::Format::Json;
-    let mut reports = Vec::new();
-    for (rel, render) in WORKFLOWS {
-        let path = ctx.root.join(rel);
-        let wanted = render();
-        let up_to_date = std::fs::read_to_string(&path).unwrap_or_default() == wanted;
-        let mut report = serde_json::json!({ "path": rel, "up_to_date": up_to_date });
-        if ctx.dry_run {
-            match json {
-                true => report["content"] = wanted.into(),
-                false => print!("{wanted}"),
-            }
-        } else if !up_to_date {
-            std::fs::create_dir_all(path.parent().context("workflow dir")?)?;
-            std::fs::write(&path, wanted).with_context(|| format!("writing {}", path.display()))?;
-            report["written"] = true.into();
-            if !json {
-                println!("wrote {rel}");
-            }
-        } else if !json {
-            println!("{rel} is up to date");
-        }
-        reports.push(report);
-    }
-    if json {
-        println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "workflows": reports }))?);
-    }
-    Ok(ExitCode::SUCCESS)
+    crate::generated::write(ctx, &rendered(), "workflows")
 }
 
 #[cfg(test)]
